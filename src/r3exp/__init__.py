@@ -1,0 +1,1 @@
+"""r3exp: Reflect, Retry, Reward."""

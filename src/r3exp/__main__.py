@@ -1,0 +1,4 @@
+from r3exp.cli import main
+
+if __name__ == "__main__":
+    main()

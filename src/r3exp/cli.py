@@ -1,0 +1,30 @@
+"""The Hydra entry point: ``python -m r3exp [group=option ...] [key=value ...]``."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from r3exp.errors import R3Error
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def app(cfg: DictConfig) -> float | None:
+    from r3exp.pipeline import run
+
+    try:
+        produced = run(cfg)
+    except R3Error as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    results = produced.get("results") or {}
+    final = results.get("trained") or next(iter(results.values()), None)
+    return final.after_reflection_accuracy if final else None  # the objective of Hydra sweepers
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,13 @@
+"""Errors that the command line reports as one clear line instead of a stack trace."""
+
+
+class R3Error(RuntimeError):
+    """Base class: a problem with the user's input or environment, explained in the message."""
+
+
+class ModelUnavailable(R3Error):
+    """Model weights or tokenizer cannot be loaded (no hub access, gated repo, wrong path)."""
+
+
+class ConfigError(R3Error):
+    """A config value is invalid; the message names the key."""

@@ -1,0 +1,63 @@
+"""Policy weights in plain Hugging Face names: for the engine's weight sync and for export."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+@contextmanager
+def merged_lora(model) -> Iterator[None]:
+    """Temporarily merge the LoRA adapter into the base weights (no-op for a plain model)."""
+    if not is_peft(model):
+        yield
+        return
+    with torch.no_grad():
+        model.merge_adapter()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            model.unmerge_adapter()
+
+
+def hf_state_dict(model) -> dict[str, torch.Tensor]:
+    """The (merged) weights under the base model's own parameter names, detached.
+
+    For a peft model this is called inside :func:`merged_lora`; peft's ``base_model.model.`` prefix and
+    ``.base_layer`` infix are removed and the adapter's own tensors are skipped (as TRL does).
+    """
+    if not is_peft(model):
+        return {name: t.detach() for name, t in model.state_dict().items()}
+    state = {}
+    prefix = model.prefix  # "lora_"
+    for name, tensor in model.state_dict().items():
+        if prefix in name:
+            continue
+        clean = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        state[clean] = tensor.detach()
+    return state
+
+
+def save_policy(model, tokenizer, out_dir: str | Path) -> dict[str, Path]:
+    """Save the final policy: ``merged/`` (full HF model, loadable by vLLM) and ``adapter/`` for LoRA."""
+    out_dir = Path(out_dir)
+    paths = {"merged": out_dir / "merged"}
+    if is_peft(model):
+        paths["adapter"] = out_dir / "adapter"
+        model.save_pretrained(paths["adapter"])
+        tokenizer.save_pretrained(paths["adapter"])
+        with merged_lora(model):
+            state = hf_state_dict(model)
+        base = model.get_base_model()
+        base.save_pretrained(paths["merged"], state_dict=state, safe_serialization=True)
+    else:
+        model.save_pretrained(paths["merged"], safe_serialization=True)
+    tokenizer.save_pretrained(paths["merged"])
+    return paths

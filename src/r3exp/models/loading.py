@@ -1,0 +1,142 @@
+"""Load a policy and its tokenizer: hub models and the embedded tiny model take the same path."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r3exp.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoraSpec:
+    """peft LoRA settings (Hu et al. 2021). ``r`` trades adapter capacity for memory and speed."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ModelUnavailable(f"model.dtype={name!r} is not one of {sorted(DTYPES)}") from None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP probe of the hub endpoint (the hub client would otherwise retry for minutes)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_kwargs(path: str | Path) -> dict:
+    """``local_files_only`` when ``path`` is not a directory and the hub cannot be reached: a cached
+    copy still loads, a missing one fails at once instead of after the hub client's retries."""
+    if Path(str(path)).is_dir():
+        return {}
+    return {} if hub_reachable() else {"local_files_only": True}
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **hub_kwargs(path))
+    except Exception as err:  # noqa: BLE001 - the hub client raises many types for the same problem
+        raise ModelUnavailable(_explain(path, err)) from None
+    if tokenizer.chat_template is None:
+        raise ModelUnavailable(f"tokenizer at {path} has no chat template; R3 needs multi-turn chat prompts")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(path: str | Path, dtype: str = "float32", lora: LoraSpec | dict | None = None,
+                gradient_checkpointing: bool = False) -> Any:
+    """The causal LM at ``path`` (hub id or directory), optionally wrapped with a fresh LoRA adapter."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype), **hub_kwargs(path))
+    except ModelUnavailable:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise ModelUnavailable(_explain(path, err)) from None
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        spec = lora if isinstance(lora, LoraSpec) else LoraSpec(**lora)
+        model = get_peft_model(model, LoraConfig(
+            r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+            target_modules=list(spec.target_modules), task_type="CAUSAL_LM",
+        ))
+    model.train()
+    return model
+
+
+def _explain(path: str | Path, err: Exception) -> str:
+    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    if Path(str(path)).exists():
+        return f"cannot load model files from {path}: {first_line}"
+    return (
+        f"cannot reach the weights of {str(path)!r} on the Hugging Face hub ({type(err).__name__}: "
+        f"{first_line}). Check the network and HF_TOKEN (gated models), or run with model=tiny."
+    )
+
+
+@dataclass
+class ModelSpec:
+    """A policy to train: a hub id or directory (``name_or_path``), or the embedded tiny model.
+
+    Args:
+        name: short name used in run names and tables.
+        name_or_path: hub id (e.g. ``Qwen/Qwen2-1.5B-Instruct``) or local directory; None with ``embedded``.
+        embedded: a ``TinySpec`` to build the embedded model instead.
+        dtype: weights dtype (``float32`` on CPU, ``bfloat16`` on GPU).
+        lora: LoRA settings (``LoraSpec`` fields) or None for full fine-tuning.
+        gradient_checkpointing: trade compute for activation memory.
+    """
+
+    name: str
+    name_or_path: str | None = None
+    embedded: Any = None
+    dtype: str = "float32"
+    lora: Any = None
+    gradient_checkpointing: bool = False
+
+    def resolve(self, cache_dir: str | Path, corpus=None) -> str:
+        """The path or hub id to load; builds the embedded model (from ``corpus()``) if needed."""
+        if self.name_or_path:
+            return str(self.name_or_path)
+        if self.embedded is None:
+            raise ModelUnavailable(f"model {self.name!r}: set model.name_or_path (hub id or directory)")
+        from r3exp.models.tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model(self.embedded, corpus() if corpus else [], Path(cache_dir) / "models"))
+
+    def load(self, path: str):
+        lora = dict(self.lora) if self.lora else None
+        return load_policy(path, self.dtype, lora, self.gradient_checkpointing)

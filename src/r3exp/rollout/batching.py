@@ -1,0 +1,69 @@
+"""Episodes to training tensors. The reflection mask is built here, in exactly one function."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from r3exp.rollout.episodes import Episode
+
+
+def reflection_mask(context_lengths: torch.Tensor, reflection_lengths: torch.Tensor, total: int) -> torch.Tensor:
+    """(B, T) bool mask selecting exactly the reflection tokens of right-padded rows.
+
+    Row ``b`` holds ``context_lengths[b]`` context tokens (task prompt, attempt, reflection prompt)
+    followed by ``reflection_lengths[b]`` reflection tokens (including the EOS the model produced), then
+    padding. Context and padding are False.
+    """
+    positions = torch.arange(total).unsqueeze(0)  # (1, T)
+    start = context_lengths.unsqueeze(1)  # (B, 1)
+    return (positions >= start) & (positions < start + reflection_lengths.unsqueeze(1))
+
+
+def build_batch(episodes: Sequence[Episode], pad_id: int) -> dict[str, torch.Tensor]:
+    """One row per reflection of every failed episode.
+
+    Returns tensors: ``input_ids`` (B, T) context ‖ reflection, right-padded with ``pad_id``;
+    ``attention_mask`` (B, T); ``reflection_mask`` (B, T); ``behaviour_logprobs`` (B, T), the engine's
+    log-prob of each reflection token at its own position (0 elsewhere); ``rewards`` (B,);
+    ``group_ids`` (B,), one group per failed example; ``policy_version`` (B,).
+    """
+    rows = [(ep, i, reflection) for i, ep in enumerate(e for e in episodes if e.reflections)
+            for reflection in ep.reflections]
+    if not rows:
+        return empty_batch()
+    contexts = [ep.reflection_prompt_ids for ep, _, _ in rows]
+    reflections = [r.token_ids for _, _, r in rows]
+    context_len = torch.tensor([len(c) for c in contexts])
+    reflection_len = torch.tensor([len(r) for r in reflections])
+    total = int((context_len + reflection_len).max())
+    input_ids = torch.full((len(rows), total), pad_id, dtype=torch.long)
+    behaviour = torch.zeros((len(rows), total), dtype=torch.float32)
+    for b, (context, (_, _, reflection)) in enumerate(zip(contexts, rows)):
+        n = len(context)
+        input_ids[b, :n] = torch.tensor(context)
+        input_ids[b, n:n + len(reflection.token_ids)] = torch.tensor(reflection.token_ids, dtype=torch.long)
+        behaviour[b, n:n + len(reflection.logprobs)] = torch.tensor(reflection.logprobs)
+    positions = torch.arange(total).unsqueeze(0)
+    rewards = [ep.rewards[j] for ep in (e for e in episodes if e.reflections) for j in range(len(ep.reflections))]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": (positions < (context_len + reflection_len).unsqueeze(1)).long(),
+        "reflection_mask": reflection_mask(context_len, reflection_len, total),
+        "behaviour_logprobs": behaviour,
+        "rewards": torch.tensor(rewards, dtype=torch.float32),
+        "group_ids": torch.tensor([g for _, g, _ in rows]),
+        "policy_version": torch.tensor([ep.policy_version for ep, _, _ in rows]),
+    }
+
+
+def empty_batch() -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": torch.zeros((0, 0), dtype=torch.long),
+        "attention_mask": torch.zeros((0, 0), dtype=torch.long),
+        "reflection_mask": torch.zeros((0, 0), dtype=torch.bool),
+        "behaviour_logprobs": torch.zeros((0, 0)),
+        "rewards": torch.zeros(0),
+        "group_ids": torch.zeros(0, dtype=torch.long),
+        "policy_version": torch.zeros(0, dtype=torch.long),
+    }

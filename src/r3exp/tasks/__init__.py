@@ -1,0 +1,5 @@
+"""Verifiable tasks: the protocol and its implementations."""
+from r3exp.tasks.base import SPLITS, Task
+from r3exp.tasks.countdown import CountdownTask
+
+__all__ = ["SPLITS", "Task", "CountdownTask"]

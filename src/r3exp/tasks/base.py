@@ -1,0 +1,77 @@
+"""The task protocol: what a verifiable task must provide to be trained with R3.
+
+A task knows nothing of models, engines or Lightning. It hands out examples (plain dicts), turns them
+into chat messages for the three turns of an R3 episode, and validates an answer with a binary check.
+
+Implement a new task by subclassing :class:`Task` and pointing a Hydra config at it via ``_target_``
+(see ``conf/task/countdown.yaml`` and the README's "Your own task" section).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+Message = dict[str, str]
+Example = dict[str, Any]
+
+SPLITS = ("train", "validation", "test")
+
+
+class Task(ABC):
+    """A verifiable task. Subclasses implement ``examples``, ``first_attempt_messages`` and ``validate``.
+
+    The reflection and retry turns are plain user messages whose text comes from the task config, so a
+    user can change the prompts without code. ``{placeholders}`` in them are filled from the example.
+    """
+
+    name: str = "task"
+
+    def __init__(self, reflection_prompt: str, retry_prompt: str, system_prompt: str | None = None):
+        self.reflection_prompt = reflection_prompt
+        self.retry_prompt = retry_prompt
+        self.system_prompt = system_prompt
+
+    @abstractmethod
+    def examples(self, split: str) -> Sequence[Example]:
+        """All examples of ``split`` (one of ``SPLITS``), in a fixed order."""
+
+    @abstractmethod
+    def user_prompt(self, example: Example) -> str:
+        """The text of the first user turn for ``example``."""
+
+    @abstractmethod
+    def validate(self, example: Example, answer: str) -> bool:
+        """True when ``answer`` solves ``example``. Must return a bool for any string and never raise."""
+
+    def first_attempt_messages(self, example: Example) -> list[Message]:
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return messages + [{"role": "user", "content": self.user_prompt(example)}]
+
+    def reflection_messages(self, example: Example, attempt: str) -> list[Message]:
+        """The conversation the reflection is sampled from: task, failed attempt, request to reflect."""
+        return self.first_attempt_messages(example) + [
+            {"role": "assistant", "content": attempt},
+            {"role": "user", "content": self.reflection_prompt.format(**example)},
+        ]
+
+    def retry_messages(self, example: Example, attempt: str, reflection: str) -> list[Message]:
+        """The conversation the retry is sampled from: everything above plus the reflection."""
+        return self.reflection_messages(example, attempt) + [
+            {"role": "assistant", "content": reflection},
+            {"role": "user", "content": self.retry_prompt.format(**example)},
+        ]
+
+    def corpus(self, n: int, seed: int = 0) -> list[str]:
+        """Representative text of this task (prompts and answers), used to train the tiny tokenizer."""
+        texts = []
+        for example in list(self.examples("train"))[:n]:
+            texts.append(self.user_prompt(example))
+            texts.append(self.reflection_prompt.format(**example))
+            texts.append(self.retry_prompt.format(**example))
+        return texts
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return split

@@ -1,0 +1,92 @@
+"""Countdown equations: use each given number exactly once to write an expression equal to the target."""
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Sequence
+
+from r3exp.tasks.base import Example, Task, check_split
+from r3exp.tasks.countdown_solver import generate_instances
+from r3exp.tasks.hub import load_hub_rows
+from r3exp.tasks.safe_arithmetic import UnsafeExpression, evaluate
+
+ANSWER_PATTERN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+MAX_ANSWER_SCAN_CHARS = 20_000
+TOLERANCE = 1e-5
+
+
+def extract_answer(response: str) -> str | None:
+    """The content of the last ``<answer>...</answer>`` block (TinyZero's format), or None."""
+    matches = ANSWER_PATTERN.findall(response[-MAX_ANSWER_SCAN_CHARS:])
+    return matches[-1].strip() if matches else None
+
+
+def is_correct(expression: str, nums: Sequence[int], target: int) -> bool:
+    """True when ``expression`` uses exactly the multiset ``nums`` and evaluates to ``target`` (±1e-5)."""
+    try:
+        value, used = evaluate(expression)
+    except UnsafeExpression:
+        return False
+    return sorted(used) == sorted(nums) and abs(value - Fraction(target)) <= TOLERANCE
+
+
+class CountdownTask(Task):
+    """Countdown with 3-4 numbers in 1-99 and targets in 10-100.
+
+    Args:
+        source: ``generated`` (seeded procedural instances, the default, no network) or a dataset in
+            the public format (``target``, ``nums``): a hub id such as ``Jiayi-Pan/Countdown-Tasks-3to4``
+            or a local JSON/JSONL/Parquet file.
+        split_sizes: number of examples per split (``train``, ``validation``, ``test``).
+        seed: fixes the generated instances and the split of a loaded dataset.
+        prompt: the first user turn; ``{nums}`` and ``{target}`` are filled in.
+    """
+
+    name = "countdown"
+
+    def __init__(
+        self,
+        prompt: str,
+        reflection_prompt: str,
+        retry_prompt: str,
+        system_prompt: str | None = None,
+        source: str = "generated",
+        split_sizes: dict[str, int] | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(reflection_prompt, retry_prompt, system_prompt)
+        self.prompt = prompt
+        self.source = source
+        self.split_sizes = dict(split_sizes or {"train": 2000, "validation": 200, "test": 200})
+        self.seed = seed
+        self._cache: dict[str, list[Example]] = {}
+
+    def examples(self, split: str) -> list[Example]:
+        check_split(split)
+        if split not in self._cache:
+            self._cache[split] = self._load(split)
+        return self._cache[split]
+
+    def _load(self, split: str) -> list[Example]:
+        count = int(self.split_sizes[split])
+        if self.source == "generated":
+            total = sum(self.split_sizes.values())
+            fractions = {s: n / total for s, n in self.split_sizes.items()}
+            return generate_instances(count, split, self.seed, fractions)
+        rows = load_hub_rows(self.source, split, self.split_sizes, self.seed, required=("target", "nums"))
+        return [{"nums": [int(n) for n in row["nums"]], "target": int(row["target"])} for row in rows]
+
+    def user_prompt(self, example: Example) -> str:
+        return self.prompt.format(**example)
+
+    def corpus(self, n: int, seed: int = 0) -> list[str]:
+        texts = super().corpus(n, seed)
+        texts += [f"<answer> {ex['solution']} </answer>" for ex in self.examples("train")[:n] if ex.get("solution")]
+        return texts
+
+    def validate(self, example: Example, answer: str) -> bool:
+        try:
+            expression = extract_answer(answer)
+            return expression is not None and is_correct(expression, example["nums"], example["target"])
+        except Exception:  # noqa: BLE001 - a validator returns a bool for any input, by contract
+            return False

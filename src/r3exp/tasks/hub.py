@@ -1,0 +1,54 @@
+"""Load a task's rows from the Hugging Face hub or a local file, with fixed, seeded, disjoint splits."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from r3exp.errors import R3Error
+
+
+class DataUnavailable(R3Error):
+    """The dataset cannot be reached (no network, gated without a token, or a missing file)."""
+
+
+def load_hub_rows(
+    source: str, split: str, split_sizes: dict[str, int], seed: int, required: Sequence[str]
+) -> list[dict]:
+    """Rows of ``split`` from ``source`` (hub id or local file).
+
+    The whole dataset is shuffled once with ``seed``; ``test`` takes the first rows, ``validation`` the
+    next, ``train`` the rest (capped at its size), so the splits are disjoint and stable.
+    """
+    import datasets
+
+    path = Path(source).expanduser()
+    try:
+        if path.exists():
+            fmt = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
+            if fmt is None:
+                raise DataUnavailable(f"{path}: unsupported file type (use .json, .jsonl, .parquet, .csv)")
+            data = datasets.load_dataset(fmt, data_files=str(path), split="train")
+        else:
+            data = datasets.load_dataset(source, split="train", token=os.environ.get("HF_TOKEN"))
+    except DataUnavailable:
+        raise
+    except Exception as err:  # datasets raises many types for "offline", "gated", "not found"
+        raise DataUnavailable(
+            f"cannot load dataset {source!r}: {type(err).__name__}: {str(err).splitlines()[0][:200]} "
+            "(no network or hub access? use task.source=generated, or a local file path)"
+        ) from None
+    missing = [key for key in required if key not in data.column_names]
+    if missing:
+        raise DataUnavailable(f"dataset {source!r} lacks required column(s) {missing}; has {data.column_names}")
+    data = data.shuffle(seed=seed)
+    n_test, n_val = int(split_sizes.get("test", 0)), int(split_sizes.get("validation", 0))
+    bounds = {
+        "test": (0, n_test),
+        "validation": (n_test, n_test + n_val),
+        "train": (n_test + n_val, min(len(data), n_test + n_val + int(split_sizes.get("train", len(data))))),
+    }
+    start, stop = bounds[split]
+    if start >= len(data):
+        raise DataUnavailable(f"dataset {source!r} has {len(data)} rows, too few for split {split!r}")
+    return [data[i] for i in range(start, min(stop, len(data)))]
