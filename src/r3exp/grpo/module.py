@@ -84,8 +84,7 @@ class R3GRPOModule(L.LightningModule):
     def on_train_start(self) -> None:
         self.policy.train()
         self._calls = 0
-        seconds = self.sync_engine()  # a resumed run's engine must hold the checkpoint's weights
-        self.log("time/sync_seconds", seconds)
+        self.sync_engine()  # a resumed run's engine must hold the checkpoint's weights
 
     def on_train_end(self) -> None:
         if self.synced_version != self.global_step:
@@ -95,7 +94,7 @@ class R3GRPOModule(L.LightningModule):
     def _next_rollouts(self, dataloader_iter: Iterator) -> None:
         """Draw the micro-batches of the next optimizer step(s), generated with the current weights."""
         if self.synced_version != self.global_step:
-            self.log("time/sync_seconds", self.sync_engine())
+            self._log({"time/sync_seconds": self.sync_engine()})
         accumulation = self.trainer.accumulate_grad_batches
         self._rollouts = [next(dataloader_iter)[0] for _ in range(accumulation)]
         for rollout in self._rollouts:
@@ -114,18 +113,21 @@ class R3GRPOModule(L.LightningModule):
             self._next_rollouts(dataloader_iter)
         batch = self._rollouts[position % accumulation]
         self.last_batch_stats = batch["stats"]
-        self.log_dict(batch["stats"], on_step=True)
+        self._log(batch["stats"])
         if not batch["has_signal"]:
-            self.log("train/skipped", 1.0)
+            self._log({"train/skipped": 1.0})
             return None
         start = time.perf_counter()
         loss, metrics = self.batch_loss({k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()})
         metrics["train/tokens_per_second"] = int(batch["attention_mask"].sum()) / (time.perf_counter() - start)
         metrics["train/skipped"] = 0.0
-        self.log_dict(metrics, on_step=True)
-        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True)
-        self.log("reward", batch["stats"]["rollout/reward_mean"], on_step=True, prog_bar=True)
+        self._log(metrics)
+        self._log({"train/loss": loss.detach(), "reward": batch["stats"]["rollout/reward_mean"]}, prog_bar=True)
         return loss
+
+    def _log(self, metrics: dict, prog_bar: bool = False) -> None:
+        # batches come from dataloader_iter, so Lightning cannot infer a batch size: one step is one item
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=prog_bar, batch_size=1)
 
     def batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """GRPO loss of one micro-batch; all (N, T) tensors below are aligned on the predicted token."""
@@ -155,7 +157,7 @@ class R3GRPOModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         norms = grad_norm(self.policy, norm_type=2)
-        self.log("train/grad_norm", norms.get("grad_2.0_norm_total", 0.0), on_step=True)
+        self._log({"train/grad_norm": norms.get("grad_2.0_norm_total", 0.0)})
 
     # -- optimizer -------------------------------------------------------------------------------
     def configure_optimizers(self):

