@@ -128,3 +128,9 @@ def test_local_file_source_in_public_format(tmp_path, countdown):
     assert [len(s) for s in splits] == [10, 5, 5]
     seen = [(tuple(r["nums"]), r["target"]) for s in splits for r in s]
     assert len(set(seen)) == 20
+
+
+def test_a_smaller_split_is_a_prefix_of_a_larger_one(countdown):
+    from r3exp.tasks.countdown_solver import generate_instances
+
+    assert generate_instances(8, "test", seed=0) == generate_instances(50, "test", seed=0)[:8]

@@ -92,15 +92,14 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(path)
 
 
-def run_training(cfg: DictConfig, parts: Components, logger) -> dict[str, Path]:
+def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: list | None = None) -> dict[str, Path]:
     policy = parts.model.load(parts.model_path)
     optimizer = instantiate(cfg.optimizer.optimizer)
     scheduler = instantiate(cfg.optimizer.scheduler) if cfg.optimizer.get("scheduler") else None
     module = instantiate(cfg.grpo)(policy=policy, engine=parts.engine, optimizer=optimizer, scheduler=scheduler)
     datamodule = instantiate(cfg.rollout)(task=parts.task, engine=parts.engine, tokenizer=parts.tokenizer)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer: L.Trainer = instantiate(cfg.trainer)(logger=logger, callbacks=callbacks) if cfg.trainer.get("_partial_") \
-        else instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + list(extra_callbacks or [])
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
     return save_policy(module.policy, parts.tokenizer, Path(cfg.paths.output_dir) / "policy")
 

@@ -146,4 +146,7 @@ def grpo_loss(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, advantag
         metrics["clip_ratio/high"] = masked_mean(high.float(), mask).item()
         metrics["clip_ratio/region"] = masked_mean((low | high).float(), mask).item()
         metrics["ratio_mean"] = masked_mean(ratio, mask).item()
+        # 0 up to numerics when the batch is on-policy (first of the mu updates): a staleness detector
+        diff = torch.where(mask, (logprobs - behaviour_logprobs).abs(), torch.zeros_like(logprobs))
+        metrics["logprob_diff_max"] = diff.max().item() if diff.numel() else 0.0
     return loss, metrics

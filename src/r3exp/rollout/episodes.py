@@ -29,7 +29,7 @@ class ReflectionContains:
     """
 
     def __init__(self, text: str):
-        self.text = text
+        self.text = str(text)
 
     def __call__(self, task, example, reflection, retry) -> float:
         return float(self.text in reflection.text)

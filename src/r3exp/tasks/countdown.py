@@ -70,9 +70,7 @@ class CountdownTask(Task):
     def _load(self, split: str) -> list[Example]:
         count = int(self.split_sizes[split])
         if self.source == "generated":
-            total = sum(self.split_sizes.values())
-            fractions = {s: n / total for s, n in self.split_sizes.items()}
-            return generate_instances(count, split, self.seed, fractions)
+            return generate_instances(count, split, self.seed)
         rows = load_hub_rows(self.source, split, self.split_sizes, self.seed, required=("target", "nums"))
         return [{"nums": [int(n) for n in row["nums"]], "target": int(row["target"])} for row in rows]
 

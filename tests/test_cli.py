@@ -1,0 +1,73 @@
+"""The real command line, in subprocesses, as a user runs it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import CACHE, ROOT
+
+SHORT = ["evaluation.limit=16", "trainer.max_steps=2", "rollout.examples_per_step=2", "rollout.group_size=2",
+         "rollout.attempt.max_tokens=16", "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=16",
+         "rollout.max_draws=1", "task.split_sizes.train=100", "task.split_sizes.validation=16",
+         "task.split_sizes.test=16", "callbacks.checkpoint.every_n_train_steps=1"]
+
+
+def r3exp(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "R3EXP_CACHE_DIR": str(CACHE), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "r3exp", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_paper_model_composes_as_on_a_gpu_machine():
+    out = r3exp("task=countdown", "model=qwen2_1.5b", "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    assert "name_or_path: Qwen/Qwen2-1.5B-Instruct" in out.stdout and "dtype: bfloat16" in out.stdout
+
+
+@pytest.mark.parametrize("model", ["qwen2_7b", "qwen2.5_1.5b", "llama3.1_8b", "phi3.5_mini", "tiny"])
+def test_every_model_config_composes(model):
+    assert r3exp(f"model={model}", "--cfg", "job").returncode == 0
+
+
+def test_unknown_group_option_and_key_fail_with_hydras_message():
+    out = r3exp("model=gpt5", "--cfg", "job")
+    assert out.returncode != 0 and "Could not find 'model/gpt5'" in out.stderr
+    out = r3exp("rollout.group_sise=4", "--cfg", "job")
+    assert out.returncode != 0 and "group_sise" in out.stderr
+
+
+def test_unreachable_hub_model_fails_with_one_line(tmp_path):
+    out = r3exp("model=qwen2_1.5b", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2
+    error_lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "Qwen/Qwen2-1.5B-Instruct" in error_lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_main_job_end_to_end_then_resume(tmp_path):
+    """Base eval, training (W&B offline, checkpoints), export, trained eval, table; then resume."""
+    run_dir = tmp_path / "run"
+    out = r3exp(*SHORT, f"hydra.run.dir={run_dir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| base | test | 16 |" in out.stdout and "| trained | test | 16 |" in out.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results) == {"base", "trained"} and results["trained"]["total"] == 16
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert (run_dir / "policy" / "merged" / "model.safetensors").exists()
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+    # resume: the run goes on from step 2 to step 3 instead of starting over
+    out = r3exp(*SHORT, f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_steps=3", "mode=train")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in out.stderr + out.stdout
+    import torch
+
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    # the exported policy loads in the evaluation mode (vLLM) like any model directory
+    out = r3exp("mode=evaluate", f"model.name_or_path={run_dir / 'policy' / 'merged'}", "evaluation.limit=8",
+                "task.split_sizes.test=8", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["tiny"]["total"] == 8
