@@ -69,6 +69,9 @@ class R3GRPOModule(L.LightningModule):
         self._calls = 0  # training_step calls since the start of this fit
         self.synced_version = -1  # the policy version the engine holds
         self.last_batch_stats: dict[str, float] = {}
+        self.last_sync_seconds = 0.0  # read by r3exp.tracking.StepTimer
+        self.last_trained_tokens = 0
+        self.drew_rollout = False
 
     # -- weight sync -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -94,7 +97,8 @@ class R3GRPOModule(L.LightningModule):
     def _next_rollouts(self, dataloader_iter: Iterator) -> None:
         """Draw the micro-batches of the next optimizer step(s), generated with the current weights."""
         if self.synced_version != self.global_step:
-            self._log({"time/sync_seconds": self.sync_engine()})
+            self.last_sync_seconds = self.sync_engine()
+            self._log({"time/sync_seconds": self.last_sync_seconds})
         accumulation = self.trainer.accumulate_grad_batches
         self._rollouts = [next(dataloader_iter)[0] for _ in range(accumulation)]
         for rollout in self._rollouts:
@@ -109,17 +113,20 @@ class R3GRPOModule(L.LightningModule):
         accumulation = self.trainer.accumulate_grad_batches
         position = self._calls % (accumulation * self.mu)
         self._calls += 1
-        if position == 0:
+        self.drew_rollout = position == 0
+        if self.drew_rollout:
             self._next_rollouts(dataloader_iter)
         batch = self._rollouts[position % accumulation]
         self.last_batch_stats = batch["stats"]
         self._log(batch["stats"])
+        self.last_trained_tokens = 0
         if not batch["has_signal"]:
             self._log({"train/skipped": 1.0})
             return None
         start = time.perf_counter()
         loss, metrics = self.batch_loss({k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()})
-        metrics["train/tokens_per_second"] = int(batch["attention_mask"].sum()) / (time.perf_counter() - start)
+        self.last_trained_tokens = int(batch["attention_mask"].sum())
+        metrics["train/forward_tokens_per_second"] = self.last_trained_tokens / (time.perf_counter() - start)
         metrics["train/skipped"] = 0.0
         self._log(metrics)
         self._log({"train/loss": loss.detach(), "reward": batch["stats"]["rollout/reward_mean"]}, prog_bar=True)
