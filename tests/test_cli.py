@@ -71,3 +71,10 @@ def test_main_job_end_to_end_then_resume(tmp_path):
                 "task.split_sizes.test=8", f"hydra.run.dir={tmp_path / 'eval'}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["tiny"]["total"] == 8
+
+
+def test_apigen_runs_evaluation_and_a_short_training(tmp_path):
+    out = r3exp("task=apigen", *SHORT, "rollout.attempt.max_tokens=32", "logger=csv", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "apigen · tiny" in out.stdout and "| trained | test | 16 |" in out.stdout
+    assert json.loads((tmp_path / "results.json").read_text())["base"]["total"] == 16

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-BUILTIN_TASKS = ("countdown",)
+BUILTIN_TASKS = ("countdown", "apigen")
 CORPUS_EXAMPLES_PER_TASK = 400
 
 

@@ -58,15 +58,32 @@ class RolloutTiming:
 
 
 class ChatRenderer:
-    """Turns chat messages into prompt token ids with the model's own chat template."""
+    """Turns chat messages into prompt token ids with the model's own chat template.
+
+    Tools go through the template's native support (``apply_chat_template(tools=...)``) when it has one;
+    otherwise ``tools_message`` (the task's system prompt listing them) is put in the system turn.
+    """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self.native_tools = "tools" in (tokenizer.chat_template or "")
 
-    def __call__(self, messages: Sequence[Message]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
-                                                 return_dict=False)
+    def __call__(self, messages: Sequence[Message], tools: list[dict] | None = None,
+                 tools_message: str | None = None) -> list[int]:
+        messages, kwargs = list(messages), {}
+        if tools and self.native_tools:
+            kwargs["tools"] = tools
+        elif tools_message:
+            if messages and messages[0]["role"] == "system":
+                messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + tools_message}
+            else:
+                messages.insert(0, {"role": "system", "content": tools_message})
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False, **kwargs)
         return list(ids)
+
+    def for_task(self, task: Task, example: Example, messages: Sequence[Message]) -> list[int]:
+        return self(messages, task.tools(example), task.tools_system_message(example))
 
 
 class R3Protocol:
@@ -95,7 +112,7 @@ class R3Protocol:
         return out
 
     def first_attempts(self, examples: Sequence[Example]) -> list[Episode]:
-        prompts = [self.render(self.task.first_attempt_messages(ex)) for ex in examples]
+        prompts = [self.render.for_task(self.task, ex, self.task.first_attempt_messages(ex)) for ex in examples]
         attempts = [group[0] for group in self._generate(prompts, 1, self.attempt_sampling)]
         return [Episode(ex, a, self.task.validate(ex, a.text), policy_version=self.engine.policy_version)
                 for ex, a in zip(examples, attempts)]
@@ -104,12 +121,14 @@ class R3Protocol:
         """Fill reflections, retries and rewards for every failed episode (in place; returns them all)."""
         failures = [ep for ep in episodes if not ep.first_try_success]
         for ep in failures:
-            ep.reflection_prompt_ids = self.render(self.task.reflection_messages(ep.example, ep.attempt.text))
+            ep.reflection_prompt_ids = self.render.for_task(
+                self.task, ep.example, self.task.reflection_messages(ep.example, ep.attempt.text))
             ep.policy_version = self.engine.policy_version
         groups = self._generate([ep.reflection_prompt_ids for ep in failures], group_size,
                                 self.reflection_sampling)
         retry_prompts = [
-            self.render(self.task.retry_messages(ep.example, ep.attempt.text, reflection.text))
+            self.render.for_task(self.task, ep.example,
+                                 self.task.retry_messages(ep.example, ep.attempt.text, reflection.text))
             for ep, group in zip(failures, groups) for reflection in group
         ]
         retries = iter(group[0] for group in self._generate(retry_prompts, 1, self.retry_sampling))

@@ -1,5 +1,6 @@
 """Verifiable tasks: the protocol and its implementations."""
 from r3exp.tasks.base import SPLITS, Task
+from r3exp.tasks.apigen import ApigenTask
 from r3exp.tasks.countdown import CountdownTask
 
-__all__ = ["SPLITS", "Task", "CountdownTask"]
+__all__ = ["SPLITS", "Task", "ApigenTask", "CountdownTask"]

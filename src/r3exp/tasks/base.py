@@ -43,6 +43,14 @@ class Task(ABC):
     def validate(self, example: Example, answer: str) -> bool:
         """True when ``answer`` solves ``example``. Must return a bool for any string and never raise."""
 
+    def tools(self, example: Example) -> list[dict] | None:
+        """Tool schemas offered to the model for ``example`` (function-calling tasks); None for most tasks."""
+        return None
+
+    def tools_system_message(self, example: Example) -> str | None:
+        """The tools as a system prompt, for chat templates without native tool support."""
+        return None
+
     def first_attempt_messages(self, example: Example) -> list[Message]:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return messages + [{"role": "user", "content": self.user_prompt(example)}]
