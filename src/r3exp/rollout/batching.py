@@ -28,30 +28,29 @@ def build_batch(episodes: Sequence[Episode], pad_id: int) -> dict[str, torch.Ten
     log-prob of each reflection token at its own position (0 elsewhere); ``rewards`` (B,);
     ``group_ids`` (B,), one group per failed example; ``policy_version`` (B,).
     """
-    rows = [(ep, i, reflection) for i, ep in enumerate(e for e in episodes if e.reflections)
-            for reflection in ep.reflections]
+    failed = [ep for ep in episodes if ep.reflections]
+    rows = [(ep, group, j) for group, ep in enumerate(failed) for j in range(len(ep.reflections))]
     if not rows:
         return empty_batch()
     contexts = [ep.reflection_prompt_ids for ep, _, _ in rows]
-    reflections = [r.token_ids for _, _, r in rows]
+    reflections = [ep.reflections[j] for ep, _, j in rows]
     context_len = torch.tensor([len(c) for c in contexts])
-    reflection_len = torch.tensor([len(r) for r in reflections])
+    reflection_len = torch.tensor([len(r.token_ids) for r in reflections])
     total = int((context_len + reflection_len).max())
     input_ids = torch.full((len(rows), total), pad_id, dtype=torch.long)
     behaviour = torch.zeros((len(rows), total), dtype=torch.float32)
-    for b, (context, (_, _, reflection)) in enumerate(zip(contexts, rows)):
+    for b, (context, reflection) in enumerate(zip(contexts, reflections)):
         n = len(context)
         input_ids[b, :n] = torch.tensor(context)
         input_ids[b, n:n + len(reflection.token_ids)] = torch.tensor(reflection.token_ids, dtype=torch.long)
         behaviour[b, n:n + len(reflection.logprobs)] = torch.tensor(reflection.logprobs)
     positions = torch.arange(total).unsqueeze(0)
-    rewards = [ep.rewards[j] for ep in (e for e in episodes if e.reflections) for j in range(len(ep.reflections))]
     return {
         "input_ids": input_ids,
         "attention_mask": (positions < (context_len + reflection_len).unsqueeze(1)).long(),
         "reflection_mask": reflection_mask(context_len, reflection_len, total),
         "behaviour_logprobs": behaviour,
-        "rewards": torch.tensor(rewards, dtype=torch.float32),
+        "rewards": torch.tensor([ep.rewards[j] for ep, _, j in rows], dtype=torch.float32),
         "group_ids": torch.tensor([g for _, g, _ in rows]),
         "policy_version": torch.tensor([ep.policy_version for ep, _, _ in rows]),
     }
