@@ -82,3 +82,46 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path, tiny_path, tokenizer
     train(resumed, tiny_path, tokenizer, fresh_vllm, recorder)
     assert [r["step"] for r in recorder.rows] == [2, 3]  # continues; the first two steps are not redone
     assert torch.load(ckpt, weights_only=False)["global_step"] == 4
+
+
+def test_first_failure_dataset_feeds_training(tmp_path, tiny_path, tokenizer, fresh_vllm, countdown):
+    from r3exp.rollout.engines import SamplingConfig
+    from r3exp.rollout.failures import collect_failures, write_failures
+
+    examples = countdown.examples("train")[:6]
+    solvable = dict(examples[0], nums=[1, 2, 3], target=6)
+    rows, stats = collect_failures(countdown, fresh_vllm, tokenizer, examples, SamplingConfig(max_tokens=16),
+                                   attempts=2, rule="all_fail")
+    assert stats["examples"] == 6 and stats["kept"] == len(rows) == 6  # the base model fails them all
+    assert all(r["failed_attempts"] == 2 and isinstance(r["attempt"], str) for r in rows)
+    kept, _ = collect_failures(countdown, _AnswersOnePlusTwoPlusThree(), tokenizer, [solvable],
+                               SamplingConfig(max_tokens=16), attempts=2)
+    assert kept == []  # solved examples are not failures
+    path = write_failures(rows, tmp_path / "failures.jsonl")
+    cfg = training_config(tmp_path, "trainer.max_steps=2", "rollout.source=failures",
+                          f"rollout.failures_path={path}", "rollout.on_no_signal=skip")
+    recorder = StepRecorder()
+    train(cfg, tiny_path, tokenizer, fresh_vllm, recorder)
+    assert [r["step"] for r in recorder.rows] == [0, 1]
+    assert all(r["rollout/failure_fraction"] == 1.0 and r["rollout/groups"] == 2 for r in recorder.rows)
+
+
+class _AnswersOnePlusTwoPlusThree:
+    """A scripted engine: the tiny base model solves nothing, so the keep rule's other branch needs one."""
+
+    policy_version = 0
+
+    def generate(self, prompts, n, sampling):
+        from r3exp.rollout.engines import Completion
+
+        return [[Completion([1], [0.0], "<answer>1 + 2 + 3</answer>", True) for _ in range(n)] for _ in prompts]
+
+
+def test_bad_failures_file_names_file_and_line(tmp_path):
+    from r3exp.errors import ConfigError
+    from r3exp.rollout.datamodule import load_failures
+
+    path = tmp_path / "failures.jsonl"
+    path.write_text('{"example": {}, "attempt": "x"}\n{"example": {}}\n')
+    with pytest.raises(ConfigError, match=r"failures.jsonl:2"):
+        load_failures(path)
