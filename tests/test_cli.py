@@ -78,3 +78,11 @@ def test_apigen_runs_evaluation_and_a_short_training(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "apigen · tiny" in out.stdout and "| trained | test | 16 |" in out.stdout
     assert json.loads((tmp_path / "results.json").read_text())["base"]["total"] == 16
+
+
+@pytest.mark.parametrize("experiment,source", [("paper_countdown", "Jiayi-Pan/Countdown-Tasks-3to4"),
+                                               ("paper_apigen", "Salesforce/xlam-function-calling-60k")])
+def test_paper_experiments_compose(experiment, source):
+    out = r3exp(f"experiment={experiment}", "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    assert f"source: {source}" in out.stdout and "precision: bf16-mixed" in out.stdout
