@@ -39,7 +39,8 @@ def train(cfg, tiny_path, tokenizer, engine, recorder):
 def test_every_batch_is_sampled_with_the_latest_weights(tmp_path, tiny_path, tokenizer, fresh_vllm):
     cfg = training_config(tmp_path, "trainer.max_steps=4", "optimizer.optimizer.lr=3e-3",
                           "rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains",
-                          "~rollout.reward._partial_", "+rollout.reward.text=a", "rollout.on_no_signal=skip")
+                          "~rollout.reward._partial_", "+rollout.reward.text=a", "rollout.on_no_signal=resample",
+                          "rollout.group_size=8", "rollout.examples_per_step=4")
     recorder = StepRecorder()
     train(cfg, tiny_path, tokenizer, fresh_vllm, recorder)
     assert [r["step"] for r in recorder.rows] == [0, 1, 2, 3]
