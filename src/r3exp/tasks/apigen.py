@@ -9,7 +9,7 @@ from typing import Iterable
 
 from r3exp.tasks.apigen_generator import generate_row
 from r3exp.tasks.apigen_validator import validate_calls
-from r3exp.tasks.base import Example, Task, check_split
+from r3exp.tasks.base import Example, Task
 from r3exp.tasks.hub import load_hub_rows
 
 log = logging.getLogger(__name__)
@@ -81,13 +81,9 @@ class ApigenTask(Task):
         self.prompt, self.tools_prompt, self.source, self.seed = prompt, tools_prompt, source, seed
         self.split_sizes = dict(split_sizes or {"train": 2000, "validation": 200, "test": 200})
         self.skipped: dict[str, int] = {}
-        self._cache: dict[str, list[Example]] = {}
 
     def examples(self, split: str) -> list[Example]:
-        check_split(split)
-        if split not in self._cache:
-            self._cache[split] = self._load(split)
-        return self._cache[split]
+        return self._cached_split(split, self._load)
 
     def _load(self, split: str) -> list[Example]:
         count = int(self.split_sizes[split])

@@ -51,6 +51,13 @@ class Task(ABC):
         """The tools as a system prompt, for chat templates without native tool support."""
         return None
 
+    def _cached_split(self, split: str, load) -> list[Example]:
+        """``load(split)`` once per split; tasks whose examples are costly to build share this cache."""
+        cache = self.__dict__.setdefault("_split_cache", {})
+        if check_split(split) not in cache:
+            cache[split] = load(split)
+        return cache[split]
+
     def first_attempt_messages(self, example: Example) -> list[Message]:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return messages + [{"role": "user", "content": self.user_prompt(example)}]

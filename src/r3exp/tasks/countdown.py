@@ -5,7 +5,7 @@ import re
 from fractions import Fraction
 from typing import Sequence
 
-from r3exp.tasks.base import Example, Task, check_split
+from r3exp.tasks.base import Example, Task
 from r3exp.tasks.countdown_solver import generate_instances
 from r3exp.tasks.hub import load_hub_rows
 from r3exp.tasks.safe_arithmetic import UnsafeExpression, evaluate
@@ -59,13 +59,9 @@ class CountdownTask(Task):
         self.source = source
         self.split_sizes = dict(split_sizes or {"train": 2000, "validation": 200, "test": 200})
         self.seed = seed
-        self._cache: dict[str, list[Example]] = {}
 
     def examples(self, split: str) -> list[Example]:
-        check_split(split)
-        if split not in self._cache:
-            self._cache[split] = self._load(split)
-        return self._cache[split]
+        return self._cached_split(split, self._load)
 
     def _load(self, split: str) -> list[Example]:
         count = int(self.split_sizes[split])

@@ -20,12 +20,12 @@ def _combine(a: Expression, b: Expression):
     yield va - vb, f"{ea} - {_wrap(eb)}"
     yield vb - va, f"{eb} - {_wrap(ea)}"
     if vb != 0:
-        yield va / vb, f"{_wrap(ea)} / {_wrap(eb, strict=True)}"
+        yield va / vb, f"{_wrap(ea)} / {_wrap(eb)}"
     if va != 0:
-        yield vb / va, f"{_wrap(eb)} / {_wrap(ea, strict=True)}"
+        yield vb / va, f"{_wrap(eb)} / {_wrap(ea)}"
 
 
-def _wrap(expr: str, strict: bool = False) -> str:
+def _wrap(expr: str) -> str:
     """Parenthesise compound sub-expressions (always, for simplicity and unambiguity)."""
     return f"({expr})" if (" " in expr) else expr
 
