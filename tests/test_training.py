@@ -25,7 +25,7 @@ class StepRecorder(L.Callback):
         self.rows = []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        versions = {int(v) for r in module._rollouts for v in r["policy_version"]}
+        versions = {int(v) for r in module.rollouts for v in r["policy_version"]}
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         self.rows.append({"step": trainer.global_step - 1, "versions": versions, **metrics})
 

@@ -14,8 +14,12 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
     from r3exp.pipeline import run
 
+    if cfg.paths.get("output_dir") is None:
+        cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
     try:
         produced = run(cfg)
     except R3Error as err:

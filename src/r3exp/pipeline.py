@@ -18,10 +18,13 @@ from r3exp.models import ModelSpec, load_tokenizer
 from r3exp.models.export import save_policy
 from r3exp.rollout.episodes import Episode, R3Protocol
 from r3exp.rollout.failures import collect_failures, write_failures
-from r3exp.tasks.base import Task
+from r3exp.tasks.base import SPLITS, Task
+from r3exp.tracking.provenance import collect_provenance, write_provenance
+from r3exp.tracking.wandb_run import log_dataset_artifact, log_evaluation, log_policy_artifact, log_provenance
 
 log = logging.getLogger(__name__)
-MODES = ("main", "evaluate", "train", "failures")
+MODES = ("main", "evaluate", "train", "failures", "data")
+CODE_DIR = Path(__file__).resolve().parents[2]  # the checkout holding conf/ (for the git commit)
 
 
 def setup_environment() -> None:
@@ -31,6 +34,13 @@ def setup_environment() -> None:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The run's directory (``paths.output_dir``; the Hydra entry point fills it with the run dir)."""
+    if cfg.paths.get("output_dir") is None:
+        raise ConfigError("paths.output_dir is not set (python -m r3exp sets it to the Hydra run directory)")
+    return Path(cfg.paths.output_dir)
 
 
 @dataclass
@@ -53,40 +63,67 @@ def build_components(cfg: DictConfig) -> Components:
     return Components(task, model, path, tokenizer, engine)
 
 
-def run_evaluation(cfg: DictConfig, parts: Components, label: str) -> EvalResult:
+def run_evaluation(cfg: DictConfig, parts: Components, label: str) -> tuple[EvalResult, list[dict]]:
     ev = cfg.evaluation
     protocol = R3Protocol(parts.task, parts.engine, parts.tokenizer, instantiate(ev.attempt),
                           instantiate(ev.reflection), instantiate(ev.retry))
     examples = list(parts.task.examples(ev.split))[: ev.limit]
     result, episodes = evaluate(protocol, examples, ev.split, ev.batch_size, description=f"evaluate {label}")
-    write_episodes(episodes, Path(cfg.paths.output_dir) / f"eval_{label}_episodes.jsonl")
-    return result
+    rows = [episode_row(parts.task, ep) for ep in episodes]
+    write_jsonl(rows, output_dir(cfg) / f"eval_{label}_episodes.jsonl")
+    return result, rows
 
 
-def write_episodes(episodes: list[Episode], path: Path) -> None:
+def episode_row(task: Task, ep: Episode) -> dict:
+    """One evaluation episode as a flat record (the JSONL files and the W&B evaluation samples)."""
+    return {"example": ep.example, "task_prompt": task.user_prompt(ep.example), "first_attempt": ep.attempt.text,
+            "first_try_success": ep.first_try_success,
+            "reflection": ep.reflections[0].text if ep.reflections else None,
+            "retry": ep.retries[0].text if ep.retries else None,
+            "retry_success": ep.retry_successes[0] if ep.retry_successes else None}
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
-        for ep in episodes:
-            handle.write(json.dumps({
-                "example": ep.example, "attempt": ep.attempt.text, "first_try_success": ep.first_try_success,
-                "reflection": ep.reflections[0].text if ep.reflections else None,
-                "retry": ep.retries[0].text if ep.retries else None,
-                "retry_success": ep.retry_successes[0] if ep.retry_successes else None,
-            }) + "\n")
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return path
 
 
-def build_logger(cfg: DictConfig):
+def build_logger(cfg: DictConfig, provenance: dict):
     if not cfg.get("logger"):
         return False
-    logger = instantiate(cfg.logger)
+    logger = instantiate(cfg.logger, save_dir=str(output_dir(cfg)))
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log_provenance(logger, provenance)
     return logger
+
+
+def local_data_paths(cfg: DictConfig) -> list[str]:
+    """The local files a run reads: the task's data (a file or split directory) and a first-failure dataset."""
+    paths = [cfg.task.get("source"), cfg.rollout.get("failures_path") if cfg.rollout.get("source") == "failures" else None]
+    return [p for p in paths if p and Path(str(p)).exists()]
+
+
+def run_data(cfg: DictConfig) -> Path:
+    """Write the task's splits as JSONL (``<output_dir>/<split>.jsonl``); ``task.source=<that dir>`` reads them."""
+    task = instantiate(cfg.task)
+    sizes = {}
+    for split in SPLITS:
+        rows = list(task.examples(split))
+        write_jsonl(rows, output_dir(cfg) / f"{split}.jsonl")
+        sizes[split] = len(rows)
+    (output_dir(cfg) / "data.json").write_text(json.dumps(
+        {"task": task.name, "source": cfg.task.get("source"), "seed": cfg.seed, "sizes": sizes}, indent=2))
+    print(f"{task.name} splits {sizes} -> {output_dir(cfg)}")
+    return output_dir(cfg)
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if cfg.ckpt_path is None:
         return None
-    path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+    path = output_dir(cfg) / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
     if not path.exists():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no checkpoint at {path}")
     return str(path)
@@ -98,17 +135,26 @@ def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: li
     scheduler = instantiate(cfg.optimizer.scheduler) if cfg.optimizer.get("scheduler") else None
     module = instantiate(cfg.grpo)(policy=policy, engine=parts.engine, optimizer=optimizer, scheduler=scheduler)
     datamodule = instantiate(cfg.rollout)(task=parts.task, engine=parts.engine, tokenizer=parts.tokenizer)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + list(extra_callbacks or [])
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    callbacks = [instantiate_callback(c, output_dir(cfg)) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks += list(extra_callbacks or [])
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
+                                     default_root_dir=str(output_dir(cfg)))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
-    return save_policy(module.policy, parts.tokenizer, Path(cfg.paths.output_dir) / "policy")
+    return save_policy(module.policy, parts.tokenizer, output_dir(cfg) / "policy")
+
+
+def instantiate_callback(cfg: DictConfig, run_dir: Path):
+    """A callback from its config; a checkpoint callback with ``dirpath: null`` saves to <run dir>/checkpoints."""
+    if "dirpath" in cfg and cfg.dirpath is None:
+        return instantiate(cfg, dirpath=str(run_dir / "checkpoints"))
+    return instantiate(cfg)
 
 
 def run_failures(cfg: DictConfig, parts: Components) -> Path:
     sampling = instantiate(cfg.rollout.attempt)
     rows, stats = collect_failures(parts.task, parts.engine, parts.tokenizer, list(parts.task.examples("train")),
                                    sampling, cfg.failures.attempts, cfg.failures.rule)
-    path = write_failures(rows, cfg.failures.output)
+    path = write_failures(rows, cfg.failures.output or output_dir(cfg) / "failures.jsonl")
     Path(path).with_suffix(".stats.json").write_text(json.dumps(stats, indent=2))
     print(f"first-failure dataset: kept {stats['kept']} of {stats['examples']} examples -> {path}")
     return path
@@ -120,29 +166,41 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"mode={cfg.mode!r}; expected one of {MODES}")
     setup_environment()
     L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = output_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    provenance = collect_provenance(CODE_DIR, cfg.seed, local_data_paths(cfg))
+    write_provenance(provenance, run_dir)
+    produced: dict[str, Any] = {"output_dir": run_dir}
+    if cfg.mode == "data":
+        produced["data"] = run_data(cfg)
+        return produced
     parts = build_components(cfg)
-    produced: dict[str, Any] = {"output_dir": output_dir}
     try:
         if cfg.mode == "failures":
             produced["failures"] = run_failures(cfg, parts)
             return produced
         results: dict[str, EvalResult] = {}
-        logger = build_logger(cfg) if cfg.mode in ("main", "train") else False
+        samples: dict[str, list[dict]] = {}
+        logger = build_logger(cfg, provenance) if cfg.mode in ("main", "train") else False
+        base_label = "base" if cfg.mode == "main" else parts.model.name
         if cfg.mode in ("main", "evaluate"):
-            results["base" if cfg.mode == "main" else parts.model.name] = run_evaluation(cfg, parts, "base")
+            results[base_label], samples[base_label] = run_evaluation(cfg, parts, "base")
         if cfg.mode in ("main", "train"):
+            log_dataset_artifact(logger, parts.task.name, str(cfg.task.get("source")),
+                                 OmegaConf.to_container(cfg.task, resolve=True))
             produced["policy"] = run_training(cfg, parts, logger)
+            log_policy_artifact(logger, f"{cfg.run_name}-policy", run_dir / "policy",
+                                {"model": parts.model.name, "task": parts.task.name, "seed": cfg.seed})
         if cfg.mode == "main":
-            results["trained"] = run_evaluation(cfg, parts, "trained")
+            results["trained"], samples["trained"] = run_evaluation(cfg, parts, "trained")
         if results:
             produced["results"] = results
-            produced["results_path"] = save_results(results, output_dir / "results.json")
+            produced["results_path"] = save_results(results, run_dir / "results.json")
             print(f"\n{parts.task.name} · {parts.model.name} · {cfg.evaluation.split} split\n{format_table(results)}")
             if logger:
                 logger.log_metrics({f"eval/{name}/{key}": value for name, r in results.items()
                                     for key, value in r.to_dict().items() if isinstance(value, (int, float))})
+                log_evaluation(logger, {name: r.to_dict() for name, r in results.items()}, samples)
         return produced
     finally:
         parts.engine.close()

@@ -65,13 +65,16 @@ class R3GRPOModule(L.LightningModule):
         self.reference = None
         if loss.beta != 0.0 and not is_peft(policy):
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        self._rollouts: list[dict] = []
+        self.rollouts: list[dict] = []  # the micro-batches of the current optimizer step(s)
+        self.rollout_step = 0  # the policy version (global step) that generated ``rollouts``
         self._calls = 0  # training_step calls since the start of this fit
         self.synced_version = -1  # the policy version the engine holds
         self.last_batch_stats: dict[str, float] = {}
         self.last_sync_seconds = 0.0  # read by r3exp.tracking.StepTimer
         self.last_trained_tokens = 0
-        self.drew_rollout = False
+        self.drew_rollout = False  # this call drew the rollouts (the first call of a cycle)
+        self.finished_rollout = False  # this call was the last of the cycle (all mu x accumulation calls)
+        self.step_metrics: dict[str, float] = {}  # everything logged since the rollouts were drawn
 
     # -- weight sync -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -100,23 +103,28 @@ class R3GRPOModule(L.LightningModule):
             self.last_sync_seconds = self.sync_engine()
             self._log({"time/sync_seconds": self.last_sync_seconds})
         accumulation = self.trainer.accumulate_grad_batches
-        self._rollouts = [next(dataloader_iter)[0] for _ in range(accumulation)]
-        for rollout in self._rollouts:
+        self.rollouts = [next(dataloader_iter)[0] for _ in range(accumulation)]
+        self.rollout_step = self.global_step
+        for rollout in self.rollouts:
             version = int(rollout["policy_version"].max()) if rollout["policy_version"].numel() else self.global_step
             if version != self.global_step:
                 raise RuntimeError(f"off-policy batch: sampled with version {version}, policy at {self.global_step}")
-        tokens = sum(int(r["reflection_mask"].sum()) for r in self._rollouts)
-        for rollout in self._rollouts:
+        tokens = sum(int(r["reflection_mask"].sum()) for r in self.rollouts)
+        for rollout in self.rollouts:
             rollout["num_items"] = tokens / accumulation  # dapo: normalise by the whole step's tokens
+            rollout["advantages"] = F.group_advantages(rollout["rewards"], rollout["group_ids"],
+                                                       self.loss_cfg.scale_rewards)
 
     def training_step(self, dataloader_iter: Iterator) -> torch.Tensor | None:
         accumulation = self.trainer.accumulate_grad_batches
         position = self._calls % (accumulation * self.mu)
         self._calls += 1
         self.drew_rollout = position == 0
+        self.finished_rollout = position == accumulation * self.mu - 1
         if self.drew_rollout:
+            self.step_metrics = {}
             self._next_rollouts(dataloader_iter)
-        batch = self._rollouts[position % accumulation]
+        batch = self.rollouts[position % accumulation]
         self.last_batch_stats = batch["stats"]
         self._log(batch["stats"])
         self.last_trained_tokens = 0
@@ -135,6 +143,7 @@ class R3GRPOModule(L.LightningModule):
     def _log(self, metrics: dict, prog_bar: bool = False) -> None:
         # batches come from dataloader_iter, so Lightning cannot infer a batch size: one step is one item
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=prog_bar, batch_size=1)
+        self.step_metrics.update({k: float(v) for k, v in metrics.items()})
 
     def batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """GRPO loss of one micro-batch; all (N, T) tensors below are aligned on the predicted token."""
@@ -143,7 +152,7 @@ class R3GRPOModule(L.LightningModule):
         targets = input_ids[:, 1:]
         logits = self.policy(input_ids=input_ids, attention_mask=attention).logits[:, :-1]  # (N, T-1, V)
         logprobs = F.token_logprobs(logits, targets, self.loss_cfg.temperature)
-        advantages = F.group_advantages(batch["rewards"], batch["group_ids"], self.loss_cfg.scale_rewards)
+        advantages = batch["advantages"]
         ref_logprobs = self._reference_logprobs(input_ids, attention, targets) if self.loss_cfg.beta else None
         loss, metrics = F.grpo_loss(
             logprobs, batch["behaviour_logprobs"][:, 1:], advantages, mask,

@@ -20,6 +20,13 @@ def reflection_mask(context_lengths: torch.Tensor, reflection_lengths: torch.Ten
     return (positions >= start) & (positions < start + reflection_lengths.unsqueeze(1))
 
 
+def batch_rows(episodes: Sequence[Episode]) -> list[tuple[Episode, int, int]]:
+    """The batch's rows in order: (episode, group id, reflection index), one per reflection of every
+    failed episode. Everything that pairs rows with episodes (batches, sample tables) goes through here."""
+    failed = [ep for ep in episodes if ep.reflections]
+    return [(ep, group, j) for group, ep in enumerate(failed) for j in range(len(ep.reflections))]
+
+
 def build_batch(episodes: Sequence[Episode], pad_id: int) -> dict[str, torch.Tensor]:
     """One row per reflection of every failed episode.
 
@@ -28,8 +35,7 @@ def build_batch(episodes: Sequence[Episode], pad_id: int) -> dict[str, torch.Ten
     log-prob of each reflection token at its own position (0 elsewhere); ``rewards`` (B,);
     ``group_ids`` (B,), one group per failed example; ``policy_version`` (B,).
     """
-    failed = [ep for ep in episodes if ep.reflections]
-    rows = [(ep, group, j) for group, ep in enumerate(failed) for j in range(len(ep.reflections))]
+    rows = batch_rows(episodes)
     if not rows:
         return empty_batch()
     contexts = [ep.reflection_prompt_ids for ep, _, _ in rows]

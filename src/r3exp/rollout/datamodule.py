@@ -139,6 +139,7 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         batch["stats"]["rollout/draws"] = len(episodes) / self.examples_per_step
         batch["stats"]["rollout/wall_seconds"] = time.perf_counter() - start
         batch["has_signal"] = has_signal(episodes)
+        batch["episodes"] = episodes  # for sample tables; rows follow batching.batch_rows(episodes)
         return batch
 
     def train_dataloader(self) -> DataLoader:

@@ -76,8 +76,8 @@ class ApigenTask(Task):
 
     def __init__(self, prompt: str, tools_prompt: str, reflection_prompt: str, retry_prompt: str,
                  system_prompt: str | None = None, source: str = "generated",
-                 split_sizes: dict[str, int] | None = None, seed: int = 0):
-        super().__init__(reflection_prompt, retry_prompt, system_prompt)
+                 split_sizes: dict[str, int] | None = None, seed: int = 0, name: str = "apigen"):
+        super().__init__(reflection_prompt, retry_prompt, system_prompt, name)
         self.prompt, self.tools_prompt, self.source, self.seed = prompt, tools_prompt, source, seed
         self.split_sizes = dict(split_sizes or {"train": 2000, "validation": 200, "test": 200})
         self.skipped: dict[str, int] = {}

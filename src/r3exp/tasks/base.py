@@ -26,7 +26,9 @@ class Task(ABC):
 
     name: str = "task"
 
-    def __init__(self, reflection_prompt: str, retry_prompt: str, system_prompt: str | None = None):
+    def __init__(self, reflection_prompt: str, retry_prompt: str, system_prompt: str | None = None,
+                 name: str | None = None):
+        self.name = name or type(self).name  # names runs, W&B groups and result tables
         self.reflection_prompt = reflection_prompt
         self.retry_prompt = retry_prompt
         self.system_prompt = system_prompt

@@ -53,8 +53,9 @@ class CountdownTask(Task):
         source: str = "generated",
         split_sizes: dict[str, int] | None = None,
         seed: int = 0,
+        name: str = "countdown",
     ):
-        super().__init__(reflection_prompt, retry_prompt, system_prompt)
+        super().__init__(reflection_prompt, retry_prompt, system_prompt, name)
         self.prompt = prompt
         self.source = source
         self.split_sizes = dict(split_sizes or {"train": 2000, "validation": 200, "test": 200})

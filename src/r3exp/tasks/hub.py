@@ -1,6 +1,7 @@
 """Load a task's rows from the Hugging Face hub or a local file, with fixed, seeded, disjoint splits."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -15,14 +16,18 @@ class DataUnavailable(R3Error):
 def load_hub_rows(
     source: str, split: str, split_sizes: dict[str, int], seed: int, required: Sequence[str]
 ) -> list[dict]:
-    """Rows of ``split`` from ``source`` (hub id or local file).
+    """Rows of ``split`` from ``source``: a hub id, a local file, or a directory of split files.
 
-    The whole dataset is shuffled once with ``seed``; ``test`` takes the first rows, ``validation`` the
+    A directory holds ``train.jsonl``, ``validation.jsonl`` and ``test.jsonl`` (as ``mode=data`` writes
+    them, e.g. the DVC pipeline's ``data`` stage); its rows are used as they are, up to the split's size.
+    Otherwise the whole dataset is shuffled once with ``seed``; ``test`` takes the first rows, ``validation`` the
     next, ``train`` the rest (capped at its size), so the splits are disjoint and stable.
     """
     import datasets
 
     path = Path(source).expanduser()
+    if path.is_dir():
+        return read_split_file(path / f"{split}.jsonl", int(split_sizes.get(split, 0)) or None, required)
     try:
         if path.exists():
             fmt = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
@@ -52,3 +57,33 @@ def load_hub_rows(
     if start >= len(data):
         raise DataUnavailable(f"dataset {source!r} has {len(data)} rows, too few for split {split!r}")
     return [data[i] for i in range(start, min(stop, len(data)))]
+
+
+def read_split_file(path: Path, limit: int | None, required: Sequence[str]) -> list[dict]:
+    """The first ``limit`` rows of a JSONL split file, read as plain JSON (no schema inference)."""
+    if not path.is_file():
+        raise DataUnavailable(f"{path} does not exist (a split directory needs train/validation/test.jsonl)")
+    rows = []
+    with path.open() as handle:
+        for line_no, line in enumerate(handle, 1):
+            if limit is not None and len(rows) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataUnavailable(f"{path}:{line_no}: not JSON ({err})") from None
+            missing = [key for key in required if key not in row]
+            if missing:
+                raise DataUnavailable(f"{path}:{line_no}: missing field(s) {missing}")
+            rows.append(row)
+    return rows
+
+
+def write_split_file(rows: Sequence[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return path

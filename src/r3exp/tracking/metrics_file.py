@@ -1,0 +1,61 @@
+"""The training curves as a plain CSV in the run directory (``train_metrics.csv``), one row per optimizer
+step, for readers without W&B: DVC plots, ``mode=compare`` and the analysis notebook.
+
+A resumed run appends to the file; it restarts at its checkpoint's step, so a step may appear twice
+(the crashed attempt's row, then the resumed one): readers keep the last row per step
+(:func:`read_metrics`).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+
+COLUMNS = {  # CSV column: logged metric
+    "reward": "rollout/reward_mean",
+    "retry_success": "rollout/retry_success",
+    "first_try_success": "rollout/first_try_success",
+    "reflection_length": "rollout/reflection_length",
+    "reflections_truncated": "rollout/reflections_truncated",
+    "frac_reward_zero_std": "rollout/frac_reward_zero_std",
+    "loss": "train/loss",
+    "kl": "train/kl",
+    "clip_fraction": "train/clip_fraction",
+    "skipped": "train/skipped",
+}
+FILENAME = "train_metrics.csv"
+
+
+class MetricsFile(L.Callback):
+    """Appends ``step`` and :data:`COLUMNS` to ``<run dir>/train_metrics.csv`` once per rollout (per
+    optimizer step when ``mu`` = 1); empty cells for metrics a step did not log (the loss of a skipped
+    step). ``step`` is the policy version that generated the rollout."""
+
+    def __init__(self, filename: str = FILENAME):
+        self.filename = filename
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if not trainer.is_global_zero or not module.finished_rollout:
+            return
+        metrics = module.step_metrics
+        row = {"step": module.rollout_step}
+        for column, key in COLUMNS.items():
+            value = metrics.get(key)
+            row[column] = "" if value is None else float(value)
+        path = Path(trainer.default_root_dir) / self.filename
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["step", *COLUMNS])
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float | None]]:
+    """The rows of a ``train_metrics.csv``, one per step (the last row wins), as floats (None if empty)."""
+    by_step: dict[int, dict] = {}
+    with Path(path).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            by_step[int(row["step"])] = {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+    return [by_step[step] for step in sorted(by_step)]

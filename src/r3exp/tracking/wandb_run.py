@@ -1,0 +1,82 @@
+"""What a run adds to W&B beyond step metrics: the evaluation table and samples, the provenance record,
+and artifacts for the dataset and the exported policy. Each function is a no-op without a W&B logger
+(``logger=csv``, ``logger=none``)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+EVAL_COLUMNS = ("model", "split", "n", "first_try", "after_reflection", "delta")
+EVAL_SAMPLE_COLUMNS = ("model", "task_prompt", "first_attempt", "first_try_success", "reflection", "retry",
+                       "retry_success")
+
+
+def wandb_run(logger):
+    """The W&B run behind a Lightning logger, or None."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return logger.experiment if isinstance(logger, WandbLogger) else None
+
+
+def log_evaluation(logger, results: dict[str, dict], samples: dict[str, Sequence[dict]], max_rows: int = 100) -> None:
+    """The paper's table (one row per evaluated model) as a W&B table and summary values, plus up to
+    ``max_rows`` episodes per model. ``results``: label -> ``EvalResult.to_dict()``; ``samples``:
+    label -> episode rows as written to ``eval_<label>_episodes.jsonl``."""
+    run = wandb_run(logger)
+    if run is None:
+        return
+    import wandb
+
+    rows = [[label, r["split"], r["total"], r["first_try_accuracy"], r["after_reflection_accuracy"],
+             r["after_reflection_accuracy"] - r["first_try_accuracy"]] for label, r in results.items()]
+    episodes = [[label, *(row.get(c) for c in EVAL_SAMPLE_COLUMNS[1:])]
+                for label, label_rows in samples.items() for row in list(label_rows)[:max_rows]]
+    run.log({"evaluation": wandb.Table(columns=list(EVAL_COLUMNS), data=rows),
+             "evaluation_samples": wandb.Table(columns=list(EVAL_SAMPLE_COLUMNS), data=episodes)})
+    for label, r in results.items():
+        for key in ("first_try_accuracy", "after_reflection_accuracy", "total"):
+            run.summary[f"eval/{label}/{key}"] = r[key]
+
+
+def log_provenance(logger, record: dict) -> None:
+    run = wandb_run(logger)
+    if run is not None:
+        run.config.update({"provenance": record}, allow_val_change=True)
+
+
+def artifact_name(text: str) -> str:
+    """W&B artifact names allow letters, digits, dashes, underscores and dots."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "artifact"
+
+
+def log_dataset_artifact(logger, task_name: str, source: str, metadata: dict) -> None:
+    """The task's data as a W&B artifact. A local file or split directory (e.g. the DVC ``data``
+    stage's output) is added by reference: W&B records its checksums and path, stores no copy.
+    A generated or hub dataset is described by its metadata (source, seed, sizes), which rebuild it."""
+    run = wandb_run(logger)
+    if run is None:
+        return
+    import wandb
+
+    artifact = wandb.Artifact(artifact_name(f"{task_name}-data"), type="dataset", metadata=metadata)
+    path = Path(source).expanduser()
+    if path.exists():
+        artifact.add_reference(path.resolve().as_uri(), name=path.name)
+    else:
+        with artifact.new_file("source.json") as handle:
+            handle.write(json.dumps(metadata, indent=2))
+    run.log_artifact(artifact)
+
+
+def log_policy_artifact(logger, name: str, policy_dir: str | Path, metadata: dict) -> None:
+    """The exported policy (``policy/merged``, and ``policy/adapter`` for LoRA) as a reference artifact."""
+    run = wandb_run(logger)
+    if run is None:
+        return
+    import wandb
+
+    artifact = wandb.Artifact(artifact_name(name), type="model", metadata=metadata)
+    artifact.add_reference(Path(policy_dir).resolve().as_uri(), name="policy")
+    run.log_artifact(artifact)
