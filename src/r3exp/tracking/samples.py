@@ -80,12 +80,16 @@ class ReflectionSamples(L.Callback):
                                          module.rollout_step, room)
         if not step_rows:
             return
-        self.history.append(step_rows)
-        while sum(map(len, self.history)) > self.max_rows and len(self.history) > 1:
-            self.history = self.history[:-1][::2] + self.history[-1:]
+        self.add(step_rows)
         if trainer.is_global_zero:
             self._write(trainer, step_rows)
             self._log_table(trainer)
+
+    def add(self, step_rows: list[dict]) -> None:
+        """Append one sampled step; past ``max_rows``, drop every other older step (the newest stays)."""
+        self.history.append(step_rows)
+        while sum(map(len, self.history)) > self.max_rows and len(self.history) > 1:
+            self.history = self.history[:-1][::2] + self.history[-1:]
 
     def _write(self, trainer, step_rows: list[dict]) -> None:
         if not self.filename:
