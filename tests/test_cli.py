@@ -116,3 +116,4 @@ def test_paper_experiments_compose(experiment, source):
     out = r3exp(f"experiment={experiment}", "--cfg", "job")
     assert out.returncode == 0, out.stderr
     assert f"source: {source}" in out.stdout and "precision: bf16-mixed" in out.stdout
+    assert f"experiment_name: {experiment}" in out.stdout  # tags the W&B run

@@ -94,7 +94,10 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 def build_logger(cfg: DictConfig, provenance: dict):
     if not cfg.get("logger"):
         return False
-    logger = instantiate(cfg.logger, save_dir=str(output_dir(cfg)))
+    extra = {"save_dir": str(output_dir(cfg))}
+    if cfg.get("experiment_name") and "tags" in cfg.logger:
+        extra["tags"] = [*cfg.logger.tags, cfg.experiment_name]
+    logger = instantiate(cfg.logger, **extra)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     log_provenance(logger, provenance)
     return logger
