@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from r3exp.errors import ConfigError
 from r3exp.evaluation import EvalResult, evaluate, format_table, save_results
@@ -23,7 +23,7 @@ from r3exp.tracking.provenance import collect_provenance, write_provenance
 from r3exp.tracking.wandb_run import log_dataset_artifact, log_evaluation, log_policy_artifact, log_provenance
 
 log = logging.getLogger(__name__)
-MODES = ("main", "evaluate", "train", "failures", "data")
+MODES = ("main", "evaluate", "train", "failures", "data", "warmstart", "compare")
 CODE_DIR = Path(__file__).resolve().parents[2]  # the checkout holding conf/ (for the git commit)
 
 
@@ -58,9 +58,45 @@ def build_components(cfg: DictConfig) -> Components:
     task = instantiate(cfg.task)
     model: ModelSpec = instantiate(cfg.model)
     path = model.resolve(cfg.paths.cache_dir, corpus=tiny_corpus)
+    if model.name_or_path is None and model.warm_start is not None:
+        path = resolve_warm_start(cfg, task, model, path)
     tokenizer = load_tokenizer(path)  # fails fast, in one line, when the hub is unreachable
     engine = instantiate(cfg.engine)(model_path=path, seed=cfg.seed)
     return Components(task, model, path, tokenizer, engine)
+
+
+def resolve_warm_start(cfg: DictConfig, task: Task, model: ModelSpec, base_path: str) -> str:
+    """The warm-started embedded model: from ``warm_start_path`` (``mode=warmstart``'s output, e.g. the
+    DVC stage) when set, else built once and cached under ``paths.cache_dir/warmstart``."""
+    from r3exp.warmstart import ensure_warm_start
+
+    if cfg.get("warm_start_path"):
+        built = Path(cfg.warm_start_path) / "model"
+        if not (built / "config.json").exists():
+            raise ConfigError(f"warm_start_path={cfg.warm_start_path!r}: no model there (build it with mode=warmstart)")
+        return str(built)
+    settings = OmegaConf.to_container(cfg.task, resolve=True)
+    return str(ensure_warm_start(base_path, task, settings, model.warm_start, Path(cfg.paths.cache_dir) / "warmstart"))
+
+
+def run_warm_start(cfg: DictConfig, parts: "Components") -> dict:
+    """Copy the warm-started model to ``<output_dir>/model`` and evaluate it on the validation split.
+    Without a warm start (a hub model, or ``model.warm_start=null``) there is nothing to build: it says
+    so and the later stages use the model as configured."""
+    import shutil
+
+    if parts.model.name_or_path is not None or parts.model.warm_start is None:
+        print(f"mode=warmstart: model {parts.model.name!r} has no warm start (model.warm_start applies to the "
+              "embedded model); nothing to build")
+        (output_dir(cfg) / "warm_start.json").write_text(json.dumps({"skipped": parts.model.name}))
+        return {"model": None, "results": {}}
+    target = output_dir(cfg) / "model"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(parts.model_path, target)
+    with open_dict(cfg):
+        cfg.evaluation.split = "validation"
+    result, _ = run_evaluation(cfg, parts, "warm_start")
+    return {"model": target, "results": {"warm_start": result}}
 
 
 def run_evaluation(cfg: DictConfig, parts: Components, label: str) -> tuple[EvalResult, list[dict]]:
@@ -98,9 +134,16 @@ def build_logger(cfg: DictConfig, provenance: dict):
     if cfg.get("experiment_name") and "tags" in cfg.logger:
         extra["tags"] = [*cfg.logger.tags, cfg.experiment_name]
     logger = instantiate(cfg.logger, **extra)
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "overrides": job_overrides()})
     log_provenance(logger, provenance)
     return logger
+
+
+def job_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job (what distinguishes it within a sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def local_data_paths(cfg: DictConfig) -> list[str]:
@@ -153,6 +196,44 @@ def instantiate_callback(cfg: DictConfig, run_dir: Path):
     return instantiate(cfg)
 
 
+def run_compare(cfg: DictConfig) -> dict[str, Any]:
+    """The paper's table over runs (a directory of runs, or a W&B group online), as Markdown, CSV, PNGs
+    and a W&B report definition; ``compare.publish`` also publishes the report."""
+    from r3exp.evaluation.compare import collect_runs, comparison_rows, to_markdown, write_csv
+    from r3exp.evaluation.plots import plot_accuracy, plot_training
+    from r3exp.tracking.report import ReportUnavailable, build_report, publish_report, write_report
+
+    spec = cfg.compare
+    if spec.runs:
+        try:
+            runs = collect_runs(spec.runs)
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
+    elif spec.wandb_group:
+        from r3exp.tracking.wandb_runs import runs_from_wandb
+
+        runs = runs_from_wandb(spec.entity, spec.project, spec.wandb_group)
+    else:
+        raise ConfigError("mode=compare needs compare.runs=<multirun dir> or compare.wandb_group=<group>")
+    rows = comparison_rows(runs)
+    out = output_dir(cfg)
+    table = to_markdown(rows)
+    (out / "comparison.md").write_text(table + "\n")
+    produced = {"rows": rows, "table": out / "comparison.md", "csv": write_csv(rows, out / "comparison.csv"),
+                "accuracy_png": plot_accuracy(rows, out / "accuracy.png"),
+                "training_png": plot_training(rows, out / "training.png")}
+    groups = sorted({f"{r.task}-{r.model}" for r in runs}) if not spec.wandb_group else [spec.wandb_group]
+    report = build_report(f"R3: {', '.join(sorted({r.task for r in runs}))}", table, spec.entity, spec.project, groups)
+    produced["report"] = write_report(report, out / "report.json")
+    print(f"{len(runs)} runs, {len(rows)} rows -> {out}\n{table}")
+    if spec.publish:
+        try:
+            print(f"W&B report: {publish_report(report)}")
+        except ReportUnavailable as err:
+            raise ConfigError(str(err)) from None
+    return produced
+
+
 def run_failures(cfg: DictConfig, parts: Components) -> Path:
     sampling = instantiate(cfg.rollout.attempt)
     rows, stats = collect_failures(parts.task, parts.engine, parts.tokenizer, list(parts.task.examples("train")),
@@ -177,12 +258,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.mode == "data":
         produced["data"] = run_data(cfg)
         return produced
+    if cfg.mode == "compare":
+        produced.update(run_compare(cfg))
+        return produced
     parts = build_components(cfg)
     try:
         if cfg.mode == "failures":
             produced["failures"] = run_failures(cfg, parts)
             return produced
         results: dict[str, EvalResult] = {}
+        if cfg.mode == "warmstart":
+            warm = run_warm_start(cfg, parts)
+            produced["model"], results = warm["model"], warm["results"]
         samples: dict[str, list[dict]] = {}
         logger = build_logger(cfg, provenance) if cfg.mode in ("main", "train") else False
         base_label = "base" if cfg.mode == "main" else cfg.evaluation.get("label") or parts.model.name

@@ -118,6 +118,8 @@ class ModelSpec:
         dtype: weights dtype (``float32`` on CPU, ``bfloat16`` on GPU).
         lora: LoRA settings (``LoraSpec`` fields) or None for full fine-tuning.
         gradient_checkpointing: trade compute for activation memory.
+        warm_start: a ``WarmStartSpec`` (see ``r3exp.warmstart``) for the embedded model: supervised
+            training on the task's scripted episodes before R3. Ignored when ``name_or_path`` is set.
     """
 
     name: str
@@ -126,6 +128,7 @@ class ModelSpec:
     dtype: str = "float32"
     lora: Any = None
     gradient_checkpointing: bool = False
+    warm_start: Any = None
 
     def resolve(self, cache_dir: str | Path, corpus=None) -> str:
         """The path or hub id to load; builds the embedded model (from ``corpus()``) if needed."""

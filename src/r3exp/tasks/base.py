@@ -78,6 +78,12 @@ class Task(ABC):
             {"role": "user", "content": self.retry_prompt.format(**example)},
         ]
 
+    def scripted_episodes(self, count: int, seed: int) -> list[dict] | None:
+        """Up to ``count`` training-split episodes written by a program, for the warm start:
+        ``{"example", "attempt", "reflection", "answer"}`` (a wrong attempt, a reflection on it, a right
+        answer). None when the task has no script (the warm start then refuses to run)."""
+        return None
+
     def corpus(self, n: int, seed: int = 0) -> list[str]:
         """Representative text of this task (prompts and answers), used to train the tiny tokenizer."""
         texts = []

@@ -1,12 +1,15 @@
 """Countdown equations: use each given number exactly once to write an expression equal to the target."""
 from __future__ import annotations
 
+import random
 import re
 from fractions import Fraction
 from typing import Sequence
 
+from r3exp.errors import ConfigError
 from r3exp.tasks.base import Example, Task
-from r3exp.tasks.countdown_solver import generate_instances
+from r3exp.tasks.countdown_reflections import answer_text, near_miss, scripted_reflection
+from r3exp.tasks.countdown_solver import generate_instances, solve
 from r3exp.tasks.hub import load_hub_rows
 from r3exp.tasks.safe_arithmetic import UnsafeExpression, evaluate
 
@@ -54,12 +57,18 @@ class CountdownTask(Task):
         split_sizes: dict[str, int] | None = None,
         seed: int = 0,
         name: str = "countdown",
+        generator: dict | None = None,
     ):
         super().__init__(reflection_prompt, retry_prompt, system_prompt, name)
         self.prompt = prompt
         self.source = source
         self.split_sizes = dict(split_sizes or {"train": 2000, "validation": 200, "test": 200})
         self.seed = seed
+        gen = dict(generator or {})
+        unknown = set(gen) - {"sizes", "num_range", "target_range"}
+        if unknown:
+            raise ConfigError(f"task.generator: unknown key(s) {sorted(unknown)}; expected sizes, num_range, target_range")
+        self.generator = {key: tuple(value) for key, value in gen.items()}
 
     def examples(self, split: str) -> list[Example]:
         return self._cached_split(split, self._load)
@@ -67,7 +76,7 @@ class CountdownTask(Task):
     def _load(self, split: str) -> list[Example]:
         count = int(self.split_sizes[split])
         if self.source == "generated":
-            return generate_instances(count, split, self.seed)
+            return generate_instances(count, split, self.seed, **self.generator)
         rows = load_hub_rows(self.source, split, self.split_sizes, self.seed, required=("target", "nums"))
         return [{"nums": [int(n) for n in row["nums"]], "target": int(row["target"])} for row in rows]
 
@@ -78,6 +87,31 @@ class CountdownTask(Task):
         texts = super().corpus(n, seed)
         texts += [f"<answer> {ex['solution']} </answer>" for ex in self.examples("train")[:n] if ex.get("solution")]
         return texts
+
+    def scripted_episodes(self, count: int, seed: int) -> list[dict]:
+        """Near-miss attempts with scripted reflections (see ``countdown_reflections``). Generated
+        sources draw ``count`` fresh training-split instances (disjoint from validation and test by
+        construction); loaded sources use the training split, solved by the exhaustive solver."""
+        rng = random.Random(f"countdown-script/{seed}")
+        if self.source == "generated":
+            pool = generate_instances(count, "train", self.seed, **self.generator)
+        else:
+            pool = [{**ex, "solution": solve(ex["nums"], ex["target"])} for ex in self.examples("train")]
+        episodes = []
+        for i in range(count):
+            example = pool[i % len(pool)]
+            if not example.get("solution"):
+                continue
+            attempt = near_miss(example["solution"], example["nums"], example["target"], rng)
+            if attempt is None:
+                continue
+            episodes.append({
+                "example": {"nums": example["nums"], "target": example["target"]},
+                "attempt": answer_text(attempt),
+                "reflection": scripted_reflection(example["nums"], example["target"], attempt),
+                "answer": answer_text(example["solution"]),
+            })
+        return episodes
 
     def validate(self, example: Example, answer: str) -> bool:
         try:

@@ -1,0 +1,161 @@
+"""The paper's table across runs: collect the results of a set of runs (a multirun directory, any tree of
+run directories) and compare base and trained models, first try and after reflection.
+
+Each run directory holds ``results.json`` (``mode=main``: ``base`` and ``trained``), ``.hydra/config.yaml``
+and, when it trained, ``train_metrics.csv``. Runs that differ only in their seed are one row (mean and
+standard deviation over the seeds); every other difference in overrides is its own row.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from r3exp.tracking.metrics_file import FILENAME as METRICS_FILENAME
+from r3exp.tracking.metrics_file import read_metrics
+
+COLUMNS = ("base_first_try", "base_after_reflection", "trained_first_try", "trained_after_reflection")
+IGNORED_OVERRIDES = ("seed", "mode", "ckpt_path", "hydra.", "paths.", "logger", "callbacks")
+
+
+@dataclass
+class RunResult:
+    """One run: where it is, what it was (task, model, overrides), what it scored, how it trained."""
+
+    directory: Path
+    task: str
+    model: str
+    seed: int
+    overrides: list[str]
+    accuracy: dict[str, float]  # COLUMNS -> accuracy (absent when the run lacks that evaluation)
+    total: int
+    curves: list[dict] = field(default_factory=list)
+
+    @property
+    def setting(self) -> str:
+        """The overrides that define the row, beyond task and model (seeds are averaged over)."""
+        kept = [o for o in self.overrides if not o.startswith(IGNORED_OVERRIDES)
+                and o.split("=")[0] not in ("task", "model")]
+        return " ".join(sorted(kept))
+
+
+def read_run(directory: str | Path) -> RunResult:
+    """A run directory's results, config and training curves."""
+    directory = Path(directory)
+    results = json.loads((directory / "results.json").read_text())
+    config_file, overrides_file = directory / ".hydra" / "config.yaml", directory / ".hydra" / "overrides.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+    accuracy, total = {}, 0
+    for label in ("base", "trained"):
+        if label in results:
+            accuracy[f"{label}_first_try"] = results[label]["first_try_accuracy"]
+            accuracy[f"{label}_after_reflection"] = results[label]["after_reflection_accuracy"]
+            total = results[label]["total"]
+    metrics = directory / METRICS_FILENAME
+    return RunResult(
+        directory=directory,
+        task=(config.get("task") or {}).get("name", "?"),
+        model=(config.get("model") or {}).get("name", "?"),
+        seed=int(config.get("seed", 0)),
+        overrides=list(overrides or []),
+        accuracy=accuracy,
+        total=total,
+        curves=read_metrics(metrics) if metrics.exists() else [],
+    )
+
+
+def collect_runs(root: str | Path) -> list[RunResult]:
+    """Every run under ``root`` (any depth) that has a ``results.json``, in path order."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"compare.runs={str(root)!r} does not exist")
+    runs = [read_run(path.parent) for path in sorted(root.rglob("results.json"))]
+    if not runs:
+        raise FileNotFoundError(f"no results.json under {root} (run `python -m r3exp -m ...` first)")
+    return runs
+
+
+@dataclass
+class ComparisonRow:
+    task: str
+    model: str
+    setting: str
+    runs: list[RunResult]
+
+    def values(self, column: str) -> list[float]:
+        return [r.accuracy[column] for r in self.runs if column in r.accuracy]
+
+    def mean(self, column: str) -> float | None:
+        values = self.values(column)
+        return statistics.fmean(values) if values else None
+
+    def std(self, column: str) -> float | None:
+        values = self.values(column)
+        return statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+
+    def delta(self, a: str, b: str) -> float | None:
+        """Mean over runs of (a - b), for runs that have both."""
+        pairs = [r.accuracy[a] - r.accuracy[b] for r in self.runs if a in r.accuracy and b in r.accuracy]
+        return statistics.fmean(pairs) if pairs else None
+
+
+def comparison_rows(runs: list[RunResult]) -> list[ComparisonRow]:
+    """Runs grouped by (task, model, setting), in first-seen order."""
+    rows: dict[tuple, ComparisonRow] = {}
+    for run in runs:
+        key = (run.task, run.model, run.setting)
+        rows.setdefault(key, ComparisonRow(*key, runs=[])).runs.append(run)
+    return list(rows.values())
+
+
+DELTAS = {  # name: (minuend, subtrahend)
+    "delta_reflection_base": ("base_after_reflection", "base_first_try"),
+    "delta_training_first_try": ("trained_first_try", "base_first_try"),
+    "delta_training_after_reflection": ("trained_after_reflection", "base_after_reflection"),
+}
+
+
+def _pct(value: float | None, spread: float | None = None) -> str:
+    if value is None:
+        return "–"
+    text = f"{100 * value:.1f}"
+    return f"{text} ± {100 * spread:.1f}" if spread else text
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:+.1f}"
+
+
+def to_markdown(rows: list[ComparisonRow]) -> str:
+    """The paper's layout: accuracies in %, mean ± std over seeds; deltas in points."""
+    header = ("| task | model | setting | seeds | n | base first try | base after reflection | trained first try "
+              "| trained after reflection | Δ reflection (base) | Δ training (first try) | Δ training (after reflection) |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        cells = [row.task, row.model, row.setting or "default", str(len(row.runs)), str(row.runs[0].total)]
+        cells += [_pct(row.mean(c), row.std(c)) for c in COLUMNS]
+        cells += [_signed(row.delta(*pair)) for pair in DELTAS.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[ComparisonRow], path: str | Path) -> Path:
+    """One line per row: means, standard deviations and deltas as fractions (not %)."""
+    path = Path(path)
+    fields = ["task", "model", "setting", "seeds", "n", *COLUMNS, *(f"{c}_std" for c in COLUMNS), *DELTAS, "runs"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            record = {"task": row.task, "model": row.model, "setting": row.setting, "seeds": len(row.runs),
+                      "n": row.runs[0].total, "runs": " ".join(str(r.directory) for r in row.runs)}
+            record.update({c: row.mean(c) for c in COLUMNS})
+            record.update({f"{c}_std": row.std(c) for c in COLUMNS})
+            record.update({name: row.delta(*pair) for name, pair in DELTAS.items()})
+            writer.writerow(record)
+    return path

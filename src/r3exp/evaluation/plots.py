@@ -1,0 +1,68 @@
+"""PNG plots of a comparison: accuracy bars per row, reward and reflection length over training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from r3exp.evaluation.compare import COLUMNS, ComparisonRow
+
+LABELS = {"base_first_try": "base, first try", "base_after_reflection": "base, after reflection",
+          "trained_first_try": "trained, first try", "trained_after_reflection": "trained, after reflection"}
+COLOURS = {"base_first_try": "#c6dbef", "base_after_reflection": "#6baed6",
+           "trained_first_try": "#fdd0a2", "trained_after_reflection": "#e6550d"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def row_label(row: ComparisonRow) -> str:
+    return f"{row.model} · {row.task}" + (f"\n{row.setting}" if row.setting else "")
+
+
+def plot_accuracy(rows: list[ComparisonRow], path: str | Path) -> Path:
+    """Grouped bars: one group per row (model × task × setting), four bars, error bars over seeds."""
+    plt = _pyplot()
+    width = 0.2
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(rows)), 4.2))
+    for k, column in enumerate(COLUMNS):
+        xs = [i + (k - 1.5) * width for i in range(len(rows))]
+        means = [100 * (row.mean(column) or 0.0) for row in rows]
+        stds = [100 * (row.std(column) or 0.0) for row in rows]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=LABELS[column], color=COLOURS[column])
+    ax.set_xticks(range(len(rows)), [row_label(row) for row in rows], fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("First try and after one reflection, base vs trained")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_training(rows: list[ComparisonRow], path: str | Path) -> Path | None:
+    """Reward (retry success of the sampled reflections) and reflection length per step, one line per run."""
+    runs = [(row, run) for row in rows for run in row.runs if run.curves]
+    if not runs:
+        return None
+    plt = _pyplot()
+    fig, (reward_ax, length_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for row, run in runs:
+        steps = [c["step"] for c in run.curves]
+        label = f"{row_label(row).replace(chr(10), ' ')} s{run.seed}"
+        reward_ax.plot(steps, [c["reward"] for c in run.curves], label=label, alpha=0.85)
+        length_ax.plot(steps, [c["reflection_length"] for c in run.curves], label=label, alpha=0.85)
+    reward_ax.set(xlabel="step", ylabel="mean reward", title="Reward of reflections")
+    length_ax.set(xlabel="step", ylabel="tokens", title="Reflection length")
+    for ax in (reward_ax, length_ax):
+        ax.grid(alpha=0.3)
+    reward_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
