@@ -16,8 +16,9 @@ from tests.conftest import CACHE, ROOT
 TINY = ["task.split_sizes.train=24", "task.split_sizes.validation=8", "task.split_sizes.test=8",
         "evaluation.limit=8", "failures.attempts=1", "trainer.max_steps=2", "rollout.examples_per_step=2",
         "rollout.group_size=2", "rollout.max_draws=1", "rollout.attempt.max_tokens=16",
-        "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=16", "logger=csv"]
-STAGES = ("data", "failures", "train", "evaluate_base", "evaluate")
+        "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=16", "logger=csv",
+        "model.warm_start.steps=2", "model.warm_start.episodes=32"]
+STAGES = ("data", "warmstart", "failures", "train", "evaluate_base", "evaluate")
 
 
 def compose_params(repo: Path, overrides: list[str]) -> dict:
@@ -66,6 +67,8 @@ def test_dvc_repro_runs_every_stage_then_skips_them_all(repo_copy):
     pipeline = repo_copy / "pipeline"
     assert [len((pipeline / "data" / f"{s}.jsonl").read_text().splitlines()) for s in ("train", "validation", "test")] \
         == [24, 8, 8]
+    assert (pipeline / "warmstart" / "model" / "model.safetensors").exists()
+    assert json.loads((pipeline / "warmstart" / "results.json").read_text())["warm_start"]["split"] == "validation"
     assert (pipeline / "failures" / "failures.jsonl").exists()
     assert (pipeline / "train" / "policy" / "merged" / "model.safetensors").exists()
     assert (pipeline / "train" / "train_metrics.csv").read_text().startswith("step,reward,")

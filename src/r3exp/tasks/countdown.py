@@ -34,7 +34,7 @@ def is_correct(expression: str, nums: Sequence[int], target: int) -> bool:
 
 
 class CountdownTask(Task):
-    """Countdown with 3-4 numbers in 1-99 and targets in 10-100.
+    """Countdown: reach the target with each given number exactly once, using + - * /.
 
     Args:
         source: ``generated`` (seeded procedural instances, the default, no network) or a dataset in
@@ -43,6 +43,8 @@ class CountdownTask(Task):
         split_sizes: number of examples per split (``train``, ``validation``, ``test``).
         seed: fixes the generated instances and the split of a loaded dataset.
         prompt: the first user turn; ``{nums}`` and ``{target}`` are filled in.
+        generator: settings of generated instances: ``sizes`` (how many numbers), ``num_range``,
+            ``target_range`` (see ``countdown_solver.generate_instances``).
     """
 
     name = "countdown"
@@ -88,13 +90,14 @@ class CountdownTask(Task):
         texts += [f"<answer> {ex['solution']} </answer>" for ex in self.examples("train")[:n] if ex.get("solution")]
         return texts
 
-    def scripted_episodes(self, count: int, seed: int) -> list[dict]:
+    def scripted_episodes(self, count: int, seed: int, pool_size: int = 2000) -> list[dict]:
         """Near-miss attempts with scripted reflections (see ``countdown_reflections``). Generated
-        sources draw ``count`` fresh training-split instances (disjoint from validation and test by
-        construction); loaded sources use the training split, solved by the exhaustive solver."""
+        sources draw ``pool_size`` training-split instances (disjoint from validation and test by
+        construction; more than the R3 training split); loaded sources use the training split, solved
+        by the exhaustive solver. Each pass over the pool draws new wrong attempts."""
         rng = random.Random(f"countdown-script/{seed}")
         if self.source == "generated":
-            pool = generate_instances(count, "train", self.seed, **self.generator)
+            pool = generate_instances(pool_size, "train", self.seed, **self.generator)
         else:
             pool = [{**ex, "solution": solve(ex["nums"], ex["target"])} for ex in self.examples("train")]
         episodes = []
