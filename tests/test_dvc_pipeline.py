@@ -17,7 +17,7 @@ TINY = ["task.split_sizes.train=24", "task.split_sizes.validation=8", "task.spli
         "evaluation.limit=8", "failures.attempts=1", "trainer.max_steps=2", "rollout.examples_per_step=2",
         "rollout.group_size=2", "rollout.max_draws=1", "rollout.attempt.max_tokens=16",
         "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=16", "logger=csv",
-        "model.warm_start.steps=2", "model.warm_start.episodes=32"]
+        "model=tiny_warm", "model.warm_start.steps=2", "model.warm_start.episodes=32"]  # a token warm start
 STAGES = ("data", "warmstart", "failures", "train", "evaluate_base", "evaluate")
 
 

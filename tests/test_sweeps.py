@@ -10,13 +10,12 @@ import pytest
 
 from tests.test_cli import SHORT, r3exp
 
-TINY_WARM_START = ["model.warm_start.steps=2", "model.warm_start.episodes=32"]
 
 
 @pytest.fixture(scope="module")
 def multirun(tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("multirun")
-    out = r3exp("-m", *SHORT, *TINY_WARM_START, "callbacks.reflection_samples.every_n_steps=1",
+    out = r3exp("-m", *SHORT, "callbacks.reflection_samples.every_n_steps=1",
                 "rollout.group_size=2,3", f"hydra.sweep.dir={sweep_dir}", timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     return sweep_dir
@@ -26,7 +25,7 @@ def test_each_job_has_its_own_run_directory_and_wandb_run_in_one_group(multirun)
     from r3exp.tracking.offline_run import read_offline_run
 
     jobs = sorted(p.parent for p in multirun.glob("*/results.json"))
-    assert [job.name for job in jobs] == ["0_rollout.group_size=2", "1_rollout.group_size=3"]
+    assert [job.name[:2] for job in jobs] == ["0_", "1_"] and all(len(job.name) <= 122 for job in jobs)
     runs = [read_offline_run(next((job / "wandb").glob("offline-run-*"))) for job in jobs]
     assert len({run.run_id for run in runs}) == 2
     assert len({run.group for run in runs}) == 1
@@ -70,7 +69,6 @@ def test_analysis_notebook_executes_on_a_run(multirun, monkeypatch):
 
     job = sorted(p.parent for p in multirun.glob("*/results.json"))[0]
     monkeypatch.setenv("R3EXP_RUN_DIR", str(job))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(ROOT / "notebooks" / "reflection_analysis.ipynb", as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     printed = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
@@ -83,7 +81,7 @@ def test_analysis_notebook_executes_on_a_run(multirun, monkeypatch):
 @pytest.mark.slow
 def test_optuna_sweep_runs_two_trials_and_reports_the_best(tmp_path):
     fixed = [o for o in SHORT if not o.startswith(("rollout.group_size", "rollout.reflection.max_tokens"))]
-    out = r3exp("-m", "--config-dir", "sweeps", "--config-name", "optuna_reflection", *fixed, *TINY_WARM_START,
+    out = r3exp("-m", "--config-dir", "sweeps", "--config-name", "optuna_reflection", *fixed,
                 "evaluation.split=validation", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}",
                 timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -12,6 +12,8 @@ from r3exp.errors import R3Error
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # ${basename:path}: the last component of a path (sweeps name their W&B group after the sweep directory).
 OmegaConf.register_new_resolver("basename", lambda path: Path(str(path)).name, replace=True)
+# ${truncate:text,n}: at most n characters (multirun job directories are named after their overrides).
+OmegaConf.register_new_resolver("truncate", lambda text, n: str(text)[: int(n)], replace=True)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

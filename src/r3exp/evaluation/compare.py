@@ -35,11 +35,11 @@ class RunResult:
     total: int
     curves: list[dict] = field(default_factory=list)
 
-    @property
-    def setting(self) -> str:
-        """The overrides that define the row, beyond task and model (seeds are averaged over)."""
+    def setting(self, shared: set[str] = frozenset()) -> str:
+        """The overrides that define the row: not task or model (their own columns), not the seed
+        (averaged over), not output paths, and not those ``shared`` by every compared run."""
         kept = [o for o in self.overrides if not o.startswith(IGNORED_OVERRIDES)
-                and o.split("=")[0] not in ("task", "model")]
+                and o.split("=")[0] not in ("task", "model") and o not in shared]
         return " ".join(sorted(kept))
 
 
@@ -105,10 +105,12 @@ class ComparisonRow:
 
 
 def comparison_rows(runs: list[RunResult]) -> list[ComparisonRow]:
-    """Runs grouped by (task, model, setting), in first-seen order."""
+    """Runs grouped by (task, model, setting), in first-seen order; overrides common to all runs (the
+    sweep's fixed settings) are left out of the settings."""
+    shared = set.intersection(*(set(run.overrides) for run in runs)) if len(runs) > 1 else set()
     rows: dict[tuple, ComparisonRow] = {}
     for run in runs:
-        key = (run.task, run.model, run.setting)
+        key = (run.task, run.model, run.setting(shared))
         rows.setdefault(key, ComparisonRow(*key, runs=[])).runs.append(run)
     return list(rows.values())
 

@@ -35,6 +35,8 @@ def plot_accuracy(rows: list[ComparisonRow], path: str | Path) -> Path:
         stds = [100 * (row.std(column) or 0.0) for row in rows]
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=LABELS[column], color=COLOURS[column])
     ax.set_xticks(range(len(rows)), [row_label(row) for row in rows], fontsize=8)
+    top = max([100 * ((row.mean(c) or 0.0) + (row.std(c) or 0.0)) for row in rows for c in COLUMNS] + [0.0])
+    ax.set_ylim(0, min(100.0, max(10.0, 1.25 * top)))
     ax.set_ylabel("accuracy (%)")
     ax.set_title("First try and after one reflection, base vs trained")
     ax.legend(fontsize=8, loc="upper left")
@@ -57,10 +59,14 @@ def plot_training(rows: list[ComparisonRow], path: str | Path) -> Path | None:
         label = f"{row_label(row).replace(chr(10), ' ')} s{run.seed}"
         reward_ax.plot(steps, [c["reward"] for c in run.curves], label=label, alpha=0.85)
         length_ax.plot(steps, [c["reflection_length"] for c in run.curves], label=label, alpha=0.85)
-    reward_ax.set(xlabel="step", ylabel="mean reward", title="Reward of reflections")
+    from matplotlib.ticker import MaxNLocator
+
+    reward_ax.set(xlabel="step", ylabel="mean reward (retry success)", title="Reward of reflections", ylim=(-0.03, 1.03))
     length_ax.set(xlabel="step", ylabel="tokens", title="Reflection length")
+    length_ax.set_ylim(bottom=0)
     for ax in (reward_ax, length_ax):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     reward_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
