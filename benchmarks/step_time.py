@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 from r3exp.rollout.batching import batch_rows
 from r3exp.rollout.engines.base import Completion
 from r3exp.rollout.episodes import Episode
-from r3exp.tasks.hub import DataUnavailable, read_split_file, write_split_file
+from r3exp.tasks.hub import DataUnavailable, read_split_file, write_jsonl
 from r3exp.tracking.offline_run import OfflineRunError, iter_records
 from r3exp.tracking.provenance import collect_provenance, dvc_lock_outputs, file_md5
 from r3exp.tracking.samples import SAMPLE_COLUMNS, ReflectionSamples, sample_rows
@@ -66,7 +66,7 @@ def test_offline_reader_rejects_files_that_are_not_run_logs(tmp_path):
 
 def test_split_files_round_trip_and_bad_rows_name_file_and_line(tmp_path):
     rows = [{"nums": [1, 2, 3], "target": 6}, {"nums": [4, 5], "target": 9}]
-    path = write_split_file(rows, tmp_path / "train.jsonl")
+    path = write_jsonl(rows, tmp_path / "train.jsonl")
     assert read_split_file(path, None, ("nums", "target")) == rows
     assert read_split_file(path, 1, ("nums", "target")) == rows[:1]
     path.write_text(json.dumps(rows[0]) + "\n{broken\n")
@@ -79,7 +79,7 @@ def test_split_files_round_trip_and_bad_rows_name_file_and_line(tmp_path):
 
 def test_provenance_records_commit_data_hashes_and_dvc_outputs(tmp_path):
     data = tmp_path / "data"
-    write_split_file([{"a": 1}], data / "train.jsonl")
+    write_jsonl([{"a": 1}], data / "train.jsonl")
     lock = tmp_path / "dvc.lock"
     lock.write_text("schema: '2.0'\nstages:\n  data:\n    cmd: x\n    outs:\n    - path: pipeline/data\n"
                     "      md5: abc.dir\n")

@@ -19,6 +19,7 @@ from r3exp.models.export import save_policy
 from r3exp.rollout.episodes import Episode, R3Protocol
 from r3exp.rollout.failures import collect_failures, write_failures
 from r3exp.tasks.base import SPLITS, Task
+from r3exp.tasks.hub import write_jsonl
 from r3exp.tracking.provenance import collect_provenance, write_provenance
 from r3exp.tracking.wandb_run import log_dataset_artifact, log_evaluation, log_policy_artifact, log_provenance
 
@@ -123,14 +124,6 @@ def episode_row(task: Task, ep: Episode) -> dict:
             "retry_success": ep.retry_successes[0] if ep.retry_successes else None}
 
 
-def write_jsonl(rows: list[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    return path
-
-
 def build_logger(cfg: DictConfig, provenance: dict):
     if not cfg.get("logger"):
         return False
@@ -226,7 +219,7 @@ def run_compare(cfg: DictConfig) -> dict[str, Any]:
     produced = {"rows": rows, "table": out / "comparison.md", "csv": write_csv(rows, out / "comparison.csv"),
                 "accuracy_png": plot_accuracy(rows, out / "accuracy.png"),
                 "training_png": plot_training(rows, out / "training.png")}
-    groups = sorted({f"{r.task}-{r.model}" for r in runs}) if not spec.wandb_group else [spec.wandb_group]
+    groups = [spec.wandb_group] if spec.wandb_group else sorted({r.wandb_group for r in runs if r.wandb_group})
     report = build_report(f"R3: {', '.join(sorted({r.task for r in runs}))}", table, spec.entity, spec.project, groups)
     produced["report"] = write_report(report, out / "report.json")
     print(f"{len(runs)} runs, {len(rows)} rows -> {out}\n{table}")

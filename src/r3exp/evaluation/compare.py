@@ -17,6 +17,7 @@ import yaml
 
 from r3exp.tracking.metrics_file import FILENAME as METRICS_FILENAME
 from r3exp.tracking.metrics_file import read_metrics
+from r3exp.tracking.offline_run import read_offline_run
 
 COLUMNS = ("base_first_try", "base_after_reflection", "trained_first_try", "trained_after_reflection")
 IGNORED_OVERRIDES = ("seed", "mode", "ckpt_path", "hydra.", "paths.", "logger", "callbacks")
@@ -34,6 +35,7 @@ class RunResult:
     accuracy: dict[str, float]  # COLUMNS -> accuracy (absent when the run lacks that evaluation)
     total: int
     curves: list[dict] = field(default_factory=list)
+    wandb_group: str | None = None
 
     def setting(self, shared: set[str] = frozenset()) -> str:
         """The overrides that define the row: not task or model (their own columns), not the seed
@@ -57,6 +59,7 @@ def read_run(directory: str | Path) -> RunResult:
             accuracy[f"{label}_after_reflection"] = results[label]["after_reflection_accuracy"]
             total = results[label]["total"]
     metrics = directory / METRICS_FILENAME
+    wandb_runs = sorted((directory / "wandb").glob("*run-*")) if (directory / "wandb").is_dir() else []
     return RunResult(
         directory=directory,
         task=(config.get("task") or {}).get("name", "?"),
@@ -66,6 +69,7 @@ def read_run(directory: str | Path) -> RunResult:
         accuracy=accuracy,
         total=total,
         curves=read_metrics(metrics) if metrics.exists() else [],
+        wandb_group=read_offline_run(wandb_runs[-1]).group if wandb_runs else None,
     )
 
 

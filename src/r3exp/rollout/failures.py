@@ -1,7 +1,6 @@
 """The paper's first-failure dataset: rejection-sample k attempts per example, keep the failures."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -11,6 +10,7 @@ from r3exp.errors import ConfigError
 from r3exp.rollout.engines.base import GenerationEngine, SamplingConfig
 from r3exp.rollout.episodes import ChatRenderer
 from r3exp.tasks.base import Task
+from r3exp.tasks.hub import write_jsonl
 
 RULES = ("all_fail", "any_fail")
 
@@ -42,9 +42,4 @@ def collect_failures(task: Task, engine: GenerationEngine, tokenizer, examples: 
 
 
 def write_failures(rows: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    return path
+    return write_jsonl(rows, path)

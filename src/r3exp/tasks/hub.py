@@ -81,7 +81,9 @@ def read_split_file(path: Path, limit: int | None, required: Sequence[str]) -> l
     return rows
 
 
-def write_split_file(rows: Sequence[dict], path: Path) -> Path:
+def write_jsonl(rows: Sequence[dict], path: str | Path) -> Path:
+    """One JSON object per line (split files, episode records, first-failure datasets)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         for row in rows:
