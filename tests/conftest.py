@@ -28,15 +28,22 @@ def tokenizer(tiny_path):
     return load_tokenizer(tiny_path)
 
 
-@pytest.fixture(scope="session")
-def countdown():
+def load_task(name: str, train: int = 300, held_out: int = 50, **overrides):
+    """A built-in task from its packaged config, seed 0, with small splits (and other config overrides)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(ROOT / "conf" / "task" / "countdown.yaml")
+    cfg = OmegaConf.load(ROOT / "conf" / "task" / f"{name}.yaml")
     cfg.seed = 0
-    cfg.split_sizes = {"train": 300, "validation": 50, "test": 50}
+    cfg.split_sizes = {"train": train, "validation": held_out, "test": held_out}
+    for key, value in overrides.items():
+        cfg[key] = value
     return instantiate(cfg)
+
+
+@pytest.fixture(scope="session")
+def countdown():
+    return load_task("countdown")
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,10 @@ import logging
 import time
 
 import pytest
-from hydra.utils import instantiate
 from hypothesis import given, settings, strategies as st
-from omegaconf import OmegaConf
 
 from r3exp.tasks.apigen import parse_rows
-from tests.conftest import ROOT
+from tests.conftest import load_task
 
 # Written by hand in the documented xLAM format.
 TOOLS = [
@@ -27,10 +25,7 @@ ROW = {"id": 7, "query": "Weather in Oslo, in Lima in fahrenheit, and average 1,
 
 @pytest.fixture(scope="module")
 def apigen():
-    cfg = OmegaConf.load(ROOT / "conf" / "task" / "apigen.yaml")
-    cfg.seed = 0
-    cfg.split_sizes = {"train": 300, "validation": 40, "test": 40}
-    return instantiate(cfg)
+    return load_task("apigen", held_out=40)
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +114,7 @@ def test_local_file_in_xlam_format(tmp_path):
     path = tmp_path / "xlam.json"
     rows = [dict(ROW, id=i) for i in range(30)] + [{"id": 99, "query": "q", "tools": "oops", "answers": "[]"}]
     path.write_text(json.dumps(rows))
-    cfg = OmegaConf.load(ROOT / "conf" / "task" / "apigen.yaml")
-    cfg.seed, cfg.source = 0, str(path)
-    cfg.split_sizes = {"train": 21, "validation": 5, "test": 5}
-    task = instantiate(cfg)
+    task = load_task("apigen", train=21, held_out=5, source=str(path))
     sizes = {s: len(task.examples(s)) for s in ("train", "validation", "test")}
     assert sum(sizes.values()) == 30 and sum(task.skipped.values()) == 1
     ids = [e["id"] for s in ("train", "validation", "test") for e in task.examples(s)]

@@ -45,16 +45,11 @@ def test_direct_fraction_mixes_the_two_kinds_of_sequence(countdown, tokenizer):
 
 
 def test_a_task_without_a_script_cannot_be_warm_started(tokenizer):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     from r3exp.errors import ConfigError
-    from tests.conftest import ROOT
+    from tests.conftest import load_task
 
-    cfg = OmegaConf.load(ROOT / "conf" / "task" / "apigen.yaml")
-    cfg.seed = 0
     with pytest.raises(ConfigError, match="model.warm_start=null"):
-        build_sequences(instantiate(cfg), tokenizer, WarmStartSpec(episodes=10))
+        build_sequences(load_task("apigen"), tokenizer, WarmStartSpec(episodes=10))
 
 
 def test_warm_start_is_built_once_and_cached(countdown, tiny_path, tmp_path):

@@ -41,7 +41,7 @@ class WarmStartSpec:
         episodes: scripted episodes drawn from the task's training split.
         steps / batch_size / lr / warmup_steps: AdamW with linear warmup and cosine decay.
         direct_fraction: share of sequences that are prompt -> right answer (the rest reflect and retry).
-        seed: data order and dropout-free init of the optimizer state.
+        seed: the scripted attempts and the order of the training sequences.
     """
 
     episodes: int = 20000

@@ -47,6 +47,7 @@ def build_report(title: str, table_markdown: str, entity: str | None, project: s
 def write_report(report, path: str | Path) -> Path:
     """The report's definition as JSON (what ``report.save()`` would send)."""
     path = Path(path)
+    # wandb-workspaces has no public serialiser; _to_model() is what Report.save() uploads
     path.write_text(json.dumps(report._to_model().model_dump(by_alias=True, mode="json"), indent=2))
     return path
 

@@ -67,9 +67,7 @@ class ReflectionSamples(L.Callback):
         return [row for step_rows in self.history for row in step_rows]
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if not getattr(module, "drew_rollout", False) or module.rollout_step % self.every_n_steps:
-            return
-        if self.history and self.history[-1] and self.history[-1][0]["step"] == module.rollout_step:
+        if not module.drew_rollout or module.rollout_step % self.every_n_steps:
             return
         task = trainer.datamodule.task
         step_rows: list[dict] = []
