@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+
+from r3exp.tasks.countdown import extract_answer
 
 from r3exp.rollout.episodes import ChatRenderer
 from r3exp.warmstart import IGNORE, WarmStartSpec, build_sequences, encode_conversation, ensure_warm_start
@@ -20,6 +23,40 @@ def test_scripted_episodes_pair_a_wrong_attempt_and_its_reflection_with_a_right_
         assert ep["reflection"].startswith("My equation gives") and str(example["target"]) in ep["reflection"]
         assert (tuple(sorted(example["nums"])), example["target"]) not in test_keys
     assert any((tuple(sorted(ep["example"]["nums"])), ep["example"]["target"]) in train_keys for ep in episodes)
+
+
+REPAIR = re.compile(r"I should use (\S+) instead of (?:the (first|second|third|fourth) )?(\S+)\.$")
+ORDINAL = {None: 0, "first": 0, "second": 1, "third": 2, "fourth": 3}
+
+
+def apply_repair(expression: str, repair: re.Match) -> str:
+    """Replace the named occurrence of a token (a number or an operator between spaces)."""
+    new, which, old = repair.group(1), ORDINAL[repair.group(2)], repair.group(3)
+    pattern = r"\d+" if old.isdigit() else r"(?<=\s)[-+*/](?=\s)"
+    spots = [m for m in re.finditer(pattern, expression) if m.group() == old]
+    spot = spots[which]
+    return expression[:spot.start()] + new + expression[spot.end():]
+
+
+def test_each_scripted_reflection_ends_with_the_one_change_that_repairs_the_attempt(countdown):
+    for ep in countdown.scripted_episodes(300, seed=0):
+        repair = REPAIR.search(ep["reflection"])
+        assert repair, ep["reflection"]
+        assert extract_answer(ep["answer"]) not in ep["reflection"]  # a change, not the answer
+        repaired = apply_repair(extract_answer(ep["attempt"]), repair)
+        assert countdown.validate(ep["example"], f"<answer> {repaired} </answer>"), (ep, repaired)
+
+
+def test_generated_scripted_episodes_do_not_depend_on_the_task_seed():
+    from tests.conftest import load_task
+
+    other_seed = load_task("countdown", seed=7)
+    assert other_seed.scripted_episodes_ignore_task_seed
+    assert other_seed.scripted_episodes(50, seed=0) == load_task("countdown").scripted_episodes(50, seed=0)
+    held_out = {(tuple(sorted(e["nums"])), e["target"]) for split in ("validation", "test")
+                for e in other_seed.examples(split)}
+    assert not held_out & {(tuple(sorted(ep["example"]["nums"])), ep["example"]["target"])
+                           for ep in other_seed.scripted_episodes(500, seed=0)}
 
 
 def test_only_the_trained_assistant_turns_carry_labels(countdown, tokenizer):

@@ -29,7 +29,7 @@ from r3exp.errors import ConfigError
 from r3exp.rollout.episodes import ChatRenderer
 from r3exp.tasks.base import Task
 
-BUILD_VERSION = 1  # bump when the procedure changes, to invalidate cached warm starts
+BUILD_VERSION = 2  # bump when the procedure changes, to invalidate cached warm starts
 IGNORE = -100
 
 

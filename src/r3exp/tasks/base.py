@@ -84,6 +84,12 @@ class Task(ABC):
         answer). None when the task has no script (the warm start then refuses to run)."""
         return None
 
+    @property
+    def scripted_episodes_ignore_task_seed(self) -> bool:
+        """True when ``scripted_episodes`` does not depend on the task's seed (and never draws an
+        evaluation example of any seed), so one warm start serves runs of every seed."""
+        return False
+
     def corpus(self, n: int, seed: int = 0) -> list[str]:
         """Representative text of this task (prompts and answers), used to train the tiny tokenizer."""
         texts = []

@@ -92,12 +92,13 @@ class CountdownTask(Task):
 
     def scripted_episodes(self, count: int, seed: int, pool_size: int = 2000) -> list[dict]:
         """Near-miss attempts with scripted reflections (see ``countdown_reflections``). Generated
-        sources draw ``pool_size`` training-split instances (disjoint from validation and test by
-        construction; more than the R3 training split); loaded sources use the training split, solved
-        by the exhaustive solver. Each pass over the pool draws new wrong attempts."""
+        sources draw ``pool_size`` training-split instances from ``seed`` (never a validation or test
+        instance, whatever the task seed: the split of an instance is a hash of it); loaded sources use
+        the training split, solved by the exhaustive solver. Each pass over the pool draws new wrong
+        attempts."""
         rng = random.Random(f"countdown-script/{seed}")
         if self.source == "generated":
-            pool = generate_instances(pool_size, "train", self.seed, **self.generator)
+            pool = generate_instances(pool_size, "train", seed, **self.generator)
         else:
             pool = [{**ex, "solution": solve(ex["nums"], ex["target"])} for ex in self.examples("train")]
         episodes = []
@@ -105,16 +106,20 @@ class CountdownTask(Task):
             example = pool[i % len(pool)]
             if not example.get("solution"):
                 continue
-            attempt = near_miss(example["solution"], example["nums"], example["target"], rng)
-            if attempt is None:
+            miss = near_miss(example["solution"], example["nums"], example["target"], rng)
+            if miss is None:
                 continue
             episodes.append({
                 "example": {"nums": example["nums"], "target": example["target"]},
-                "attempt": answer_text(attempt),
-                "reflection": scripted_reflection(example["nums"], example["target"], attempt),
+                "attempt": answer_text(miss.expression),
+                "reflection": scripted_reflection(example["nums"], example["target"], miss.expression, miss.repair),
                 "answer": answer_text(example["solution"]),
             })
         return episodes
+
+    @property
+    def scripted_episodes_ignore_task_seed(self) -> bool:
+        return self.source == "generated"
 
     def validate(self, example: Example, answer: str) -> bool:
         try:

@@ -1,11 +1,13 @@
 """Scripted Countdown episodes for the warm start: a near-miss wrong attempt, a reflection written by a
-program (which numbers were used, what the equation evaluates to and how far from the target), and the
-correct answer as the retry. They teach a small model the reflect-and-retry conversation format; they
-never appear in R3 training or evaluation."""
+program (what the equation evaluates to and how far from the target, which numbers were used too often or
+not at all, and which single change repairs it), and the correct answer as the retry. They teach a small
+model the reflect-and-retry conversation: a reflection locates the error, the retry applies the repair.
+They never appear in R3 training or evaluation."""
 from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 from collections import Counter
 from fractions import Fraction
 
@@ -19,28 +21,48 @@ def answer_text(expression: str) -> str:
     return f"<answer> {expression} </answer>"
 
 
-def near_miss(solution: str, nums: list[int], target: int, rng: random.Random) -> str | None:
+ORDINALS = ["first", "second", "third", "fourth", "fifth"]
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """A wrong expression one edit away from a solution, and the repair stated in words."""
+
+    expression: str
+    repair: str
+
+
+def _which(occurrences: list[str], index: int, token: str) -> str:
+    """``token`` alone when it occurs once, else ``the second token`` (counted left to right)."""
+    return token if occurrences.count(token) == 1 else f"the {ORDINALS[occurrences[:index].count(token)]} {token}"
+
+
+def near_miss(solution: str, nums: list[int], target: int, rng: random.Random) -> NearMiss | None:
     """A wrong expression close to ``solution``: one operator changed, or one number replaced by
     another of the given numbers (so one is used twice and one not at all). None if every try is right."""
     for _ in range(8):
         if rng.random() < 0.6 and OPERATOR.search(solution):
             spots = list(OPERATOR.finditer(solution))
-            spot = rng.choice(spots)
-            new_op = rng.choice([op for op in "+-*/" if op != spot.group()])
-            candidate = solution[:spot.start()] + new_op + solution[spot.end():]
+            index = rng.randrange(len(spots))
+            spot, kind = spots[index], OPERATOR
+            replacement = rng.choice([op for op in "+-*/" if op != spot.group()])
         else:
             spots = list(NUMBER.finditer(solution))
-            spot = rng.choice(spots)
+            index = rng.randrange(len(spots))
+            spot, kind = spots[index], NUMBER
             others = [str(n) for n in nums if str(n) != spot.group()]
             if not others:
                 continue
-            candidate = solution[:spot.start()] + rng.choice(others) + solution[spot.end():]
+            replacement = rng.choice(others)
+        candidate = solution[:spot.start()] + replacement + solution[spot.end():]
         try:
             value, used = evaluate(candidate)
         except UnsafeExpression:
             continue
-        if not (sorted(used) == sorted(nums) and value == target):
-            return candidate
+        if sorted(used) == sorted(nums) and value == target:
+            continue
+        tokens = [m.group() for m in kind.finditer(candidate)]
+        return NearMiss(candidate, f"I should use {spot.group()} instead of {_which(tokens, index, replacement)}.")
     return None
 
 
@@ -48,8 +70,8 @@ def _fmt(value: Fraction) -> str:
     return str(value.numerator) if value.denominator == 1 else f"{float(value):.2f}"
 
 
-def scripted_reflection(nums: list[int], target: int, expression: str | None) -> str:
-    """What went wrong with ``expression``, stated without giving the answer."""
+def scripted_reflection(nums: list[int], target: int, expression: str | None, repair: str | None = None) -> str:
+    """What went wrong with ``expression``, and the ``repair`` (one change, not the whole answer) if known."""
     if expression is None:
         return "I did not give an equation inside <answer> tags."
     try:
@@ -65,5 +87,5 @@ def scripted_reflection(nums: list[int], target: int, expression: str | None) ->
                ([f"did not use {', '.join(map(str, unused))}"] if unused else [])
     if problems:
         sentences.append(f"I {' and '.join(problems)}.")
-    sentences.append("I should change one operation or number.")
+    sentences.append(repair or "I should change one operation or number.")
     return " ".join(sentences)
