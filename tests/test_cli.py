@@ -13,7 +13,8 @@ from tests.conftest import CACHE, ROOT
 SHORT = ["evaluation.limit=16", "trainer.max_steps=2", "rollout.examples_per_step=2", "rollout.group_size=2",
          "rollout.attempt.max_tokens=16", "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=16",
          "rollout.max_draws=1", "task.split_sizes.train=100", "task.split_sizes.validation=16",
-         "task.split_sizes.test=16", "callbacks.checkpoint.every_n_train_steps=1"]
+         "task.split_sizes.test=16", "callbacks.checkpoint.every_n_train_steps=1",
+         "model.warm_start.steps=2", "model.warm_start.episodes=32"]  # a token warm start
 
 
 def r3exp(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -72,7 +73,7 @@ def test_main_job_end_to_end_then_resume(tmp_path):
     out = r3exp("mode=evaluate", f"model.name_or_path={run_dir / 'policy' / 'merged'}", "evaluation.limit=8",
                 "task.split_sizes.test=8", f"hydra.run.dir={tmp_path / 'eval'}")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads((tmp_path / "eval" / "results.json").read_text())["tiny"]["total"] == 8
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["tiny_warm"]["total"] == 8
 
 
 def check_wandb_offline_run(run_dir):
@@ -83,9 +84,9 @@ def check_wandb_offline_run(run_dir):
 
     (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
     run = read_offline_run(wandb_dir)
-    assert run.config["rollout"]["group_size"] == 2 and run.config["task"]["name"] == "countdown"
+    assert run.config["rollout"]["group_size"] == 2 and run.config["task"]["name"] == "countdown_easy"
     assert run.config["trainer"]["max_steps"] == 2 and run.config["provenance"]["seed"] == 0
-    assert run.group == "countdown-tiny" and set(run.tags) == {"countdown", "tiny"}
+    assert run.group == "countdown_easy-tiny_warm" and set(run.tags) == {"countdown_easy", "tiny_warm"}
     assert [step for step, _ in run.metric("rollout/reward_mean")] == [0, 1]
     assert len(run.metric("time/step_seconds")) == 2
     samples = run.table("reflection_samples")
@@ -106,7 +107,7 @@ def check_wandb_offline_run(run_dir):
 def test_apigen_runs_evaluation_and_a_short_training(tmp_path):
     out = r3exp("task=apigen", *SHORT, "rollout.attempt.max_tokens=32", "logger=csv", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "apigen · tiny" in out.stdout and "| trained | test | 16 |" in out.stdout
+    assert "apigen · tiny_warm" in out.stdout and "| trained | test | 16 |" in out.stdout
     assert json.loads((tmp_path / "results.json").read_text())["base"]["total"] == 16
 
 

@@ -13,6 +13,7 @@ from tests.conftest import ROOT
 def training_config(tmp_path, *overrides):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=[
+            "task=countdown", "model=tiny",  # the session's tiny model (tests/conftest.py), no warm start
             f"paths.output_dir={tmp_path}", "run_name=test", "logger=none",
             "task.split_sizes.train=200", "task.split_sizes.validation=20", "task.split_sizes.test=20",
             "rollout.examples_per_step=2", "rollout.group_size=4", "rollout.attempt.max_tokens=16",

@@ -234,7 +234,7 @@ def run_compare(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_failures(cfg: DictConfig, parts: Components) -> Path:
-    sampling = instantiate(cfg.rollout.attempt)
+    sampling = instantiate(cfg.rollout.attempt, temperature=cfg.failures.temperature)
     rows, stats = collect_failures(parts.task, parts.engine, parts.tokenizer, list(parts.task.examples("train")),
                                    sampling, cfg.failures.attempts, cfg.failures.rule)
     path = write_failures(rows, cfg.failures.output or output_dir(cfg) / "failures.jsonl")
