@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from r3exp.tasks.countdown_reflections import repair_statistics
+from r3exp.evaluation.reflection_repairs import repair_statistics
 
 
 def main(paths: list[str]) -> None:

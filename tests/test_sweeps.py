@@ -51,7 +51,8 @@ def test_compare_reproduces_each_runs_results_and_draws_the_plots(multirun, tmp_
     for png in ("accuracy.png", "training.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.dumps(json.loads((tmp_path / "report.json").read_text()))
-    assert "rollout/reward_mean" in report and '"name": "group"' in report and '"value": "countdown_easy-tiny_warm"' in report
+    assert "rollout/reward_mean" in report and '"name": "group"' in report
+    assert '"value": "countdown_easy-tiny_warm"' in report
 
 
 def test_compare_without_runs_explains_what_it_needs(tmp_path):

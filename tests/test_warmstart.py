@@ -5,10 +5,10 @@ import json
 
 import pytest
 
+from r3exp.evaluation.reflection_repairs import repair_statistics
+from r3exp.rollout.episodes import ChatRenderer
 from r3exp.tasks.countdown import extract_answer
 from r3exp.tasks.countdown_reflections import apply_repair
-
-from r3exp.rollout.episodes import ChatRenderer
 from r3exp.warmstart import IGNORE, WarmStartSpec, build_sequences, encode_conversation, ensure_warm_start
 
 
@@ -37,6 +37,24 @@ def test_a_repair_that_does_not_fit_the_expression_is_none():
     assert apply_repair("3 + 4 - 2", "I should use * instead of 4.") is None
     assert apply_repair("3 + 4 - 2", "My equation gives 5.") is None
     assert apply_repair("3 + 4 + 2", "I should use - instead of the second +.") == "3 + 4 - 2"
+
+
+def test_repair_statistics_separate_the_reflection_from_the_retry():
+    example = {"nums": [3, 4, 2], "target": 5}  # 3 + 4 - 2
+
+    def episode(attempt, reflection, retry, first=False):
+        return {"example": example, "first_try_success": first, "first_attempt": f"<answer> {attempt} </answer>",
+                "reflection": reflection, "retry": f"<answer> {retry} </answer>",
+                "retry_success": retry == "3 + 4 - 2"}
+    stats = repair_statistics([
+        episode("3 + 4 - 2", None, None, first=True),
+        episode("3 + 4 + 2", "I should use - instead of the second +.", "3 + 4 - 2"),  # right, applied
+        episode("3 + 4 + 2", "I should use - instead of the first +.", "3 - 4 + 2"),   # wrong, applied
+        episode("3 + 4 + 2", "I should use - instead of the second +.", "3 * 4 + 2"),  # right, ignored
+        episode("3 * 4 * 2", "I should use 5 instead of 7.", "3 * 4 * 2"),             # names no token of it
+    ])
+    assert stats == {"episodes": 5, "failures": 4, "one_change_fixes": 3, "repair_fits": 3, "repair_right": 2,
+                     "retry_applies_repair": 2, "retry_success": 1}
 
 
 def test_generated_scripted_episodes_do_not_depend_on_the_task_seed():

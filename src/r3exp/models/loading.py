@@ -103,7 +103,8 @@ def _explain(path: str | Path, err: Exception) -> str:
         return f"cannot load model files from {path}: {first_line}"
     return (
         f"cannot reach the weights of {str(path)!r} on the Hugging Face hub ({type(err).__name__}: "
-        f"{first_line}). Check the network and HF_TOKEN (gated models), or run with model=tiny_warm (the embedded default)."
+        f"{first_line}). Check the network and HF_TOKEN (gated models), or run with model=tiny_warm "
+        "(the embedded default)."
     )
 
 

@@ -87,46 +87,6 @@ def apply_repair(expression: str, reflection: str) -> str | None:
     return expression[:spot.start()] + new + expression[spot.end():]
 
 
-def single_edits(expression: str, nums: list[int]):
-    """Every expression one change away from ``expression``: an operator, or a number replaced by one of
-    ``nums``."""
-    for kind, choices in ((OPERATOR, "+-*/"), (NUMBER, sorted({str(n) for n in nums}))):
-        for spot in kind.finditer(expression):
-            for choice in choices:
-                if choice != spot.group():
-                    yield expression[:spot.start()] + choice + expression[spot.end():]
-
-
-def repair_statistics(episodes: list[dict]) -> dict[str, int]:
-    """How reflections on failed first attempts fare, from evaluation episodes (``eval_*_episodes.jsonl``
-    rows): how many failures one change would fix, how many reflections name a change that fits the
-    attempt, how many name the right one, how often the retry applies the named change, how often the
-    retry succeeds. It separates a reflection's quality from the retry's faithfulness to it."""
-    from r3exp.tasks.countdown import extract_answer, is_correct
-
-    counts = dict.fromkeys(["episodes", "failures", "one_change_fixes", "repair_fits", "repair_right",
-                            "retry_applies_repair", "retry_success"], 0)
-    for ep in episodes:
-        counts["episodes"] += 1
-        if ep["first_try_success"]:
-            continue
-        counts["failures"] += 1
-        counts["retry_success"] += bool(ep.get("retry_success"))
-        nums, target = ep["example"]["nums"], ep["example"]["target"]
-        attempt = extract_answer(ep.get("first_attempt") or "")
-        if attempt is None:
-            continue
-        counts["one_change_fixes"] += any(is_correct(e, nums, target) for e in single_edits(attempt, nums))
-        repaired = apply_repair(attempt, ep.get("reflection") or "")
-        if repaired is None:
-            continue
-        counts["repair_fits"] += 1
-        counts["repair_right"] += is_correct(repaired, nums, target)
-        retry = extract_answer(ep.get("retry") or "")
-        counts["retry_applies_repair"] += retry is not None and retry.split() == repaired.split()
-    return counts
-
-
 def _fmt(value: Fraction) -> str:
     return str(value.numerator) if value.denominator == 1 else f"{float(value):.2f}"
 
