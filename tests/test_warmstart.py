@@ -113,7 +113,7 @@ def test_warm_start_is_built_once_and_cached(countdown, tiny_path, tmp_path):
 @pytest.mark.slow
 def test_warm_start_lands_in_the_accuracy_band(tmp_path):
     """The target: first-try accuracy on the validation split clearly above zero and far from solved.
-    Builds the default model's warm start from scratch (about 6 minutes on 2 idle CPU cores): pytest -m slow."""
+    Builds the default model's warm start from scratch (6-9 minutes on 2 CPU cores): pytest -m slow."""
     from tests.test_cli import r3exp
 
     out = r3exp("mode=warmstart", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
