@@ -112,7 +112,7 @@ class CountdownTask(Task):
             episodes.append({
                 "example": {"nums": example["nums"], "target": example["target"]},
                 "attempt": answer_text(miss.expression),
-                "reflection": scripted_reflection(example["nums"], example["target"], miss.expression, miss.repair),
+                "reflection": scripted_reflection(example["nums"], example["target"], miss),
                 "answer": answer_text(example["solution"]),
             })
         return episodes

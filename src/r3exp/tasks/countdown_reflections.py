@@ -91,14 +91,10 @@ def _fmt(value: Fraction) -> str:
     return str(value.numerator) if value.denominator == 1 else f"{float(value):.2f}"
 
 
-def scripted_reflection(nums: list[int], target: int, expression: str | None, repair: str | None = None) -> str:
-    """What went wrong with ``expression``, and the ``repair`` (one change, not the whole answer) if known."""
-    if expression is None:
-        return "I did not give an equation inside <answer> tags."
-    try:
-        value, used = evaluate(expression)
-    except UnsafeExpression:
-        return "My equation is not valid arithmetic with + - * / and the given numbers."
+def scripted_reflection(nums: list[int], target: int, miss: NearMiss) -> str:
+    """What went wrong with the near miss (its value, the numbers it misuses) and its repair: one
+    change, not the whole answer."""
+    value, used = evaluate(miss.expression)
     gap = value - target
     sentences = [f"My equation gives {_fmt(value)}, {_fmt(abs(gap))} {'more' if gap > 0 else 'less'} than {target}."
                  if gap else f"My equation gives {target}."]
@@ -108,5 +104,5 @@ def scripted_reflection(nums: list[int], target: int, expression: str | None, re
                ([f"did not use {', '.join(map(str, unused))}"] if unused else [])
     if problems:
         sentences.append(f"I {' and '.join(problems)}.")
-    sentences.append(repair or "I should change one operation or number.")
+    sentences.append(miss.repair)
     return " ".join(sentences)
