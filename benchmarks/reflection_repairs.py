@@ -4,7 +4,8 @@
 
 For each evaluation episodes file (written by every evaluation): failed first attempts, how many one
 change would fix, how many reflections name a change that fits the attempt ("I should use 7 instead of
-the second 8."), how many name the right change, how often the retry applies it, and retry successes.
+the second 8."), how many name the right change, how often the retry applies it, how often the retry
+repeats the failed attempt word for word, and retry successes.
 """
 from __future__ import annotations
 

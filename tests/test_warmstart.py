@@ -54,14 +54,14 @@ def test_repair_statistics_separate_the_reflection_from_the_retry():
         episode("3 * 4 * 2", "I should use 5 instead of 7.", "3 * 4 * 2"),             # names no token of it
     ])
     assert stats == {"episodes": 5, "failures": 4, "one_change_fixes": 3, "repair_fits": 3, "repair_right": 2,
-                     "retry_applies_repair": 2, "retry_success": 1}
+                     "retry_applies_repair": 2, "retry_repeats_attempt": 1, "retry_success": 1}
 
 
-def test_generated_scripted_episodes_do_not_depend_on_the_task_seed():
+def test_generated_scripted_episodes_depend_on_neither_the_task_seed_nor_the_split_sizes():
     from tests.conftest import load_task
 
-    other_seed = load_task("countdown", seed=7)
-    assert other_seed.scripted_episodes_ignore_task_seed
+    other_seed = load_task("countdown", seed=7, split_sizes={"train": 100, "validation": 300, "test": 900})
+    assert other_seed.scripted_episodes_ignore_splits
     assert other_seed.scripted_episodes(50, seed=0) == load_task("countdown").scripted_episodes(50, seed=0)
     held_out = {(tuple(sorted(e["nums"])), e["target"]) for split in ("validation", "test")
                 for e in other_seed.examples(split)}

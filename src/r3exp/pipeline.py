@@ -81,8 +81,9 @@ def resolve_warm_start(cfg: DictConfig, task: Task, model: ModelSpec, base_path:
                     "model starts untrained", task.name)
         return base_path
     settings = OmegaConf.to_container(cfg.task, resolve=True)
-    if task.scripted_episodes_ignore_task_seed:
-        settings.pop("seed", None)  # one warm start for runs of every seed
+    if task.scripted_episodes_ignore_splits:  # one warm start for every seed and split size
+        settings.pop("seed", None)
+        settings.pop("split_sizes", None)
     return str(ensure_warm_start(base_path, task, settings, model.warm_start, Path(cfg.paths.cache_dir) / "warmstart"))
 
 

@@ -23,10 +23,11 @@ def single_edits(expression: str, nums: list[int]):
 def repair_statistics(episodes: list[dict]) -> dict[str, int]:
     """How reflections on failed first attempts fare, from evaluation episodes (``eval_*_episodes.jsonl``
     rows): how many failures one change would fix, how many reflections name a change that fits the
-    attempt, how many name the right one, how often the retry applies the named change, how often the
-    retry succeeds. It separates a reflection's quality from the retry's faithfulness to it."""
+    attempt, how many name the right one, how often the retry applies the named change, how often it
+    repeats the failed attempt word for word, how often it succeeds. It separates a reflection's quality
+    from the retry's faithfulness to it."""
     counts = dict.fromkeys(["episodes", "failures", "one_change_fixes", "repair_fits", "repair_right",
-                            "retry_applies_repair", "retry_success"], 0)
+                            "retry_applies_repair", "retry_repeats_attempt", "retry_success"], 0)
     for ep in episodes:
         counts["episodes"] += 1
         if ep["first_try_success"]:
@@ -37,12 +38,13 @@ def repair_statistics(episodes: list[dict]) -> dict[str, int]:
         attempt = extract_answer(ep.get("first_attempt") or "")
         if attempt is None:
             continue
+        retry = extract_answer(ep.get("retry") or "")
+        counts["retry_repeats_attempt"] += retry is not None and retry.split() == attempt.split()
         counts["one_change_fixes"] += any(is_correct(e, nums, target) for e in single_edits(attempt, nums))
         repaired = apply_repair(attempt, ep.get("reflection") or "")
         if repaired is None:
             continue
         counts["repair_fits"] += 1
         counts["repair_right"] += is_correct(repaired, nums, target)
-        retry = extract_answer(ep.get("retry") or "")
         counts["retry_applies_repair"] += retry is not None and retry.split() == repaired.split()
     return counts

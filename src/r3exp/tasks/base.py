@@ -85,9 +85,10 @@ class Task(ABC):
         return None
 
     @property
-    def scripted_episodes_ignore_task_seed(self) -> bool:
-        """True when ``scripted_episodes`` does not depend on the task's seed (and never draws an
-        evaluation example of any seed), so one warm start serves runs of every seed."""
+    def scripted_episodes_ignore_splits(self) -> bool:
+        """True when ``scripted_episodes`` depends on neither the task's seed nor its split sizes (and
+        never draws an evaluation example of any seed), so one warm start serves runs of every seed and
+        every evaluation size."""
         return False
 
     def corpus(self, n: int, seed: int = 0) -> list[str]:

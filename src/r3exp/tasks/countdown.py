@@ -118,7 +118,7 @@ class CountdownTask(Task):
         return episodes
 
     @property
-    def scripted_episodes_ignore_task_seed(self) -> bool:
+    def scripted_episodes_ignore_splits(self) -> bool:
         return self.source == "generated"
 
     def validate(self, example: Example, answer: str) -> bool:
