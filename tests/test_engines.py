@@ -52,14 +52,23 @@ def test_vllm_update_weights_makes_generation_follow_new_weights(fresh_vllm, tok
     check_engine_matches_model(fresh_vllm, model, tokenizer)
 
 
-def test_vllm_is_seeded(tiny_path, tokenizer, fresh_vllm):
+def test_vllm_is_seeded_per_stream(tiny_path, tokenizer, fresh_vllm):
     prompt = [chat_ids(tokenizer, "seeded")]
-    fresh_vllm._calls = 0
-    first = fresh_vllm.generate(prompt, 4, SAMPLING)
-    fresh_vllm._calls = 0
-    again = fresh_vllm.generate(prompt, 4, SAMPLING)
-    assert [c.token_ids for c in first[0]] == [c.token_ids for c in again[0]]
-    assert len({tuple(c.token_ids) for c in first[0]}) > 1  # the n samples differ
+
+    def tokens(stream):
+        return [c.token_ids for c in fresh_vllm.generate(prompt, 4, SAMPLING, stream=stream)[0]]
+
+    fresh_vllm.seek("training", 0)
+    first, second = tokens("training"), tokens("training")
+    assert len({tuple(t) for t in first}) > 1  # the n samples differ
+    assert first != second  # and so do successive calls
+    fresh_vllm.seek("training", 0)
+    fresh_vllm.seek("evaluation", 0)
+    tokens("evaluation"), tokens("evaluation")  # another stream's calls in between change nothing
+    assert tokens("training") == first
+    assert fresh_vllm.stream_position("training") == 1
+    fresh_vllm.seek("training", 1)  # a restored checkpoint continues the stream
+    assert tokens("training") == second
 
 
 def test_hf_engine_logprobs_and_update_weights(tiny_path, tokenizer):

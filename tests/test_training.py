@@ -32,7 +32,7 @@ class StepRecorder(L.Callback):
 
 
 def train(cfg, tiny_path, tokenizer, engine, recorder):
-    engine._calls = 0
+    engine.seek("training", 0)  # each run samples as a new process would
     parts = Components(instantiate(cfg.task), instantiate(cfg.model), str(tiny_path), tokenizer, engine)
     return run_training(cfg, parts, logger=False, extra_callbacks=[recorder])
 
@@ -77,12 +77,14 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path, tiny_path, tokenizer
 
     saved = torch.load(ckpt, weights_only=False)
     assert saved["global_step"] == 2
-    assert saved["datamodule_state_dict" if "datamodule_state_dict" in saved else "ReflectionRolloutDataModule"]["cursor"] > 0
+    stream = saved["datamodule_state_dict" if "datamodule_state_dict" in saved else "ReflectionRolloutDataModule"]
+    assert stream["cursor"] > 0 and stream["sampling_calls"] == fresh_vllm.stream_position("training") > 0
     resumed = training_config(tmp_path, "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=1",
                               "ckpt_path=last")
     recorder = StepRecorder()
     train(resumed, tiny_path, tokenizer, fresh_vllm, recorder)
     assert [r["step"] for r in recorder.rows] == [2, 3]  # continues; the first two steps are not redone
+    assert fresh_vllm.stream_position("training") >= stream["sampling_calls"] + 2  # and so does the sampling
     assert torch.load(ckpt, weights_only=False)["global_step"] == 4
 
 
@@ -113,7 +115,7 @@ class _AnswersOnePlusTwoPlusThree:
 
     policy_version = 0
 
-    def generate(self, prompts, n, sampling):
+    def generate(self, prompts, n, sampling, stream="default"):
         from r3exp.rollout.engines import Completion
 
         return [[Completion([1], [0.0], "<answer>1 + 2 + 3</answer>", True) for _ in range(n)] for _ in prompts]

@@ -110,7 +110,7 @@ def run_warm_start(cfg: DictConfig, parts: "Components") -> dict:
 def run_evaluation(cfg: DictConfig, parts: Components, label: str) -> tuple[EvalResult, list[dict]]:
     ev = cfg.evaluation
     protocol = R3Protocol(parts.task, parts.engine, parts.tokenizer, instantiate(ev.attempt),
-                          instantiate(ev.reflection), instantiate(ev.retry))
+                          instantiate(ev.reflection), instantiate(ev.retry), stream="evaluation")
     examples = list(parts.task.examples(ev.split))[: ev.limit]
     result, episodes = evaluate(protocol, examples, ev.split, ev.batch_size, description=f"evaluate {label}")
     rows = [episode_row(parts.task, ep) for ep in episodes]

@@ -22,6 +22,7 @@ from r3exp.rollout.episodes import Episode, R3Protocol, RewardFn, retry_succeeds
 from r3exp.tasks.base import Task
 
 ON_NO_SIGNAL = ("skip", "resample")
+ROLLOUT_STREAM = "training"  # the engine's sampling stream of the training rollouts
 
 
 def rollout_stats(episodes: list[Episode], seconds: float, generated_tokens: int) -> dict[str, float]:
@@ -92,7 +93,7 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
             raise ConfigError("rollout.source=failures needs rollout.failures_path (build it with mode=failures)")
         if group_size < 2:
             raise ConfigError(f"rollout.group_size={group_size}: GRPO needs at least 2 reflections per group")
-        self.protocol = R3Protocol(task, engine, tokenizer, attempt, reflection, retry, reward)
+        self.protocol = R3Protocol(task, engine, tokenizer, attempt, reflection, retry, reward, stream=ROLLOUT_STREAM)
         self.task, self.engine, self.pad_id = task, engine, tokenizer.pad_token_id
         self.examples_per_step, self.group_size = examples_per_step, group_size
         self.source, self.failures_path = source, failures_path
@@ -148,10 +149,12 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         return DataLoader(RolloutStream(self), batch_size=None, num_workers=0)
 
     def state_dict(self) -> dict:
-        return {"cursor": self.cursor}
+        return {"cursor": self.cursor, "sampling_calls": self.engine.stream_position(ROLLOUT_STREAM)}
 
     def load_state_dict(self, state: dict) -> None:
         self.cursor = int(state["cursor"])
+        if "sampling_calls" in state:  # checkpoints from before sampling streams lack it
+            self.engine.seek(ROLLOUT_STREAM, state["sampling_calls"])
 
 
 def load_failures(path: str | Path) -> list[dict]:

@@ -92,21 +92,23 @@ class R3Protocol:
     Args:
         attempt_sampling / reflection_sampling / retry_sampling: sampling for each turn.
         reward: ``retry_succeeds`` (the paper) or another ``RewardFn``.
+        stream: the engine's sampling stream (``training`` rollouts, ``evaluation``).
     """
 
     def __init__(self, task: Task, engine: GenerationEngine, tokenizer, attempt_sampling: SamplingConfig,
                  reflection_sampling: SamplingConfig, retry_sampling: SamplingConfig,
-                 reward: RewardFn = retry_succeeds):
+                 reward: RewardFn = retry_succeeds, stream: str = "default"):
         self.task, self.engine, self.render = task, engine, ChatRenderer(tokenizer)
         self.attempt_sampling = attempt_sampling
         self.reflection_sampling = reflection_sampling
         self.retry_sampling = retry_sampling
         self.reward = reward
+        self.stream = stream
         self.timing = RolloutTiming()
 
     def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
         start = time.perf_counter()
-        out = self.engine.generate(prompts, n, sampling)
+        out = self.engine.generate(prompts, n, sampling, stream=self.stream)
         self.timing.seconds += time.perf_counter() - start
         self.timing.generated_tokens += sum(len(c.token_ids) for group in out for c in group)
         return out

@@ -31,7 +31,7 @@ def collect_failures(task: Task, engine: GenerationEngine, tokenizer, examples: 
     for start in tqdm(range(0, len(examples), batch_size), desc="first-failure dataset", unit="batch"):
         chunk = examples[start:start + batch_size]
         prompts = [render.for_task(task, ex, task.first_attempt_messages(ex)) for ex in chunk]
-        for example, samples in zip(chunk, engine.generate(prompts, attempts, sampling)):
+        for example, samples in zip(chunk, engine.generate(prompts, attempts, sampling, stream="failures")):
             failed = [s.text for s in samples if not task.validate(example, s.text)]
             keep = len(failed) == len(samples) if rule == "all_fail" else bool(failed)
             if keep:

@@ -42,12 +42,15 @@ class GenerationEngine(ABC):
     """Generates with the current policy; ``update_weights`` makes later calls follow new weights.
 
     ``policy_version`` counts weight updates, so every sample can be traced to the weights it came from.
+    Sampling is seeded per named stream (``generate(..., stream=)``): the training rollouts draw from one
+    stream and evaluation from another, so how much was evaluated before training does not change the
+    training samples, and a resumed run continues its stream (``stream_position`` / ``seek``).
     """
 
     def __init__(self, seed: int = 0):
         self.seed = seed
         self.policy_version = 0
-        self._calls = 0
+        self._calls: dict[str, int] = {}
 
     @abstractmethod
     def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
@@ -58,14 +61,23 @@ class GenerationEngine(ABC):
     def _load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
         """Engine-specific weight replacement (names as in the Hugging Face model)."""
 
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
-        """``n`` completions for each prompt, in prompt order. Seeded: the same sequence of calls on the
-        same weights gives the same samples."""
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
+                 stream: str = "default") -> list[list[Completion]]:
+        """``n`` completions for each prompt, in prompt order. Seeded: the same sequence of calls on one
+        ``stream`` with the same weights gives the same samples, whatever other streams did meanwhile."""
         if not prompts:
             return []
-        self._calls += 1
-        seeds = [request_seed(self.seed, self._calls, i) for i in range(len(prompts))]
+        call = self._calls[stream] = self._calls.get(stream, 0) + 1
+        seeds = [request_seed(self.seed, stream, call, i) for i in range(len(prompts))]
         return self._generate(prompts, n, sampling, seeds)
+
+    def stream_position(self, stream: str) -> int:
+        """Calls made so far on ``stream`` (saved in checkpoints)."""
+        return self._calls.get(stream, 0)
+
+    def seek(self, stream: str, position: int) -> None:
+        """Continue ``stream`` after ``position`` calls (restoring a checkpoint)."""
+        self._calls[stream] = int(position)
 
     def update_weights(self, state: Mapping[str, torch.Tensor]) -> None:
         self._load_weights(state)
@@ -75,6 +87,6 @@ class GenerationEngine(ABC):
         pass
 
 
-def request_seed(base_seed: int, call: int, index: int) -> int:
-    digest = hashlib.blake2b(f"{base_seed}/{call}/{index}".encode(), digest_size=4).digest()
+def request_seed(base_seed: int, stream: str, call: int, index: int) -> int:
+    digest = hashlib.blake2b(f"{base_seed}/{stream}/{call}/{index}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") & 0x7FFFFFFF
