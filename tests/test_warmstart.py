@@ -85,6 +85,34 @@ def test_only_the_trained_assistant_turns_carry_labels(countdown, tokenizer):
     assert tokenizer.decode([t for t, lab in zip(ids, labels) if lab == IGNORE]).count(ep["attempt"]) == 1
 
 
+def test_a_decoy_reflection_names_a_wrong_change_and_its_retry_makes_exactly_that_change(countdown):
+    episodes = countdown.scripted_episodes(300, seed=0)
+    assert sum("decoy" in ep for ep in episodes) >= 290
+    for ep in episodes:
+        if "decoy" not in ep:
+            continue
+        decoy, attempt = ep["decoy"], extract_answer(ep["attempt"])
+        assert decoy["reflection"] != ep["reflection"]
+        assert decoy["reflection"].rsplit(".", 2)[0] == ep["reflection"].rsplit(".", 2)[0]  # only the repair differs
+        assert apply_repair(attempt, decoy["reflection"]) == extract_answer(decoy["retry"])
+        assert not countdown.validate(ep["example"], decoy["retry"])
+
+
+def test_follow_sequences_train_the_retry_to_apply_the_decoy_and_not_the_decoy_reflection(countdown, tokenizer):
+    spec = WarmStartSpec(episodes=40, direct_fraction=0.0, follow_fraction=1.0)
+    episodes = countdown.scripted_episodes(spec.episodes, spec.seed)
+    for ep, (ids, labels) in zip(episodes, build_sequences(countdown, tokenizer, spec)):
+        trained = tokenizer.decode([t for t, lab in zip(ids, labels) if lab != IGNORE], skip_special_tokens=True)
+        assert trained.strip() == ep["decoy"]["retry"]
+        assert ep["decoy"]["reflection"] in tokenizer.decode(ids)
+    # follow_fraction draws from its own stream: the direct sequences stay exactly the same
+    plain = build_sequences(countdown, tokenizer, WarmStartSpec(episodes=40, direct_fraction=0.5))
+    follow = build_sequences(countdown, tokenizer, WarmStartSpec(episodes=40, direct_fraction=0.5, follow_fraction=1.0))
+    same = [a == b for a, b in zip(plain, follow)]
+    assert 10 <= sum(same) <= 30
+    assert all(len(ids) < 0.6 * max(len(i) for i, _ in plain) for (ids, _), equal in zip(plain, same) if equal)
+
+
 def test_direct_fraction_mixes_the_two_kinds_of_sequence(countdown, tokenizer):
     sequences = build_sequences(countdown, tokenizer, WarmStartSpec(episodes=100, direct_fraction=0.5))
     lengths = sorted(len(ids) for ids, _ in sequences)

@@ -7,17 +7,7 @@ of the second 8."; ``r3exp.tasks.countdown_reflections``).
 from __future__ import annotations
 
 from r3exp.tasks.countdown import extract_answer, is_correct
-from r3exp.tasks.countdown_reflections import NUMBER, OPERATOR, apply_repair
-
-
-def single_edits(expression: str, nums: list[int]):
-    """Every expression one change away from ``expression``: an operator, or a number replaced by one of
-    ``nums``."""
-    for kind, choices in ((OPERATOR, "+-*/"), (NUMBER, sorted({str(n) for n in nums}))):
-        for spot in kind.finditer(expression):
-            for choice in choices:
-                if choice != spot.group():
-                    yield expression[:spot.start()] + choice + expression[spot.end():]
+from r3exp.tasks.countdown_reflections import apply_repair, repair_sentences
 
 
 def repair_statistics(episodes: list[dict]) -> dict[str, int]:
@@ -40,7 +30,7 @@ def repair_statistics(episodes: list[dict]) -> dict[str, int]:
             continue
         retry = extract_answer(ep.get("retry") or "")
         counts["retry_repeats_attempt"] += retry is not None and retry.split() == attempt.split()
-        counts["one_change_fixes"] += any(is_correct(e, nums, target) for e in single_edits(attempt, nums))
+        counts["one_change_fixes"] += any(is_correct(e, nums, target) for _, e in repair_sentences(attempt, nums))
         repaired = apply_repair(attempt, ep.get("reflection") or "")
         if repaired is None:
             continue

@@ -66,6 +66,22 @@ def near_miss(solution: str, nums: list[int], target: int, rng: random.Random) -
     return None
 
 
+def repair_sentences(expression: str, nums: list[int]) -> list[tuple[str, str]]:
+    """Every single change of ``expression`` (an operator, or a number replaced by another of ``nums``),
+    each as the sentence that names it and the expression it gives: ("I should use 7 instead of the
+    second 8.", "...")."""
+    changes = []
+    for kind, choices in ((OPERATOR, "+-*/"), (NUMBER, sorted({str(n) for n in nums}))):
+        spots = list(kind.finditer(expression))
+        tokens = [m.group() for m in spots]
+        for index, spot in enumerate(spots):
+            for choice in choices:
+                if choice != spot.group():
+                    changes.append((f"I should use {choice} instead of {_which(tokens, index, spot.group())}.",
+                                    expression[:spot.start()] + choice + expression[spot.end():]))
+    return changes
+
+
 REPAIR = re.compile(r"I should use (\S+) instead of (?:the (first|second|third|fourth|fifth) )?(\S+?)\.")
 
 
