@@ -47,6 +47,8 @@ class WarmStartSpec:
         direct_fraction: share of sequences that are prompt -> right answer (the rest reflect and retry).
         follow_fraction: share of the reflect-and-retry sequences whose reflection names a wrong change
             that the retry follows (only the retry is trained on them).
+        reflection_ends_with_answer: the scripted reflection ends with the right answer, which the retry
+            then only has to copy (for a model too small to apply the change its reflection names).
         seed: the scripted attempts and the order of the training sequences.
     """
 
@@ -57,6 +59,7 @@ class WarmStartSpec:
     warmup_steps: int = 30
     direct_fraction: float = 0.5
     follow_fraction: float = 0.0
+    reflection_ends_with_answer: bool = False
     seed: int = 0
 
 
@@ -99,7 +102,8 @@ def build_sequences(task: Task, tokenizer, spec: WarmStartSpec) -> list[tuple[li
             messages.append({"role": "assistant", "content": ep["decoy"]["retry"]})
             sequences.append(encode_conversation(render, eos_id, messages, trained={len(messages) - 1}))
         else:
-            messages = task.retry_messages(example, ep["attempt"], ep["reflection"])
+            reflection = f"{ep['reflection']} {ep['answer']}" if spec.reflection_ends_with_answer else ep["reflection"]
+            messages = task.retry_messages(example, ep["attempt"], reflection)
             messages.append({"role": "assistant", "content": ep["answer"]})
             trained = {i for i, m in enumerate(messages) if m["role"] == "assistant" and i > len(first)}
             sequences.append(encode_conversation(render, eos_id, messages, trained))
