@@ -113,6 +113,14 @@ def test_follow_sequences_train_the_retry_to_apply_the_decoy_and_not_the_decoy_r
     assert all(len(ids) < 0.6 * max(len(i) for i, _ in plain) for (ids, _), equal in zip(plain, same) if equal)
 
 
+def test_a_reflection_can_end_with_the_answer_for_the_retry_to_copy(countdown, tokenizer):
+    spec = WarmStartSpec(episodes=5, direct_fraction=0.0, reflection_ends_with_answer=True)
+    episodes = countdown.scripted_episodes(spec.episodes, spec.seed)
+    for ep, (ids, labels) in zip(episodes, build_sequences(countdown, tokenizer, spec)):
+        trained = tokenizer.decode([t for t, lab in zip(ids, labels) if lab != IGNORE], skip_special_tokens=True)
+        assert trained.count(ep["answer"]) == 2 and ep["reflection"] in trained  # in the reflection, then the retry
+
+
 def test_direct_fraction_mixes_the_two_kinds_of_sequence(countdown, tokenizer):
     sequences = build_sequences(countdown, tokenizer, WarmStartSpec(episodes=100, direct_fraction=0.5))
     lengths = sorted(len(ids) for ids, _ in sequences)

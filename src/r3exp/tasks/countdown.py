@@ -130,8 +130,8 @@ class CountdownTask(Task):
                      if _evaluates(changed) and not is_correct(changed, nums, target)]
             if wrong:
                 sentence, changed = decoys.choice(wrong)
-                episode["decoy"] = {"reflection": scripted_reflection(nums, target, NearMiss(miss.expression, sentence)),
-                                    "retry": answer_text(changed)}
+                decoy = NearMiss(miss.expression, sentence)
+                episode["decoy"] = {"reflection": scripted_reflection(nums, target, decoy), "retry": answer_text(changed)}
             episodes.append(episode)
         return episodes
 
