@@ -43,13 +43,11 @@ def near_miss(solution: str, nums: list[int], target: int, rng: random.Random) -
     for _ in range(8):
         if rng.random() < 0.6 and OPERATOR.search(solution):
             spots = list(OPERATOR.finditer(solution))
-            index = rng.randrange(len(spots))
-            spot, kind = spots[index], OPERATOR
+            spot = spots[rng.randrange(len(spots))]
             replacement = rng.choice([op for op in "+-*/" if op != spot.group()])
         else:
             spots = list(NUMBER.finditer(solution))
-            index = rng.randrange(len(spots))
-            spot, kind = spots[index], NUMBER
+            spot = spots[rng.randrange(len(spots))]
             others = [str(n) for n in nums if str(n) != spot.group()]
             if not others:
                 continue
@@ -61,8 +59,8 @@ def near_miss(solution: str, nums: list[int], target: int, rng: random.Random) -
             continue
         if sorted(used) == sorted(nums) and value == target:
             continue
-        tokens = [m.group() for m in kind.finditer(candidate)]
-        return NearMiss(candidate, f"I should use {spot.group()} instead of {_which(tokens, index, replacement)}.")
+        repair = next(sentence for sentence, changed in repair_sentences(candidate, nums) if changed == solution)
+        return NearMiss(candidate, repair)
     return None
 
 
