@@ -86,17 +86,31 @@ PER_TOKEN = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 MASK = torch.tensor([[True, True, False], [True, False, False]])
 
 
+SIZE = F.StepSize.of(MASK)  # 2 rows, 3 reflection tokens
+
+
 def test_aggregation_grpo_per_sequence_mean():
-    assert F.aggregate_grpo(PER_TOKEN, MASK).item() == pytest.approx((1.5 + 4.0) / 2)  # (1+2)/2, 4/1
+    assert SIZE == F.StepSize(rows=2, tokens=3)
+    assert F.aggregate_grpo(PER_TOKEN, MASK, SIZE, 1).item() == pytest.approx((1.5 + 4.0) / 2)  # (1+2)/2, 4/1
+    # one micro-batch of a 5-row step: its share is the sum of its row means over all 5 rows
+    assert F.aggregate_grpo(PER_TOKEN, MASK, F.StepSize(5, 9), 1).item() == pytest.approx((1.5 + 4.0) / 5)
 
 
 def test_aggregation_dr_grpo_constant_normaliser():
-    assert F.aggregate_dr_grpo(PER_TOKEN, MASK, max_tokens=4).item() == pytest.approx(7 / (2 * 4))
+    assert F.aggregate_dr_grpo(PER_TOKEN, MASK, SIZE, max_tokens=4).item() == pytest.approx(7 / (2 * 4))
+    assert F.aggregate_dr_grpo(PER_TOKEN, MASK, F.StepSize(5, 9), max_tokens=4).item() == pytest.approx(7 / (5 * 4))
 
 
 def test_aggregation_dapo_token_mean_and_global_normaliser():
-    assert F.aggregate_dapo(PER_TOKEN, MASK).item() == pytest.approx(7 / 3)
-    assert F.aggregate_dapo(PER_TOKEN, MASK, num_items=7).item() == pytest.approx(1.0)
+    assert F.aggregate_dapo(PER_TOKEN, MASK, SIZE, 1).item() == pytest.approx(7 / 3)
+    assert F.aggregate_dapo(PER_TOKEN, MASK, F.StepSize(rows=9, tokens=7), 1).item() == pytest.approx(1.0)
+
+
+def test_merge_metrics_weights_means_by_tokens_and_takes_maxima():
+    # micro-batch 1: 3 tokens, ratio mean 1.0; micro-batch 2: 1 token, ratio mean 2.0 -> (3 + 2) / 4
+    merged = F.merge_metrics([({"ratio_mean": 1.0, "logprob_diff_max": 0.1}, 3.0),
+                              ({"ratio_mean": 2.0, "logprob_diff_max": 0.3}, 1.0)])
+    assert merged == {"ratio_mean": pytest.approx(1.25), "logprob_diff_max": 0.3}
 
 
 def test_grpo_loss_on_policy_equals_minus_mean_advantage():

