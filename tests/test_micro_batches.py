@@ -9,7 +9,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from r3exp.grpo import functions as F
-from r3exp.grpo.logprobs import masked_token_logprobs
+from r3exp.grpo.logprobs import decoder_and_output_layer, masked_token_logprobs
 from r3exp.grpo.micro_batches import token_budget_micro_batches
 from r3exp.grpo.step import LossSettings, accumulate_gradients, reference_logprobs, step_rows
 from r3exp.rollout.batching import reflection_mask
@@ -166,3 +166,28 @@ def test_rows_without_advantage_leave_the_forward_only_when_beta_is_zero():
     assert rows.batch["input_ids"].shape[0] == 8 and rows.size.rows == 12  # normaliser counts every row
     assert rows.size.tokens == int(rollouts[0]["reflection_mask"].sum())
     assert step_rows(rollouts, "group", beta=0.1).batch["input_ids"].shape[0] == 12
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_gradient_checkpointing_is_on_and_changes_no_gradient(lora):
+    """With ``model.gradient_checkpointing`` the decoder layers run again in the backward pass (their
+    activations were not kept), for full fine-tuning and under a LoRA adapter, with the same gradients."""
+    from r3exp.models.loading import LoraSpec, prepare_policy
+
+    batch = rollout(torch.Generator().manual_seed(5), groups=2, group_size=2)
+    mask = batch["reflection_mask"][:, 1:]
+    results = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        base = causal_lm(tied=True, lora=False)
+        policy = prepare_policy(base, LoraSpec(r=4) if lora else None, gradient_checkpointing=checkpointing)
+        runs = []
+        # a pre-hook: the recompute stops early (torch) once the tensors it needs are back, before forward ends
+        decoder_and_output_layer(policy)[0].layers[1].mlp.register_forward_pre_hook(lambda *_: runs.append(1))
+        logprobs = masked_token_logprobs(policy, batch["input_ids"], batch["attention_mask"], mask, chunk_size=4)
+        assert len(runs) == 1
+        logprobs.sum().backward()
+        results[checkpointing] = (len(runs), gradients(policy))
+    assert results[False][0] == 1 and results[True][0] == 2
+    for name, grad in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], grad, **CLOSE)

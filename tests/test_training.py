@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from r3exp.pipeline import Components, run_training
+from r3exp.rollout.engines import SamplingConfig
 from tests.conftest import ROOT
 
 
@@ -28,7 +29,8 @@ class StepRecorder(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         versions = {int(v) for r in module.rollouts for v in r["policy_version"]}
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        self.rows.append({"step": trainer.global_step - 1, "versions": versions, **metrics})
+        self.rows.append({"step": trainer.global_step - 1, "versions": versions, "rollouts": len(module.rollouts),
+                          **metrics})
 
 
 def train(cfg, tiny_path, tokenizer, engine, recorder):
@@ -38,10 +40,12 @@ def train(cfg, tiny_path, tokenizer, engine, recorder):
 
 
 def test_every_batch_is_sampled_with_the_latest_weights(tmp_path, tiny_path, tokenizer, fresh_vllm):
+    # two rollouts per optimizer step, trained in micro-batches of at most 160 padded tokens
     cfg = training_config(tmp_path, "trainer.max_steps=4", "optimizer.optimizer.lr=3e-3",
                           "rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains",
                           "~rollout.reward._partial_", "+rollout.reward.text=a", "rollout.on_no_signal=resample",
-                          "rollout.group_size=8", "rollout.examples_per_step=4")
+                          "rollout.group_size=8", "rollout.examples_per_step=2", "grpo.rollouts_per_step=2",
+                          "grpo.max_tokens_per_micro_batch=160")
     recorder = StepRecorder()
     train(cfg, tiny_path, tokenizer, fresh_vllm, recorder)
     assert [r["step"] for r in recorder.rows] == [0, 1, 2, 3]
@@ -49,10 +53,61 @@ def test_every_batch_is_sampled_with_the_latest_weights(tmp_path, tiny_path, tok
     assert len(trained) >= 2
     for row in recorder.rows:
         assert row["versions"] <= {row["step"]}  # generated after exactly `step` optimizer updates
+        assert row["rollouts"] == 2
     for row in trained:
         # the trainer's log-probs of the sampled reflections equal the engine's: same weights
         assert row["train/logprob_diff_max"] < 1e-3, row
+        assert row["train/micro_batches"] >= 2
     assert fresh_vllm.policy_version == 4  # the final weights were pushed for evaluation
+
+
+def test_engine_sleeps_while_the_trainer_steps_and_wakes_for_the_weight_push(
+        tmp_path, tiny_path, tokenizer, fresh_vllm, monkeypatch):
+    """The order that keeps a sleeping engine fresh: generate, sleep, (train), wake the weights, push the new
+    weights, wake the KV cache, generate. vLLM's sleep and wake_up need the CUDA allocator, so on this CPU
+    those two calls are recorded instead of made; everything else (push, generation) is the real engine."""
+    calls: list[tuple] = []
+    llm = fresh_vllm.llm
+    real_rpc, real_generate = llm.collective_rpc, llm.generate
+    monkeypatch.setattr(fresh_vllm, "sleep_level", 2)
+    monkeypatch.setattr(llm, "sleep", lambda level: calls.append(("sleep", level)))
+    monkeypatch.setattr(llm, "wake_up", lambda tags=None: calls.append(("wake_up", *(tags or ["all"]))))
+    monkeypatch.setattr(llm, "collective_rpc", lambda method, **kw: (calls.append((method,)), real_rpc(method, **kw))[1])
+    monkeypatch.setattr(llm, "generate", lambda *a, **kw: (calls.append(("generate",)), real_generate(*a, **kw))[1])
+    cfg = training_config(tmp_path, "trainer.max_steps=3", "optimizer.optimizer.lr=3e-3",
+                          "rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains",
+                          "~rollout.reward._partial_", "+rollout.reward.text=a", "rollout.group_size=8")
+    recorder = StepRecorder()
+    train(cfg, tiny_path, tokenizer, fresh_vllm, recorder)
+    order = [c for i, c in enumerate(calls) if c != ("generate",) or calls[i - 1] != ("generate",)]
+    push = [("wake_up", "weights"), ("reload_weights",), ("wake_up", "kv_cache")]
+    step = [("generate",), ("sleep", 2)]
+    # start (awake): push; each of the 3 steps: generate, sleep, then the next push wakes it
+    assert order == [("reload_weights",)] + step + push + step + push + step + push, order
+    assert all(r["train/logprob_diff_max"] < 1e-3 for r in recorder.rows if r.get("train/skipped") == 0.0)
+    fresh_vllm.sleep()  # a deep sleep discards the weights: generating before a push must fail
+    assert not fresh_vllm.holds_weights
+    with pytest.raises(RuntimeError, match="holds no weights"):
+        fresh_vllm.generate([[1, 2, 3]], 1, SamplingConfig(max_tokens=2))
+    fresh_vllm.update_weights(module_weights(tiny_path))
+    assert fresh_vllm.holds_weights and not fresh_vllm._asleep
+
+
+def module_weights(tiny_path):
+    from safetensors.torch import load_file
+
+    return load_file(str(tiny_path / "model.safetensors"))
+
+
+def test_lightning_accumulation_and_clipping_point_to_r3exp_settings(tmp_path):
+    from r3exp.errors import ConfigError
+    from r3exp.pipeline import check_trainer_config
+
+    check_trainer_config(training_config(tmp_path))
+    with pytest.raises(ConfigError, match="grpo.rollouts_per_step"):
+        check_trainer_config(training_config(tmp_path, "+trainer.accumulate_grad_batches=4"))
+    with pytest.raises(ConfigError, match="grpo.max_grad_norm"):
+        check_trainer_config(training_config(tmp_path, "+trainer.gradient_clip_val=1.0"))
 
 
 def test_reward_on_reflection_content_rises(tmp_path, tiny_path, tokenizer, fresh_vllm):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import lightning as L
 import torch
@@ -125,6 +125,8 @@ class R3GRPOModule(L.LightningModule):
     def _next_rollouts(self, dataloader_iter: Iterator) -> None:
         """Draw the rollouts of the next optimizer step(s), generated with the current weights, then let the
         engine sleep while the trainer works."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the trainer's cached activation memory back before the engine wakes
         if not self._engine_is_current():
             self.last_sync_seconds = self.sync_engine()
             self._log({"time/sync_seconds": self.last_sync_seconds})

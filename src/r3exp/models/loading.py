@@ -82,6 +82,12 @@ def load_policy(path: str | Path, dtype: str = "float32", lora: LoraSpec | dict 
         raise
     except Exception as err:  # noqa: BLE001
         raise ModelUnavailable(_explain(path, err)) from None
+    return prepare_policy(model, lora, gradient_checkpointing)
+
+
+def prepare_policy(model, lora: LoraSpec | dict | None = None, gradient_checkpointing: bool = False) -> Any:
+    """A loaded causal LM made ready to train: gradient checkpointing (non-reentrant, so it also holds
+    under a LoRA adapter whose frozen inputs need no gradient), then a fresh LoRA adapter, train mode."""
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

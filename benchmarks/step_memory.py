@@ -1,0 +1,182 @@
+"""Memory and time of one whole R3 training step at a real model's width and vocabulary, no hub needed.
+
+    .venv/bin/python benchmarks/step_memory.py --rows 8 --context 600 --reflection 128 --lora
+    .venv/bin/python benchmarks/step_memory.py --rows 64 --context 600 --reflection 128 --lora --micro-batch-tokens 4096
+    .venv/bin/python benchmarks/step_memory.py ... --logprobs full-logits   # the simple computation, for comparison
+
+Builds a random-init Qwen2 of the given shape (default: Qwen2-1.5B's width and vocabulary, 2 layers, tied
+embeddings), LoRA r16 on every projection (``--lora``, the default) or full fine-tuning (``--full``), and
+runs one optimizer step on ``rows`` rows of ``context`` + ``reflection`` tokens through r3exp's own step
+(:func:`r3exp.grpo.step.accumulate_gradients`: every micro-batch's forward and backward; then gradient
+clipping and the AdamW step, as the LightningModule does). Every row carries an advantage, so all go
+through the forward. Run it in a fresh process: memory is the process's resident set (RSS), ``static``
+after building the model and optimizer, ``peak`` the high-water mark during the step (reset after the
+build through /proc/self/clear_refs). The optimizer's moments are created before ``static`` is read
+(AdamW makes them lazily), so ``peak - static`` is what the step itself needs. The last line has a fixed format, to compare across versions:
+
+    static_gib=<RSS after build> peak_rss_gib=<peak RSS during the step> step_seconds=<s> tokens_per_second=<t>
+
+On a CUDA machine (``--device cuda``) it also prints ``peak_gpu_gib`` (torch's peak allocated memory).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+GIB = 1024**3
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_bytes(field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: reset VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def build_policy(args):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r3exp.models.loading import LoraSpec, prepare_policy, torch_dtype
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.kv_heads, tie_word_embeddings=not args.untied,
+                         max_position_embeddings=max(args.context + args.reflection, 2048))
+    model = Qwen2ForCausalLM(config).to(dtype=torch_dtype(args.dtype), device=args.device)
+    return prepare_policy(model, LoraSpec() if not args.full else None, args.gradient_checkpointing)
+
+
+def synthetic_rollout(args) -> dict:
+    """``rows`` rows of context ‖ reflection, groups of up to 8 with alternating rewards (all rows move)."""
+    from r3exp.rollout.batching import reflection_mask
+
+    generator = torch.Generator().manual_seed(0)
+    n, total = args.rows, args.context + args.reflection
+    group = min(8, n)
+    mask = reflection_mask(torch.full((n,), args.context), torch.full((n,), args.reflection), total)
+    return {
+        "input_ids": torch.randint(0, args.vocab, (n, total), generator=generator),
+        "attention_mask": torch.ones(n, total, dtype=torch.long),
+        "reflection_mask": mask,
+        "behaviour_logprobs": torch.where(mask, torch.full((n, total), -math.log(args.vocab)), 0.0),
+        "rewards": (torch.arange(n) % 2).float(),
+        "group_ids": torch.arange(n) // group,
+        "policy_version": torch.zeros(n, dtype=torch.long),
+    }
+
+
+def materialise_optimizer_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    """AdamW creates its moments at the first step: create them now with a step that changes nothing."""
+    lr = optimizer.param_groups[0]["lr"]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def full_logits_step(policy, rows, settings) -> None:
+    """The simple computation (r3exp before token budgets): every row in one forward, full logits."""
+    from r3exp.grpo import functions as F
+
+    batch = {k: v.to(policy.device) if torch.is_tensor(v) else v for k, v in rows.batch.items()}
+    logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    logprobs = F.token_logprobs(logits, batch["input_ids"][:, 1:], settings.temperature)
+    loss, _ = F.grpo_loss(logprobs, batch["behaviour_logprobs"][:, 1:], batch["advantages"],
+                          batch["reflection_mask"][:, 1:], epsilon=settings.epsilon,
+                          epsilon_high=settings.epsilon_high, loss_type=settings.loss_type,
+                          max_tokens=settings.max_reflection_tokens, step=rows.size)
+    loss.backward()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, required=True)
+    parser.add_argument("--context", type=int, required=True)
+    parser.add_argument("--reflection", type=int, required=True)
+    parser.add_argument("--vocab", type=int, default=151936)
+    parser.add_argument("--hidden", type=int, default=1536)
+    parser.add_argument("--intermediate", type=int, default=8960)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--untied", action="store_true", help="untied output layer (Qwen2-7B, Llama)")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--lora", action="store_true", help="LoRA r16 on every projection (default)")
+    kind.add_argument("--full", action="store_true", help="full fine-tuning")
+    defaults = OmegaConf.load(ROOT / "conf" / "grpo" / "default.yaml")
+    parser.add_argument("--micro-batch-tokens", type=int, default=defaults.max_tokens_per_micro_batch,
+                        help="grpo.max_tokens_per_micro_batch (default: conf/grpo/default.yaml's)")
+    parser.add_argument("--chunk", type=int, default=defaults.logprob_chunk_size,
+                        help="grpo.logprob_chunk_size (default: conf/grpo/default.yaml's)")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--logprobs", choices=["reflection", "full-logits"], default="reflection")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    from r3exp.grpo.step import LossSettings, accumulate_gradients, step_rows
+
+    policy = build_policy(args)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    materialise_optimizer_state(optimizer, trainable)  # part of the static memory, not of the step's
+    settings = LossSettings(epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_type="dapo", temperature=1.0,
+                            max_reflection_tokens=args.reflection, max_tokens_per_micro_batch=args.micro_batch_tokens,
+                            logprob_chunk_size=args.chunk)
+    rows = step_rows([synthetic_rollout(args)], "group", beta=0.0)
+    static = rss_bytes("VmRSS")
+    exact_peak = reset_peak_rss()
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    if args.logprobs == "reflection":
+        metrics = accumulate_gradients(policy, rows, settings, device=args.device)
+    else:
+        full_logits_step(policy, rows, settings)
+        metrics = {"micro_batches": 1.0}
+    torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = rss_bytes("VmHWM") if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    trainable = sum(p.numel() for p in trainable)
+    print(f"shape: vocab {args.vocab}, hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, "
+          f"{'untied' if args.untied else 'tied'}; {'full' if args.full else 'LoRA r16'} ({trainable / 1e6:.1f}M trainable), "
+          f"{args.dtype}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"step: {args.rows} rows x ({args.context} + {args.reflection}) tokens, log-probs {args.logprobs}, "
+          f"{int(metrics['micro_batches'])} micro-batches under {args.micro_batch_tokens} tokens, chunk {args.chunk}; "
+          f"peak minus static {(peak - static) / GIB:.2f} GiB"
+          + ("" if exact_peak else " (peak since process start: /proc/self/clear_refs unavailable)"))
+    if args.device.startswith("cuda"):
+        print(f"peak_gpu_gib={torch.cuda.max_memory_allocated() / GIB:.2f}")
+    tokens = args.rows * (args.context + args.reflection)
+    print(f"static_gib={static / GIB:.2f} peak_rss_gib={peak / GIB:.2f} step_seconds={seconds:.2f} "
+          f"tokens_per_second={tokens / seconds:.0f}")
+
+
+if __name__ == "__main__":
+    main()
