@@ -1,6 +1,8 @@
 """R3 training with the real vLLM engine and real Lightning, built from the real configs."""
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
@@ -134,6 +136,13 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path, tiny_path, tokenizer
     assert saved["global_step"] == 2
     stream = saved["datamodule_state_dict" if "datamodule_state_dict" in saved else "ReflectionRolloutDataModule"]
     assert stream["cursor"] > 0 and stream["sampling_calls"] == fresh_vllm.stream_position("training") > 0
+    # as r3exp wrote it before it stepped the optimizer itself: the steps counted by the automatic loop
+    loop = saved["loops"]["fit_loop"]
+    loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"] = copy.deepcopy(
+        loop["epoch_loop.manual_optimization.optim_step_progress"])
+    for counter in loop["epoch_loop.manual_optimization.optim_step_progress"].values():
+        counter.update(ready=0, completed=0)
+    torch.save(saved, ckpt)
     resumed = training_config(tmp_path, "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=1",
                               "ckpt_path=last")
     recorder = StepRecorder()

@@ -17,12 +17,22 @@ from torch.utils.checkpoint import checkpoint
 from r3exp.models.export import is_peft
 
 
+# config attributes of models whose forward changes the logits after the output layer (Gemma 2/3, Cohere,
+# Granite): the decoder + output layer path would silently differ from the model's own logits
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
 def decoder_and_output_layer(policy) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(decoder, output layer) of a Hugging Face causal LM, through a peft wrapper (whose LoRA layers are
     injected into the base model, so the decoder runs with the adapter, or without under
     ``disable_adapter``). Tied embeddings need nothing special: the output layer's weight is the
     embedding's parameter, and its gradient flows there."""
     model = policy.get_base_model() if is_peft(policy) else policy
+    for name in LOGIT_TRANSFORMS:
+        if getattr(model.config, name, None) not in (None, 1, 1.0):
+            raise NotImplementedError(f"{type(model).__name__} transforms its logits ({name}="
+                                      f"{getattr(model.config, name)}), which r3exp's reflection-only log-probs "
+                                      "do not apply yet")
     decoder, output_layer = model.get_decoder(), model.get_output_embeddings()
     if decoder is None or output_layer is None:
         raise TypeError(f"{type(model).__name__}: no decoder / output embeddings; r3exp trains causal LMs")

