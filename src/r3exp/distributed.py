@@ -1,0 +1,106 @@
+"""Several ranks (Lightning DDP on GPUs, gloo on CPU): start them, know who we are, agree.
+
+Ranks are started by Lightning's own launcher (the other processes re-run the same ``python -m r3exp``
+command; under SLURM or torchrun they exist already) before anything is built, so every rank joins the
+process group first and then builds its own colocated engine, evaluates its shard and trains.
+Outside a process group every helper here is the single-process identity.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.distributed as dist
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Rank 0: the one that writes the run directory, the results and W&B."""
+    return rank() == 0
+
+
+def launch_ranks(trainer_cfg) -> int:
+    """Start the ranks ``trainer.devices`` x ``trainer.num_nodes`` asks for and join their process group
+    (Lightning Fabric's launcher; the Trainer later finds the group and reuses it). Returns the world size."""
+    if dist.is_available() and dist.is_initialized():
+        return world_size()
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator=trainer_cfg.get("accelerator", "auto"), devices=trainer_cfg.get("devices", 1),
+                    num_nodes=trainer_cfg.get("num_nodes", 1), strategy="ddp")
+    if fabric.world_size > 1:
+        fabric.launch()
+    return fabric.world_size
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """``value`` of every rank, in rank order (a list of one outside a process group)."""
+    if world_size() == 1:
+        return [value]
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def shard(items: list) -> list:
+    """This rank's share of ``items``: every ``world_size``-th item from position ``rank``."""
+    return items[rank()::world_size()]
+
+
+def gather_shards(mine: list) -> list:
+    """The inverse of :func:`shard` on every rank: all ranks' items in the original order."""
+    shards = gather_objects(mine)
+    total = sum(len(s) for s in shards)
+    return [shards[i % len(shards)][i // len(shards)] for i in range(total)]
+
+
+def all_reduce_sum(values: Iterable[float]) -> list[float]:
+    """Element-wise sums over ranks of a few numbers (float64, exact for counts)."""
+    tensor = torch.tensor(list(values), dtype=torch.float64)
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on some rank: decisions all ranks must take together."""
+    return all_reduce_sum([float(flag)])[0] > 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+@torch.no_grad()
+def sum_gradients(params: Iterable[torch.nn.Parameter], bucket_elements: int = 2**25) -> None:
+    """Sum the gradients of ``params`` over ranks, in buckets of at most ``bucket_elements`` (a rank that
+    trained nothing contributes zeros). Each rank's loss was already divided by the whole step's size,
+    so the sum is the gradient of the step's loss over every rank's rows."""
+    if world_size() == 1:
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    bucket: list[torch.nn.Parameter] = []
+    for p in params + [None]:
+        if p is not None and (not bucket or sum(q.numel() for q in bucket) + p.numel() <= bucket_elements) \
+                and (not bucket or p.grad.dtype == bucket[0].grad.dtype and p.grad.device == bucket[0].grad.device):
+            bucket.append(p)
+            continue
+        if bucket:
+            flat = torch.cat([q.grad.reshape(-1) for q in bucket])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            offset = 0
+            for q in bucket:
+                q.grad.copy_(flat[offset:offset + q.numel()].view_as(q.grad))
+                offset += q.numel()
+        bucket = [p] if p is not None else []
