@@ -6,6 +6,7 @@ so a batch is always sampled with the weights after the previous optimizer step:
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from r3exp.rollout.engines.base import GenerationEngine, SamplingConfig
 from r3exp.rollout.episodes import Episode, R3Protocol, RewardFn, retry_succeeds
 from r3exp.tasks.base import Task
 
+log = logging.getLogger(__name__)
 ON_NO_SIGNAL = ("skip", "resample")
 ROLLOUT_STREAM = "training"  # the engine's sampling stream of the training rollouts
 
@@ -113,17 +115,13 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         return self._pool
 
     def _draw(self) -> list:
-        """The next ``examples_per_step`` examples of this rank: rank r of W takes the positions r, r + W,
-        r + 2W, ... of one seeded shuffle per epoch, so ranks never draw the same example in an epoch."""
+        """The next ``examples_per_step`` examples of this rank (see :func:`draw_indices`)."""
         pool = self._examples()
-        rank, world = distributed.rank(), distributed.world_size()
-        drawn = []
-        for _ in range(self.examples_per_step):
-            epoch, index = divmod(self.cursor * world + rank, len(pool))
-            order = list(range(len(pool)))
-            random.Random(f"{self.seed}/{epoch}").shuffle(order)
-            drawn.append(pool[order[index]])
-            self.cursor += 1
+        indices = draw_indices(self.cursor, self.examples_per_step, len(pool), self.seed,
+                               distributed.rank(), distributed.world_size())
+        self.cursor += self.examples_per_step
+        drawn = [pool[i] for i in indices]
+        log.debug("rank %d drew %s", distributed.rank(), json.dumps(drawn, sort_keys=True))
         return drawn
 
     def next_batch(self) -> dict:
@@ -166,6 +164,20 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         self.cursor = int(mine["cursor"])
         if "sampling_calls" in mine:  # checkpoints from before sampling streams lack it
             self.engine.seek(ROLLOUT_STREAM, mine["sampling_calls"])
+
+
+def draw_indices(cursor: int, count: int, pool_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Pool indices of a rank's draws ``cursor .. cursor + count - 1``: rank r of W takes the positions r,
+    r + W, r + 2W, ... of one seeded shuffle of the pool per epoch, so within an epoch no two ranks draw the
+    same example; with one rank it is the plain shuffled stream."""
+    indices, orders = [], {}
+    for draw in range(cursor, cursor + count):
+        epoch, position = divmod(draw * world + rank, pool_size)
+        if epoch not in orders:
+            orders[epoch] = list(range(pool_size))
+            random.Random(f"{seed}/{epoch}").shuffle(orders[epoch])
+        indices.append(orders[epoch][position])
+    return indices
 
 
 def load_failures(path: str | Path) -> list[dict]:

@@ -1,0 +1,139 @@
+"""Several ranks: real torch.distributed (gloo) processes on this CPU, and the real command line on two
+ranks (Lightning DDP, a vLLM-CPU engine per rank)."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from r3exp.grpo import functions as F
+from r3exp.grpo.step import LossSettings, accumulate_gradients, step_rows
+from r3exp.rollout.datamodule import draw_indices
+from tests.test_cli import SHORT, r3exp
+from tests.test_micro_batches import causal_lm, rollout
+
+SGD_LR = 0.5  # plain SGD: the update is proportional to the gradient, so a wrong normaliser shows
+
+
+def test_ranks_draw_disjoint_examples_within_an_epoch():
+    pool, seed = 50, 3
+    rank0, rank1 = (draw_indices(0, 25, pool, seed, rank, world=2) for rank in (0, 1))
+    assert not set(rank0) & set(rank1) and set(rank0) | set(rank1) == set(range(pool))
+    single = draw_indices(0, 50, pool, seed)
+    assert rank0 == single[0::2] and rank1 == single[1::2]  # the single-process stream, dealt out
+    assert draw_indices(10, 5, pool, seed) == single[10:15]  # a resumed cursor continues it
+
+
+def settings(loss_type: str) -> LossSettings:
+    return LossSettings(epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_type=loss_type, temperature=0.7,
+                        max_reflection_tokens=8, max_tokens_per_micro_batch=40, logprob_chunk_size=5)
+
+
+def rank_rollout(rank: int) -> dict:
+    batch = rollout(torch.Generator().manual_seed(11 + rank), groups=2 + rank, group_size=4)  # ranks differ in size
+    batch["rewards"][:4] = 1.0  # a group without signal on each rank
+    return batch
+
+
+def sgd_step(model, rows, loss_settings, sum_over_ranks) -> float:
+    model.zero_grad(set_to_none=True)
+    metrics = accumulate_gradients(model, rows, loss_settings)
+    sum_over_ranks(model.parameters())
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= SGD_LR * p.grad
+    return metrics["loss"]
+
+
+def _rank_step(rank: int, loss_type: str, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from r3exp import distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    model = causal_lm(tied=True, lora=False)
+    rows = step_rows([rank_rollout(rank)], "group", beta=0.0)
+    total_rows, total_tokens = distributed.all_reduce_sum([rows.size.rows, rows.size.tokens])
+    rows.size = F.StepSize(int(total_rows), int(total_tokens))
+    loss = sgd_step(model, rows, settings(loss_type), distributed.sum_gradients)
+    torch.save({"loss": loss, "params": dict(model.named_parameters())}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_one_ddp_step_on_two_ranks_equals_one_step_on_the_union_of_their_rows(loss_type, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_rank_step, args=(loss_type, port, str(tmp_path)), nprocs=2, start_method="spawn")
+    model = causal_lm(tied=True, lora=False)
+    union = step_rows([rank_rollout(0), rank_rollout(1)], "group", beta=0.0)
+    loss = sgd_step(model, union, settings(loss_type), lambda params: None)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert ranks[0]["loss"] + ranks[1]["loss"] == pytest.approx(loss, abs=1e-5)  # the shares sum to the loss
+    before = dict(causal_lm(tied=True, lora=False).named_parameters())
+    moved = 0
+    for name, expected in model.named_parameters():
+        for result in ranks:
+            torch.testing.assert_close(result["params"][name], expected, rtol=1e-5, atol=1e-5, msg=name)
+        moved += int(not torch.equal(expected, before[name]))
+    assert moved > 10  # the step changed the weights; both ranks hold the single-process update
+
+
+def drawn_examples(log_file) -> list[str]:
+    """The examples a rank drew, from its log (``hydra.verbose=r3exp.rollout.datamodule``)."""
+    draws = re.findall(r"rank \d drew (\[.*\])", log_file.read_text())
+    return [json.dumps(example, sort_keys=True) for line in draws for example in json.loads(line)]
+
+
+TWO_RANKS = ["trainer=cpu_ddp", "hydra.verbose=r3exp.rollout.datamodule"]
+
+
+def test_main_job_on_two_ranks_then_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    out = r3exp(*SHORT, *TWO_RANKS, f"hydra.run.dir={run_dir}", timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "MEMBER: 2/2" in out.stdout + out.stderr
+    assert out.stdout.count("| trained | test | 16 |") == 1  # rank 0 alone prints the table
+    # rank 0 alone writes the run directory; rank 1 leaves only its Hydra job log there
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([
+        "checkpoints", "cli.log", "eval_base_episodes.jsonl", "eval_trained_episodes.jsonl", "policy",
+        "provenance.json", "reflection_samples.jsonl", "results.json", "train_ddp_process_1.log",
+        "train_metrics.csv", "wandb", ".hydra"])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["base"]["total"] == results["trained"]["total"] == 16  # every test example once
+    episodes = [json.loads(line) for line in (run_dir / "eval_base_episodes.jsonl").read_text().splitlines()]
+    assert len({json.dumps(e["example"], sort_keys=True) for e in episodes}) == 16
+    rank0, rank1 = drawn_examples(run_dir / "cli.log"), drawn_examples(run_dir / "train_ddp_process_1.log")
+    assert len(rank0) == len(rank1) == 4 and not set(rank0) & set(rank1)  # 2 steps x 2 examples, different
+    # resume on two ranks: both continue from step 2, each from its own position in the stream
+    out = r3exp(*SHORT, *TWO_RANKS, f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_steps=3",
+                "mode=train", timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 3
+    state = checkpoint.get("datamodule_state_dict") or checkpoint["ReflectionRolloutDataModule"]
+    assert [r["cursor"] for r in state["ranks"]] == [6, 6]
+    resumed0 = drawn_examples(run_dir / "cli.log")
+    assert len(resumed0) == 6 and resumed0[:4] == rank0  # the log appends; the third step drew new ones
+    assert not set(resumed0[4:]) & set(rank0 + rank1)
+
+
+def test_evaluation_on_two_ranks_counts_every_example_once_and_matches_one_rank(tmp_path):
+    tables = {}
+    for name, extra in (("one", []), ("two", ["trainer=cpu_ddp"])):
+        out = r3exp("mode=evaluate", "evaluation.limit=12", "task.split_sizes.test=16", *SHORT[-2:], *extra,
+                    f"hydra.run.dir={tmp_path / name}", timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert ("MEMBER: 2/2" in out.stdout + out.stderr) == (name == "two")
+        tables[name] = (json.loads((tmp_path / name / "results.json").read_text()),
+                        (tmp_path / name / "eval_tiny_warm_episodes.jsonl").read_text())
+    assert tables["one"][0]["tiny_warm"]["total"] == 12
+    assert tables["two"] == tables["one"]  # same counts, same episodes in the same order
