@@ -16,7 +16,7 @@ from r3exp import distributed
 from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
 from r3exp.grpo.step import LossSettings, StepRows, accumulate_gradients, reference_logprobs, step_rows
-from r3exp.models.export import hf_state_dict, is_peft, merged_lora
+from r3exp.models.export import fsdp_full_state_dict, hf_state_dict, is_fsdp, is_peft, merged_lora
 
 
 @dataclass
@@ -104,8 +104,15 @@ class R3GRPOModule(L.LightningModule):
         """Push the (merged) policy weights to the engine as version ``global_step``; returns seconds.
         A sleeping engine wakes for the push (weights first, then its cache): never generate, then push."""
         start = time.perf_counter()
-        with merged_lora(self.policy):
-            self.engine.update_weights(hf_state_dict(self.policy))
+        root = self.trainer.strategy.model if self._trainer is not None else None
+        if is_fsdp(root):  # sharded full fine-tuning: the engine needs the full weights
+            if is_peft(self.policy):
+                raise ConfigError("trainer=fsdp shards full fine-tuning; a LoRA policy (model.lora) needs no "
+                                  "sharding: use trainer=ddp")
+            self.engine.update_weights(fsdp_full_state_dict(root, prefix="policy."))
+        else:
+            with merged_lora(self.policy):
+                self.engine.update_weights(hf_state_dict(self.policy))
         self.engine.policy_version = self.global_step
         self.synced_version = self.global_step
         return time.perf_counter() - start
