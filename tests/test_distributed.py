@@ -2,7 +2,6 @@
 ranks (Lightning DDP, a vLLM-CPU engine per rank)."""
 from __future__ import annotations
 
-import copy
 import json
 import re
 
@@ -137,3 +136,20 @@ def test_evaluation_on_two_ranks_counts_every_example_once_and_matches_one_rank(
                         (tmp_path / name / "eval_tiny_warm_episodes.jsonl").read_text())
     assert tables["one"][0]["tiny_warm"]["total"] == 12
     assert tables["two"] == tables["one"]  # same counts, same episodes in the same order
+
+
+@pytest.mark.parametrize("preset", ["cpu_ddp", "ddp", "fsdp"])
+def test_trainer_presets_compose(preset):
+    out = r3exp(f"trainer={preset}", "--cfg", "job")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "strategy: " + ("fsdp" if preset == "fsdp" else "ddp") in out.stdout
+
+
+def test_slurm_sweep_asks_for_one_task_per_gpu_on_every_node():
+    out = r3exp("--config-dir", "sweeps", "--config-name", "slurm", "--cfg", "hydra")
+    assert out.returncode == 0, out.stderr[-2000:]
+    for line in ("nodes: ${trainer.num_nodes}", "tasks_per_node: ${trainer.devices}", "gpus_per_node: ${trainer.devices}"):
+        assert line in out.stdout
+    out = r3exp("--config-dir", "sweeps", "--config-name", "slurm", "trainer.devices=8", "trainer.num_nodes=2",
+                "--cfg", "job")
+    assert "devices: 8" in out.stdout and "num_nodes: 2" in out.stdout and "strategy: ddp" in out.stdout
