@@ -57,6 +57,12 @@ def test_main_job_end_to_end_then_resume(tmp_path):
     assert "| base | test | 16 |" in out.stdout and "| trained | test | 16 |" in out.stdout
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results) == {"base", "trained"} and results["trained"]["total"] == 16
+    for name in ("base", "trained"):  # the controls ran: retries with another failure's and an empty reflection
+        failures = 16 - results[name]["first_try_correct"]
+        assert 0 <= results[name]["shuffled_reflection_fixed"] <= failures
+        assert 0 <= results[name]["empty_reflection_fixed"] <= failures
+        assert 0 <= results[name]["followed"] <= results[name]["follow_defined"] <= failures
+    assert "with another example's reflection" in out.stdout
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / "policy" / "merged" / "model.safetensors").exists()
     check_wandb_offline_run(run_dir)

@@ -134,3 +134,16 @@ def test_a_smaller_split_is_a_prefix_of_a_larger_one(countdown):
     from r3exp.tasks.countdown_solver import generate_instances
 
     assert generate_instances(8, "test", seed=0) == generate_instances(50, "test", seed=0)[:8]
+
+
+def test_reflection_followed_reads_the_proposed_change(countdown):
+    example = {"nums": [3, 4, 2], "target": 11}
+    attempt = "<answer>3 + 4 * 2</answer>"
+    reflection = "My equation gives 11? No. I should use - instead of +."
+    follows = countdown.reflection_followed
+    assert follows(example, attempt, reflection, "<answer>3 - 4 * 2</answer>") is True
+    assert follows(example, attempt, reflection, attempt) is False  # repeats the attempt
+    assert follows(example, attempt, reflection, "<answer>3 * 4 * 2</answer>") is False  # another change
+    assert follows(example, attempt, reflection, "no answer") is False
+    assert follows(example, attempt, "I should try harder.", "<answer>3 - 4 * 2</answer>") is None  # no proposal
+    assert follows(example, "no answer at all", reflection, "<answer>3 - 4 * 2</answer>") is None

@@ -1,3 +1,5 @@
+import pytest
+
 from r3exp.evaluation import EvalResult, evaluate, format_table
 from r3exp.rollout.engines import SamplingConfig
 from r3exp.rollout.episodes import R3Protocol
@@ -22,3 +24,36 @@ def test_evaluation_runs_the_protocol_and_is_reproducible(countdown, tokenizer, 
     assert again == first
     assert [ep.reflections[0].token_ids for ep in failed] == \
         [ep.reflections[0].token_ids for ep in episodes_again if not ep.first_try_success]
+
+
+def _failed(example_id: int, reflection: str):
+    from r3exp.rollout.engines import Completion
+    from r3exp.rollout.episodes import Episode
+
+    done = Completion([1], [0.0], "x", True)
+    return Episode({"id": example_id}, done, False, reflections=[Completion([2], [0.0], reflection, True)],
+                   retries=[done], retry_successes=[False], rewards=[0.0])
+
+
+def test_reflection_controls_swap_reflections_between_failures_and_empty_them():
+    from r3exp.evaluation.accuracy import control_reflections
+    from r3exp.rollout.engines import Completion
+    from r3exp.rollout.episodes import Episode
+
+    solved = Episode({"id": 9}, Completion([1], [0.0], "right", True), True)
+    episodes = [_failed(0, "reflection on 0"), solved, _failed(1, "reflection on 1"), _failed(2, "reflection on 2")]
+    shuffled = control_reflections(episodes, "shuffled")
+    assert [ep.example["id"] for ep, _ in shuffled] == [0, 1, 2]  # the failures, in order
+    assert [text for _, text in shuffled] == ["reflection on 1", "reflection on 2", "reflection on 0"]
+    assert all(text != ep.reflections[0].text for ep, text in shuffled)  # never an example's own
+    assert [text for _, text in control_reflections(episodes, "empty")] == ["", "", ""]
+    with pytest.raises(ValueError, match="shuffled"):
+        control_reflections(episodes, "reversed")
+
+
+def test_table_shows_the_controls_and_the_follow_rate():
+    r = EvalResult("test", total=10, first_try_correct=2, reflection_fixed=3, shuffled_reflection_fixed=1,
+                   empty_reflection_fixed=0, followed=4, follow_defined=5)
+    table = format_table({"m": r})
+    assert "| m | 50.0% (5/10) | 30.0% (3/10) | 20.0% (2/10) | 80.0% (4/5) |" in table
+    assert EvalResult.from_dict(r.to_dict()) == r

@@ -12,6 +12,8 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 
+from r3exp.errors import ConfigError
+
 
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -36,8 +38,23 @@ def launch_ranks(trainer_cfg) -> int:
     fabric = Fabric(accelerator=trainer_cfg.get("accelerator", "auto"), devices=trainer_cfg.get("devices", 1),
                     num_nodes=trainer_cfg.get("num_nodes", 1), strategy="ddp")
     if fabric.world_size > 1:
+        if _local_multirun():
+            raise ConfigError("several ranks per job inside a local Hydra multirun (-m) are not supported: "
+                              "Lightning's launcher re-runs the command. Run the jobs one by one, or through "
+                              "SLURM (sweeps/slurm.yaml), where every rank exists already")
         fabric.launch()
     return fabric.world_size
+
+
+def _local_multirun() -> bool:
+    """A Hydra multirun job whose ranks the launcher would have to start (not SLURM, not torchrun)."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    external = "LOCAL_RANK" in os.environ or "SLURM_NTASKS" in os.environ
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and not external
 
 
 def gather_objects(value: Any) -> list[Any]:

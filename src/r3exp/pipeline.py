@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from r3exp.errors import ConfigError
 from r3exp import distributed
 from r3exp.evaluation import EvalResult, evaluate, format_table, save_results
-from r3exp.evaluation.accuracy import episodes_result
+from r3exp.evaluation.accuracy import control_reflections, episodes_result, follow_counts
 from r3exp.models import ModelSpec, load_tokenizer
 from r3exp.models.export import save_policy
 from r3exp.rollout.episodes import Episode, R3Protocol
@@ -125,10 +125,17 @@ def run_evaluation(cfg: DictConfig, parts: Components, label: str) -> tuple[Eval
     _, mine = evaluate(protocol, distributed.shard(examples), ev.split, ev.batch_size,
                        description=f"evaluate {label}", progress=distributed.is_main())
     episodes = distributed.gather_shards(mine)
+    result = episodes_result(episodes, ev.split)
+    result.followed, result.follow_defined = follow_counts(parts.task, episodes)
+    for control in ev.get("controls") or []:
+        pairs = control_reflections(episodes, control)
+        retries = distributed.gather_shards(protocol.retries_with(distributed.shard(pairs)))
+        fixed = sum(parts.task.validate(ep.example, retry.text) for (ep, _), retry in zip(pairs, retries))
+        setattr(result, f"{control}_reflection_fixed", fixed)
     rows = [episode_row(parts.task, ep) for ep in episodes]
     if distributed.is_main():
         write_jsonl(rows, output_dir(cfg) / f"eval_{label}_episodes.jsonl")
-    return episodes_result(episodes, ev.split), rows
+    return result, rows
 
 
 def episode_row(task: Task, ep: Episode) -> dict:

@@ -23,6 +23,12 @@ class EvalResult:
     total: int
     first_try_correct: int
     reflection_fixed: int
+    # controls (None when not run): retries fixed with another example's reflection / an empty one, and
+    # how often the retry followed its own reflection's proposal, of the failures where one could be read
+    shuffled_reflection_fixed: int | None = None
+    empty_reflection_fixed: int | None = None
+    followed: int | None = None
+    follow_defined: int | None = None
 
     @property
     def after_reflection_correct(self) -> int:
@@ -43,7 +49,9 @@ class EvalResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "EvalResult":
-        return cls(data["split"], data["total"], data["first_try_correct"], data["reflection_fixed"])
+        controls = ("shuffled_reflection_fixed", "empty_reflection_fixed", "followed", "follow_defined")
+        return cls(data["split"], data["total"], data["first_try_correct"], data["reflection_fixed"],
+                   **{key: data.get(key) for key in controls})
 
 
 def evaluate(protocol: R3Protocol, examples: Sequence[dict], split: str, batch_size: int = 64,
@@ -70,6 +78,31 @@ def episodes_result(episodes: Sequence[Episode], split: str) -> EvalResult:
     )
 
 
+CONTROLS = ("shuffled", "empty")  # evaluation.controls
+
+
+def control_reflections(episodes: Sequence[Episode], control: str) -> list[tuple[Episode, str]]:
+    """The failed episodes, each with the reflection a control retries it with: ``shuffled`` gives each the
+    reflection written for the next failure (a cyclic shift: never its own when there are two or more),
+    ``empty`` an empty reflection. The reflection's content is what the controls take away."""
+    failures = [ep for ep in episodes if ep.reflections]
+    if control == "shuffled":
+        texts = [ep.reflections[0].text for ep in failures]
+        return list(zip(failures, texts[1:] + texts[:1]))
+    if control == "empty":
+        return [(ep, "") for ep in failures]
+    raise ValueError(f"evaluation.controls: unknown control {control!r}; expected some of {CONTROLS}")
+
+
+def follow_counts(task, episodes: Sequence[Episode]) -> tuple[int, int]:
+    """(followed, defined): retries that did what their reflection proposed, of the failures whose
+    reflection proposes something the task can read (``Task.reflection_followed``)."""
+    verdicts = [task.reflection_followed(ep.example, ep.attempt.text, ep.reflections[0].text, ep.retries[0].text)
+                for ep in episodes if ep.reflections and ep.retries]
+    defined = [v for v in verdicts if v is not None]
+    return sum(defined), len(defined)
+
+
 def format_table(results: dict[str, EvalResult]) -> str:
     """Markdown table in the paper's layout: one row per model, first try and after reflection."""
     lines = ["| model | split | n | first try | after reflection | Δ |", "|---|---|---|---|---|---|"]
@@ -79,7 +112,25 @@ def format_table(results: dict[str, EvalResult]) -> str:
             f"| {100 * r.after_reflection_accuracy:.1f}% ({r.after_reflection_correct}) "
             f"| {100 * (r.after_reflection_accuracy - r.first_try_accuracy):+.1f} |"
         )
+    if any(r.shuffled_reflection_fixed is not None or r.empty_reflection_fixed is not None for r in results.values()):
+        lines += ["", "| model | after reflection | with another example's reflection | with an empty reflection "
+                  "| retry follows its reflection |", "|---|---|---|---|---|"]
+        for name, r in results.items():
+            lines.append(f"| {name} | {_share(r.after_reflection_correct, r.total)} "
+                         f"| {_share(_plus(r.first_try_correct, r.shuffled_reflection_fixed), r.total)} "
+                         f"| {_share(_plus(r.first_try_correct, r.empty_reflection_fixed), r.total)} "
+                         f"| {_share(r.followed, r.follow_defined)} |")
     return "\n".join(lines)
+
+
+def _plus(a: int, b: int | None) -> int | None:
+    return None if b is None else a + b
+
+
+def _share(count: int | None, total: int | None) -> str:
+    if count is None or not total:
+        return "n/a"
+    return f"{100 * count / total:.1f}% ({count}/{total})"
 
 
 def save_results(results: dict[str, EvalResult], path: str | Path) -> Path:

@@ -25,19 +25,20 @@ from r3exp.tasks.base import Task
 
 log = logging.getLogger(__name__)
 ON_NO_SIGNAL = ("skip", "resample")
+PROTOCOLS = ("r3", "grpo")
 ROLLOUT_STREAM = "training"  # the engine's sampling stream of the training rollouts
 
 
 def rollout_stats(episodes: list[Episode], seconds: float, generated_tokens: int) -> dict[str, float]:
     """Per-step rollout metrics (plain floats)."""
-    failed = [ep for ep in episodes if not ep.first_try_success]
+    failed = [ep for ep in episodes if ep.reflections]  # the rows: R3's failures, or every GRPO group
     rewards = [r for ep in failed for r in ep.rewards]
     groups = [ep.rewards for ep in failed if ep.rewards]
     lengths = [len(f.token_ids) for ep in failed for f in ep.reflections]
     tensor = torch.tensor(rewards) if rewards else torch.zeros(0)
     return {
         "rollout/first_try_success": sum(ep.first_try_success for ep in episodes) / max(len(episodes), 1),
-        "rollout/failure_fraction": len(failed) / max(len(episodes), 1),
+        "rollout/failure_fraction": sum(not ep.first_try_success for ep in episodes) / max(len(episodes), 1),
         "rollout/retry_success": sum(s for ep in failed for s in ep.retry_successes) / max(len(rewards), 1),
         "rollout/reward_mean": tensor.mean().item() if rewards else 0.0,
         "rollout/reward_std": tensor.std().item() if len(rewards) > 1 else 0.0,
@@ -80,14 +81,21 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
             still counts) or ``resample`` (draw new examples, at most ``max_draws`` times).
         reward: the reward function (default: the retry passes the validator).
         seed: order in which training examples are drawn.
+        protocol: ``r3`` (reflect on failures, reward the reflection by its retry) or ``grpo``, the baseline:
+            G sampled first attempts per example, each rewarded by the validator, the attempt trained
+            (``reflection`` sampling's temperature, ``attempt``'s length).
     """
 
     def __init__(self, task: Task, engine: GenerationEngine, tokenizer, attempt: SamplingConfig,
                  reflection: SamplingConfig, retry: SamplingConfig, examples_per_step: int = 8,
                  group_size: int = 4, source: str = "online", failures_path: str | None = None,
                  on_no_signal: str = "resample", max_draws: int = 4, reward: RewardFn = retry_succeeds,
-                 seed: int = 0):
+                 seed: int = 0, protocol: str = "r3"):
         super().__init__()
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"rollout.protocol={protocol!r}; expected one of {PROTOCOLS}")
+        if protocol == "grpo" and source != "online":
+            raise ConfigError("rollout.protocol=grpo samples first attempts: it needs rollout.source=online")
         if on_no_signal not in ON_NO_SIGNAL:
             raise ConfigError(f"rollout.on_no_signal={on_no_signal!r}; expected one of {ON_NO_SIGNAL}")
         if source not in ("online", "failures"):
@@ -101,7 +109,7 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         self.examples_per_step, self.group_size = examples_per_step, group_size
         self.source, self.failures_path = source, failures_path
         self.on_no_signal, self.max_draws = on_no_signal, max_draws
-        self.seed = seed
+        self.seed, self.protocol_name = seed, protocol
         self.cursor = 0  # examples drawn so far: saved in checkpoints so a resumed run continues the stream
         self.last_episodes: list[Episode] = []
         self._pool: list | None = None
@@ -130,7 +138,9 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         episodes: list[Episode] = []
         for _ in range(self.max_draws if self.on_no_signal == "resample" else 1):
             drawn = self._draw()
-            if self.source == "online":
+            if self.protocol_name == "grpo":
+                episodes += self.protocol.attempt_groups(drawn, self.group_size)
+            elif self.source == "online":
                 episodes += self.protocol.run(drawn, self.group_size)
             else:
                 episodes += self.protocol.from_failed_attempts(drawn, self.group_size)

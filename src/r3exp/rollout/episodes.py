@@ -6,6 +6,7 @@ training tensors.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -140,6 +141,29 @@ class R3Protocol:
             ep.retry_successes = [self.task.validate(ep.example, r.text) for r in ep.retries]
             ep.rewards = [float(self.reward(self.task, ep.example, f, r)) for f, r in zip(group, ep.retries)]
         return list(episodes)
+
+    def attempt_groups(self, examples: Sequence[Example], group_size: int) -> list[Episode]:
+        """Plain GRPO, the baseline R3 is compared with: ``group_size`` sampled first attempts per example,
+        each rewarded by the validator. The trained tokens are the attempts, so they stand where R3's
+        reflections stand (``reflections``, after ``reflection_prompt_ids`` = the first-attempt prompt);
+        ``first_try_success`` is the first sample's success. Sampled at the reflection's temperature (the
+        trainer's) with the attempt's length."""
+        prompts = [self.render.for_task(self.task, ex, self.task.first_attempt_messages(ex)) for ex in examples]
+        sampling = dataclasses.replace(self.reflection_sampling, max_tokens=self.attempt_sampling.max_tokens)
+        episodes = []
+        for ex, prompt, group in zip(examples, prompts, self._generate(prompts, group_size, sampling)):
+            successes = [self.task.validate(ex, c.text) for c in group]
+            episodes.append(Episode(ex, group[0], successes[0], reflection_prompt_ids=prompt, reflections=list(group),
+                                    rewards=[float(x) for x in successes], retry_successes=successes,
+                                    policy_version=self.engine.policy_version))
+        return episodes
+
+    def retries_with(self, pairs: Sequence[tuple[Episode, str]]) -> list[Completion]:
+        """One retry per ``(episode, reflection text)``, with that text in place of the episode's own
+        reflection (the evaluation's controls)."""
+        prompts = [self.render.for_task(self.task, ep.example, self.task.retry_messages(ep.example, ep.attempt.text, text))
+                   for ep, text in pairs]
+        return [group[0] for group in self._generate(prompts, 1, self.retry_sampling)]
 
     def run(self, examples: Sequence[Example], group_size: int) -> list[Episode]:
         return self.reflect_and_retry(self.first_attempts(examples), group_size)

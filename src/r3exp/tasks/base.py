@@ -78,6 +78,12 @@ class Task(ABC):
             {"role": "user", "content": self.retry_prompt.format(**example)},
         ]
 
+    def reflection_followed(self, example: Example, attempt: str, reflection: str, retry: str) -> bool | None:
+        """Did the retry do what the reflection proposed: its answer differs from the attempt's and is the
+        one the reflection's proposal gives? None where the reflection proposes nothing this task can
+        read (and for tasks that do not define it): the follow rate counts the defined cases only."""
+        return None
+
     def scripted_episodes(self, count: int, seed: int) -> list[dict] | None:
         """Up to ``count`` training-split episodes written by a program, for the warm start:
         ``{"example", "attempt", "reflection", "answer"}`` (a wrong attempt, a reflection on it, a right

@@ -8,7 +8,8 @@ from typing import Sequence
 
 from r3exp.errors import ConfigError
 from r3exp.tasks.base import Example, Task
-from r3exp.tasks.countdown_reflections import NearMiss, answer_text, near_miss, repair_sentences, scripted_reflection
+from r3exp.tasks.countdown_reflections import (
+    NearMiss, answer_text, apply_repair, near_miss, repair_sentences, scripted_reflection)
 from r3exp.tasks.countdown_solver import generate_instances, solve
 from r3exp.tasks.hub import load_hub_rows
 from r3exp.tasks.safe_arithmetic import UnsafeExpression, evaluate
@@ -138,6 +139,16 @@ class CountdownTask(Task):
     @property
     def scripted_episodes_ignore_splits(self) -> bool:
         return self.source == "generated"
+
+    def reflection_followed(self, example: Example, attempt: str, reflection: str, retry: str) -> bool | None:
+        """The reflection proposes one change to the attempt's equation ("I should use 7 instead of the
+        second 8."); followed when the retry's equation is the attempt's with exactly that change."""
+        attempted = extract_answer(attempt)
+        proposed = apply_repair(attempted, reflection) if attempted is not None else None
+        if proposed is None:
+            return None
+        retried = extract_answer(retry)
+        return retried is not None and retried.split() != attempted.split() and retried.split() == proposed.split()
 
     def validate(self, example: Example, answer: str) -> bool:
         try:

@@ -35,7 +35,9 @@ def sample_rows(task: Task, episodes: Sequence[Episode], advantages: Sequence[fl
         rows.append({
             "step": step, "group": group, "task_prompt": task.user_prompt(episode.example),
             "first_attempt": episode.attempt.text, "reflection": episode.reflections[j].text,
-            "retry": episode.retries[j].text, "retry_success": bool(episode.retry_successes[j]),
+            # the grpo baseline trains sampled attempts (in ``reflections``) and makes no retry
+            "retry": episode.retries[j].text if episode.retries else "",
+            "retry_success": bool(episode.retry_successes[j]),
             "reward": float(episode.rewards[j]), "advantage": float(advantage),
             "reflection_tokens": len(episode.reflections[j].token_ids),
         })
