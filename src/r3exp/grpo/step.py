@@ -48,12 +48,18 @@ class StepRows:
         return bool(self.batch["advantages"].ne(0).any())
 
 
-def step_rows(rollouts: Sequence[dict], scale_rewards: str, beta: float) -> StepRows:
+def step_rows(rollouts: Sequence[dict], scale_rewards: str, beta: float,
+              reward_moments: Callable[[list[float]], list[float]] = lambda moments: moments) -> StepRows:
     """Merge the step's rollouts, compute group advantages over all of them, and keep the rows that move
     the loss: with ``beta`` = 0 a row whose advantage is 0 adds exactly 0 to the loss and its gradient
-    (``-min(ρ·0, clip(ρ)·0)``), so it is left out of the forward; it still counts in the step's size."""
+    (``-min(ρ·0, clip(ρ)·0)``), so it is left out of the forward; it still counts in the step's size.
+    ``reward_moments`` sums (count, sum, sum of squares) of the rewards over ranks, for ``batch`` scaling."""
     batch = concat_batches(rollouts)
-    advantages = F.group_advantages(batch["rewards"], batch["group_ids"], scale_rewards)
+    rewards = batch["rewards"].double()
+    batch_std = None
+    if scale_rewards == "batch":
+        batch_std = F.pooled_std(*reward_moments([len(rewards), rewards.sum().item(), (rewards**2).sum().item()]))
+    advantages = F.group_advantages(batch["rewards"], batch["group_ids"], scale_rewards, batch_std=batch_std)
     size = F.StepSize.of(batch["reflection_mask"][:, 1:])
     keep = torch.ones_like(advantages, dtype=torch.bool) if beta != 0.0 else advantages.ne(0)
     rows = keep.nonzero().squeeze(-1).tolist()

@@ -62,21 +62,3 @@ def save_policy(model, tokenizer, out_dir: str | Path) -> dict[str, Path]:
     tokenizer.save_pretrained(paths["merged"])
     return paths
 
-
-def fsdp_full_state_dict(root, prefix: str) -> dict[str, torch.Tensor]:
-    """Full (unsharded) weights of the submodule at ``prefix`` of an FSDP-wrapped module, on every rank
-    (``FULL_STATE_DICT``: the whole model is gathered at once, not per module). Written for Lightning's
-    FSDP strategy; it has not run here (no GPUs)."""
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT,
-                              FullStateDictConfig(offload_to_cpu=False, rank0_only=False)):
-        state = root.state_dict()
-    return {name.removeprefix(prefix): t.detach() for name, t in state.items() if name.startswith(prefix)}
-
-
-def is_fsdp(module) -> bool:
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    return isinstance(module, FSDP)

@@ -166,14 +166,20 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         return {**mine, "ranks": distributed.gather_objects(mine)}
 
     def load_state_dict(self, state: dict) -> None:
-        ranks = state.get("ranks") or [state]  # checkpoints from before several ranks hold one position
-        if len(ranks) != distributed.world_size():
-            raise ConfigError(f"the checkpoint was written by {len(ranks)} rank(s); resume it with as many "
-                              f"(trainer.devices x trainer.num_nodes), not {distributed.world_size()}")
-        mine = ranks[distributed.rank()]
+        mine = rank_position(state, distributed.rank(), distributed.world_size())
         self.cursor = int(mine["cursor"])
         if "sampling_calls" in mine:  # checkpoints from before sampling streams lack it
             self.engine.seek(ROLLOUT_STREAM, mine["sampling_calls"])
+
+
+def rank_position(state: dict, rank: int, world: int) -> dict:
+    """This rank's ``{"cursor", "sampling_calls"}`` in a saved datamodule state (every rank's, in rank order;
+    a checkpoint from before several ranks holds one position)."""
+    ranks = state.get("ranks") or [state]
+    if len(ranks) != world:
+        raise ConfigError(f"the checkpoint was written by {len(ranks)} rank(s); resume it with as many "
+                          f"(trainer.devices x trainer.num_nodes), not {world}")
+    return ranks[rank]
 
 
 def draw_indices(cursor: int, count: int, pool_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:

@@ -65,6 +65,8 @@ class VLLMEngine(GenerationEngine):
         self._asleep = self._weights_discarded = False
         from vllm import LLM
 
+        if on_gpu and distributed.world_size() > 1:
+            distributed.vllm_rank_environment()
         try:
             self.llm = LLM(
                 model=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
