@@ -24,11 +24,20 @@ def app(cfg: DictConfig) -> float | None:
 
     if cfg.paths.get("output_dir") is None:
         cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+    from r3exp.distributed import finish_ranks
+
     try:
         produced = run(cfg)
     except R3Error as err:
         print(f"error: {err}", file=sys.stderr)
+        finish_ranks(failed=True)
         sys.exit(2)
+    except BaseException:
+        finish_ranks(failed=True)
+        raise
+    if code := finish_ranks(failed=False):
+        print(f"error: another rank exited with code {code}", file=sys.stderr)
+        sys.exit(code)
     results = produced.get("results") or {}
     final = results.get("trained") or next(iter(results.values()), None)
     return final.after_reflection_accuracy if final else None  # the objective of Hydra sweepers

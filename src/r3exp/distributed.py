@@ -37,13 +37,29 @@ def launch_ranks(trainer_cfg) -> int:
 
     fabric = Fabric(accelerator=trainer_cfg.get("accelerator", "auto"), devices=trainer_cfg.get("devices", 1),
                     num_nodes=trainer_cfg.get("num_nodes", 1), strategy="ddp")
+    global _LAUNCHER
     if fabric.world_size > 1:
         if _local_multirun():
             raise ConfigError("several ranks per job inside a local Hydra multirun (-m) are not supported: "
                               "Lightning's launcher re-runs the command. Run the jobs one by one, or through "
                               "SLURM (sweeps/slurm.yaml), where every rank exists already")
         fabric.launch()
+        _LAUNCHER = fabric.strategy.launcher  # the child processes it started (rank 0 of a local launch)
     return fabric.world_size
+
+
+_LAUNCHER = None
+
+
+def finish_ranks(failed: bool) -> int:
+    """Rank 0 of a local launch: on failure, stop the other ranks (they would wait in a collective until
+    the process group's timeout); on success, wait for them. Returns the first non-zero exit code."""
+    procs = list(getattr(_LAUNCHER, "procs", []) or [])
+    for proc in procs:
+        if failed:
+            proc.kill()
+    codes = [proc.wait() for proc in procs]
+    return next((code for code in codes if code), 0)
 
 
 def _local_multirun() -> bool:
