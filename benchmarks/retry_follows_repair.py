@@ -28,8 +28,9 @@ def load_task(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(str(conf), version_base="1.3"):
+    from r3exp import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     return instantiate(cfg.task)
 

@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from r3exp import CONF_DIR
+
 GIB = 1024**3
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def rss_bytes(field: str) -> int:
@@ -124,11 +125,11 @@ def main() -> None:
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--lora", action="store_true", help="LoRA r16 on every projection (default)")
     kind.add_argument("--full", action="store_true", help="full fine-tuning")
-    defaults = OmegaConf.load(ROOT / "conf" / "grpo" / "default.yaml")
+    defaults = OmegaConf.load(CONF_DIR / "grpo" / "default.yaml")
     parser.add_argument("--micro-batch-tokens", type=int, default=defaults.max_tokens_per_micro_batch,
-                        help="grpo.max_tokens_per_micro_batch (default: conf/grpo/default.yaml's)")
+                        help="grpo.max_tokens_per_micro_batch (default: the packaged grpo/default.yaml's)")
     parser.add_argument("--chunk", type=int, default=defaults.logprob_chunk_size,
-                        help="grpo.logprob_chunk_size (default: conf/grpo/default.yaml's)")
+                        help="grpo.logprob_chunk_size (default: the packaged grpo/default.yaml's)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--logprobs", choices=["reflection", "full-logits"], default="reflection")
     parser.add_argument("--dtype", default="float32")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import statistics
 import sys
 import tempfile
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+from r3exp import CONF_DIR
+
 
 
 def main(overrides: list[str]) -> None:
@@ -21,7 +21,7 @@ def main(overrides: list[str]) -> None:
     from r3exp.tracking.step_timer import StepTimer
 
     setup_environment()
-    with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"paths.output_dir={out}", "run_name=benchmark", "logger=none",
                                            "callbacks.progress.refresh_rate=0", "~callbacks.step_timer", *overrides])
         import lightning as L

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "src" / "r3exp" / "conf"  # the packaged configs
 CACHE = Path(os.environ.get("R3EXP_TEST_CACHE", ROOT / ".cache" / "r3exp-test"))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -33,7 +34,7 @@ def load_task(name: str, train: int = 300, held_out: int = 50, **overrides):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(ROOT / "conf" / "task" / f"{name}.yaml")
+    cfg = OmegaConf.load(CONF / "task" / f"{name}.yaml")
     cfg.seed = 0
     cfg.split_sizes = {"train": train, "validation": held_out, "test": held_out}
     for key, value in overrides.items():

@@ -124,3 +124,61 @@ def test_paper_experiments_compose(experiment, source):
     assert out.returncode == 0, out.stderr
     assert f"source: {source}" in out.stdout and "precision: bf16-mixed" in out.stdout
     assert f"experiment_name: {experiment}" in out.stdout  # tags the W&B run
+
+
+PALINDROMES = '''
+from r3exp.tasks.base import Task
+
+
+class Palindromes(Task):
+    name = "palindromes"
+
+    def __init__(self, prompt, reflection_prompt, retry_prompt, words, name="palindromes"):
+        super().__init__(reflection_prompt, retry_prompt, name=name)
+        self.prompt, self.words = prompt, words
+
+    def examples(self, split):
+        n = len(self.words)
+        bounds = {"train": (0, int(0.8 * n)), "validation": (int(0.8 * n), int(0.9 * n)), "test": (int(0.9 * n), n)}
+        start, end = bounds[split]
+        return [{"word": w} for w in self.words[start:end]]
+
+    def user_prompt(self, example):
+        return self.prompt.format(**example)
+
+    def validate(self, example, answer):
+        return answer.strip() == example["word"][::-1]
+'''
+
+
+def test_installed_wheel_runs_from_any_directory_with_a_users_own_task(tmp_path):
+    """A non-editable install carries its configs; the README's palindrome task joins from the user's
+    own directory through --config-dir, and its splits are disjoint."""
+    wheel = tmp_path / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheel,
+                    str(ROOT)], check=True, capture_output=True)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site,
+                    *wheel.glob("r3exp-*.whl")], check=True, capture_output=True)
+    home = tmp_path / "home"  # the user's directory: their package and their configs, no checkout
+    (home / "mypackage").mkdir(parents=True)
+    (home / "mypackage" / "__init__.py").write_text(PALINDROMES)
+    (home / "myconf" / "task").mkdir(parents=True)
+    (home / "myconf" / "task" / "palindromes.yaml").write_text(
+        "_target_: mypackage.Palindromes\nname: palindromes\n"
+        "words: [level, rotor, python, lightning, hydra, vllm, reward, retry, reflect, group]\n"
+        'prompt: "Reverse the word {word}. Answer with the reversed word only."\n'
+        'reflection_prompt: "That was wrong. Reflect on what went wrong, without answering."\n'
+        'retry_prompt: "Try again: reverse {word}."\n')
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{home}", "R3EXP_LOG_DIR": str(home / "outputs")}
+    where = subprocess.run([sys.executable, "-c", "import r3exp; print(r3exp.__file__)"], cwd=home, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(site))  # the installed copy, not the checkout
+    out = subprocess.run([sys.executable, "-m", "r3exp", "--config-dir", "myconf", "task=palindromes", "mode=data",
+                          f"hydra.run.dir={home / 'data'}"], cwd=home, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    splits = {s: [json.loads(line)["word"] for line in (home / "data" / f"{s}.jsonl").read_text().splitlines()]
+              for s in ("train", "validation", "test")}
+    assert [len(v) for v in splits.values()] == [8, 1, 1]
+    assert len({w for words in splits.values() for w in words}) == 10  # disjoint

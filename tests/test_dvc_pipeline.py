@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CACHE, ROOT
+from tests.conftest import CACHE, CONF, ROOT
 
 TINY = ["task.split_sizes.train=24", "task.split_sizes.validation=8", "task.split_sizes.test=8",
         "evaluation.limit=8", "failures.attempts=1", "trainer.max_steps=2", "rollout.examples_per_step=2",
@@ -22,17 +22,17 @@ STAGES = ("data", "warmstart", "failures", "train", "evaluate_base", "evaluate")
 
 
 def compose_params(repo: Path, overrides: list[str]) -> dict:
-    """params.yaml as `dvc exp run -S ...` writes it: DVC's own Hydra composition of conf/."""
+    """params.yaml as `dvc exp run -S ...` writes it: DVC's own Hydra composition of the packaged configs."""
     from dvc.utils.hydra import compose_and_dump
 
-    compose_and_dump(repo / "params.yaml", str(repo / "conf"), None, "config", str(repo), overrides)
+    compose_and_dump(repo / "params.yaml", str(repo / CONF.relative_to(ROOT)), None, "config", str(repo), overrides)
     return yaml.safe_load((repo / "params.yaml").read_text())
 
 
 def test_committed_params_yaml_is_the_composed_default_config(tmp_path):
-    """One source of truth: params.yaml must be what DVC composes from conf/ (regenerate it with
-    `dvc exp run` or the command in the README when conf/ changes)."""
-    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    """One source of truth: params.yaml must be what DVC composes from src/r3exp/conf/ (regenerate it with
+    `dvc exp run` or the command in the README when the configs change)."""
+    shutil.copytree(CONF, tmp_path / CONF.relative_to(ROOT))
     assert compose_params(tmp_path, []) == yaml.safe_load((ROOT / "params.yaml").read_text())
 
 

@@ -11,11 +11,11 @@ from hydra.utils import instantiate
 from r3exp.pipeline import Components, run_training
 from r3exp.rollout.engines import SamplingConfig
 from r3exp.tasks.countdown import CountdownTask
-from tests.conftest import ROOT, load_task
+from tests.conftest import CONF, load_task
 
 
 def training_config(tmp_path, *overrides):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", overrides=[
             "task=countdown", "model=tiny",  # the session's tiny model (tests/conftest.py), no warm start
             f"paths.output_dir={tmp_path}", "run_name=test", "logger=none",

@@ -9,14 +9,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from r3exp.errors import R3Error
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # ${basename:path}: the last component of a path (sweeps name their W&B group after the sweep directory).
 OmegaConf.register_new_resolver("basename", lambda path: Path(str(path)).name, replace=True)
 # ${truncate:text,n}: at most n characters (multirun job directories are named after their overrides).
 OmegaConf.register_new_resolver("truncate", lambda text, n: str(text)[: int(n)], replace=True)
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")  # the packaged configs
 def app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from r3exp import CONF_DIR
+
 BUILTIN_TASKS = ("countdown", "apigen")
 CORPUS_EXAMPLES_PER_TASK = 400
 

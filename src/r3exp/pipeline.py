@@ -29,7 +29,7 @@ from r3exp.tracking.wandb_run import log_dataset_artifact, log_evaluation, log_p
 log = logging.getLogger(__name__)
 MODES = ("main", "evaluate", "train", "failures", "data", "warmstart", "compare")
 RANKED_MODES = ("main", "evaluate", "train")  # modes that run on trainer.devices x trainer.num_nodes ranks
-CODE_DIR = Path(__file__).resolve().parents[2]  # the checkout holding conf/ (for the git commit)
+CODE_DIR = Path(__file__).resolve().parents[2]  # the checkout (for the git commit; none when installed)
 
 
 def setup_environment() -> None:
