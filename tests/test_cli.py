@@ -75,6 +75,13 @@ def test_main_job_end_to_end_then_resume(tmp_path):
     import torch
 
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    # the resumed run went on in the same W&B run: one run id, its history continuing at step 2
+    from r3exp.tracking.offline_run import read_offline_run
+
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1
+    assert {p.name.rsplit("-", 1)[1] for p in runs} == {(run_dir / "wandb_run_id").read_text().strip()}
+    assert [step for step, _ in read_offline_run(runs[1]).metric("rollout/reward_mean")] == [2]
     # the exported policy loads in the evaluation mode (vLLM) like any model directory
     out = r3exp("mode=evaluate", f"model.name_or_path={run_dir / 'policy' / 'merged'}", "evaluation.limit=8",
                 "task.split_sizes.test=8", f"hydra.run.dir={tmp_path / 'eval'}")
@@ -182,3 +189,25 @@ def test_installed_wheel_runs_from_any_directory_with_a_users_own_task(tmp_path)
               for s in ("train", "validation", "test")}
     assert [len(v) for v in splits.values()] == [8, 1, 1]
     assert len({w for words in splits.values() for w in words}) == 10  # disjoint
+
+
+@pytest.mark.parametrize("override, says", [
+    ("optimizer.scheduler.decay=exponential", "optimizer.scheduler.decay='exponential'"),
+    ("trainer.max_steps=-1", "trainer.max_steps=-1"),
+    ("model.name_or_path=/nonexistent/models/qwen", "model.name_or_path='/nonexistent/models/qwen': no such directory"),
+])
+def test_bad_settings_fail_with_one_line_naming_the_key(override, says, tmp_path):
+    out = r3exp(override, f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0] and "Traceback" not in out.stderr
+
+
+def test_a_malformed_row_in_a_local_task_file_is_named_by_file_and_line(tmp_path):
+    data = tmp_path / "countdown.jsonl"
+    data.write_text('{"target": 24, "nums": [4, 6, 1]}\n{"target": 10, "nums": [2, 5\n')
+    out = r3exp("task=countdown", f"task.source={data}", "mode=evaluate", "evaluation.limit=1",
+                f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "countdown.jsonl:2: not JSON" in errors[0], out.stderr[-2000:]

@@ -140,7 +140,7 @@ def test_main_job_on_two_ranks_then_resume(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == sorted([
         "checkpoints", "cli.log", "eval_base_episodes.jsonl", "eval_trained_episodes.jsonl", "policy",
         "provenance.json", "reflection_samples.jsonl", "results.json", "train_ddp_process_1.log",
-        "train_metrics.csv", "wandb", ".hydra"])
+        "train_metrics.csv", "wandb", "wandb_run_id", ".hydra"])
     results = json.loads((run_dir / "results.json").read_text())
     assert results["base"]["total"] == results["trained"]["total"] == 16  # every test example once
     episodes = [json.loads(line) for line in (run_dir / "eval_base_episodes.jsonl").read_text().splitlines()]

@@ -151,12 +151,24 @@ def build_logger(cfg: DictConfig, provenance: dict):
     if not cfg.get("logger"):
         return False
     extra = {"save_dir": str(output_dir(cfg))}
+    if cfg.logger.get("_target_", "").endswith("WandbLogger"):
+        extra.update(id=wandb_run_id(output_dir(cfg)), resume="allow")  # a resumed run continues its W&B run
     if cfg.get("experiment_name") and "tags" in cfg.logger:
         extra["tags"] = [*cfg.logger.tags, cfg.experiment_name]
     logger = instantiate(cfg.logger, **extra)
     logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "overrides": job_overrides()})
     log_provenance(logger, provenance)
     return logger
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of this run directory: made on the first start, read back by every resume."""
+    path = run_dir / "wandb_run_id"
+    if not path.exists():
+        import secrets
+
+        path.write_text(secrets.token_hex(4))  # W&B ids: lowercase letters and digits
+    return path.read_text().strip()
 
 
 def job_overrides() -> list[str]:
@@ -202,6 +214,14 @@ TRAINER_KEYS_OF_OURS = {  # Lightning's own versions of these do not apply to th
 
 
 def check_trainer_config(cfg: DictConfig) -> None:
+    """Settings that would otherwise fail late (after the engine and the base evaluation) or never."""
+    from r3exp.grpo.schedule import check_decay
+
+    if not isinstance(cfg.trainer.get("max_steps"), int) or cfg.trainer.max_steps < 1:
+        raise ConfigError(f"trainer.max_steps={cfg.trainer.get('max_steps')}: R3 trains a set number of optimizer "
+                          "steps (>= 1; the learning-rate schedule needs the total)")
+    if cfg.optimizer.get("scheduler"):
+        check_decay(cfg.optimizer.scheduler.get("decay", "constant"))
     if "fsdp" in str(cfg.trainer.get("strategy") or ""):
         raise ConfigError("trainer.strategy=fsdp: sharded full fine-tuning is not supported yet (its collectives "
                           "need every rank to run the same micro-batches, and the engine needs the gathered "

@@ -5,13 +5,21 @@ import math
 
 from torch.optim.lr_scheduler import LambdaLR
 
+from r3exp.errors import ConfigError
+
+DECAYS = ("constant", "linear", "cosine")
+
+
+def check_decay(decay: str) -> None:
+    if decay not in DECAYS:
+        raise ConfigError(f"optimizer.scheduler.decay={decay!r}; expected one of {', '.join(DECAYS)}")
+
 
 def warmup_schedule(optimizer, total_steps: int, warmup_steps: int = 0, decay: str = "constant",
                     min_ratio: float = 0.0) -> LambdaLR:
     """Linear warmup over ``warmup_steps``, then ``constant``, ``linear`` or ``cosine`` decay to
     ``min_ratio`` × lr at ``total_steps``."""
-    if decay not in ("constant", "linear", "cosine"):
-        raise ValueError(f"optimizer.scheduler.decay={decay!r}; expected constant, linear or cosine")
+    check_decay(decay)
 
     def factor(step: int) -> float:
         if step < warmup_steps:

@@ -103,10 +103,18 @@ def prepare_policy(model, lora: LoraSpec | dict | None = None, gradient_checkpoi
     return model
 
 
+def looks_local(path: str | Path) -> bool:
+    """A filesystem path rather than a hub id ("org/name"): absolute, relative with ./ or ~, or deeper."""
+    text = str(path)
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+
+
 def _explain(path: str | Path, err: Exception) -> str:
     first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
     if Path(str(path)).exists():
         return f"cannot load model files from {path}: {first_line}"
+    if looks_local(path):
+        return f"model.name_or_path={str(path)!r}: no such directory (a local model needs its files there)"
     return (
         f"cannot reach the weights of {str(path)!r} on the Hugging Face hub ({type(err).__name__}: "
         f"{first_line}). Check the network and HF_TOKEN (gated models), or run with model=tiny_warm "

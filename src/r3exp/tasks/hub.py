@@ -33,7 +33,10 @@ def load_hub_rows(
             fmt = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
             if fmt is None:
                 raise DataUnavailable(f"{path}: unsupported file type (use .json, .jsonl, .parquet, .csv)")
-            data = datasets.load_dataset(fmt, data_files=str(path), split="train")
+            if path.suffix == ".jsonl":  # read here, so that a bad row is named by its line
+                data = datasets.Dataset.from_list(read_split_file(path, None, required))
+            else:
+                data = datasets.load_dataset(fmt, data_files=str(path), split="train")
         else:
             data = datasets.load_dataset(source, split="train", token=os.environ.get("HF_TOKEN"))
     except DataUnavailable:
