@@ -262,9 +262,9 @@ def instantiate_callback(cfg: DictConfig, run_dir: Path):
 def run_compare(cfg: DictConfig) -> dict[str, Any]:
     """The paper's table over runs (a directory of runs, or a W&B group online), as Markdown, CSV, PNGs
     and a W&B report definition; ``compare.publish`` also publishes the report."""
-    from r3exp.evaluation.compare import collect_runs, comparison_rows, to_markdown, write_csv
-    from r3exp.evaluation.plots import plot_accuracy, plot_training
-    from r3exp.tracking.report import ReportUnavailable, build_report, publish_report, write_report
+    from r3exp.results.compare import collect_runs, comparison_rows, to_markdown, write_csv
+    from r3exp.results.plots import plot_accuracy, plot_training
+    from r3exp.results.report import ReportUnavailable, build_report, publish_report, write_report
 
     spec = cfg.compare
     if spec.runs:
@@ -273,7 +273,7 @@ def run_compare(cfg: DictConfig) -> dict[str, Any]:
         except FileNotFoundError as err:
             raise ConfigError(str(err)) from None
     elif spec.wandb_group:
-        from r3exp.tracking.wandb_runs import runs_from_wandb
+        from r3exp.results.wandb_runs import runs_from_wandb
 
         runs = runs_from_wandb(spec.entity, spec.project, spec.wandb_group)
     else:

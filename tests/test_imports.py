@@ -1,0 +1,52 @@
+"""Imports go one way: a package imports only packages of lower layers and its own modules, so there is
+no cycle between packages."""
+from __future__ import annotations
+
+import ast
+
+from tests.conftest import ROOT
+
+# low to high; a package may import any package of a lower layer and its own modules
+LAYERS = [
+    {"errors", "r3exp"},
+    {"distributed"},
+    {"tasks", "models"},
+    {"rollout"},
+    {"grpo", "evaluation", "warmstart", "tracking"},
+    {"results", "embedded"},
+    {"pipeline"},
+    {"cli"},
+    {"__main__"},
+]
+SRC = ROOT / "src" / "r3exp"
+
+
+def package_of(path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return "r3exp" if parts == ("__init__",) else parts[0]
+
+
+def r3exp_imports(path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+            [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        for name in names:
+            if name == "r3exp":
+                found.add("r3exp")
+            elif name.startswith("r3exp."):
+                found.add(name.split(".")[1])
+    return found
+
+
+def test_no_package_imports_a_higher_or_same_layer_package():
+    layer = {package: i for i, packages in enumerate(LAYERS) for package in packages}
+    files = [p for p in SRC.rglob("*.py") if "conf" not in p.relative_to(SRC).parts]
+    assert {package_of(p) for p in files} <= set(layer), "a new package needs a layer in LAYERS"
+    upward = []
+    for path in files:
+        mine = package_of(path)
+        for other in r3exp_imports(path) - {mine}:
+            if layer[other] >= layer[mine]:
+                upward.append(f"{path.relative_to(SRC)} imports {other} (layer {layer[other]} >= {layer[mine]})")
+    assert not upward, "\n".join(upward)
