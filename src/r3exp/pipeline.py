@@ -13,8 +13,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from r3exp.errors import ConfigError
 from r3exp import distributed
+from r3exp.errors import ConfigError
 from r3exp.evaluation import EvalResult, evaluate, format_table, save_results
 from r3exp.evaluation.accuracy import control_reflections, episodes_result, follow_counts
 from r3exp.models import ModelSpec, load_tokenizer
