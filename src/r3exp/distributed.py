@@ -7,6 +7,7 @@ Outside a process group every helper here is the single-process identity.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable
 
 import torch
@@ -64,11 +65,8 @@ def finish_ranks(failed: bool) -> int:
 
 def _local_multirun() -> bool:
     """A Hydra multirun job whose ranks the launcher would have to start (not SLURM, not torchrun)."""
-    import os
-
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     external = "LOCAL_RANK" in os.environ or SLURMEnvironment.detect()
@@ -77,8 +75,6 @@ def _local_multirun() -> bool:
 
 def launched_rank() -> int:
     """This process's rank as its launcher (SLURM, torchrun, Lightning) says, before any process group."""
-    import os
-
     for key in ("RANK", "SLURM_PROCID"):
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
@@ -88,8 +84,6 @@ def launched_rank() -> int:
 def vllm_rank_environment() -> None:
     """vLLM's ``external_launcher`` reads RANK, LOCAL_RANK and WORLD_SIZE from the environment; Lightning's
     launcher and SLURM do not set all three."""
-    import os
-
     os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank()), str(world_size())
     os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
 
