@@ -69,8 +69,8 @@ class R3GRPOModule(L.LightningModule):
 
     def __init__(self, policy: torch.nn.Module, engine, optimizer: Callable, loss: GRPOLoss,
                  scheduler: Callable | None = None, mu: int = 1, max_reflection_tokens: int = 128,
-                 rollouts_per_step: int = 1, max_tokens_per_micro_batch: int | None = None,
-                 logprob_chunk_size: int = 1024, max_grad_norm: float | None = 1.0):
+                 rollouts_per_step: int = 1, max_tokens_per_micro_batch: int | None = 2048,
+                 logprob_chunk_size: int = 512, max_grad_norm: float | None = 1.0):
         super().__init__()
         for key, value in {"mu": mu, "rollouts_per_step": rollouts_per_step, "logprob_chunk_size": logprob_chunk_size,
                            "max_tokens_per_micro_batch": max_tokens_per_micro_batch or 1}.items():

@@ -29,8 +29,8 @@ class LossSettings:
     loss_type: str
     temperature: float
     max_reflection_tokens: int  # ``dr_grpo``'s constant
-    max_tokens_per_micro_batch: int | None = None  # None: the whole step in one forward
-    logprob_chunk_size: int = 1024  # positions per output-layer chunk
+    max_tokens_per_micro_batch: int | None = 2048  # None: the whole step in one forward
+    logprob_chunk_size: int = 512  # positions per output-layer chunk
 
 
 @dataclass

@@ -76,19 +76,19 @@ def empty_batch() -> dict[str, torch.Tensor]:
 
 def concat_batches(batches: Sequence[dict]) -> dict[str, torch.Tensor]:
     """The rows of several batches (the rollouts of one optimizer step) as one batch: (N, T) tensors
-    right-padded to the longest row (``input_ids`` with ``pad_id`` 0: padding is never attended to nor
-    trained on), group ids offset so that the groups of different batches stay apart."""
-    tensors = [{k: v for k, v in b.items() if k in empty_batch()} for b in batches]
-    if not tensors:
-        return empty_batch()
-    width = max(t["input_ids"].shape[1] for t in tensors)
+    right-padded with 0 to the longest row (padding is never attended to nor trained on), group ids offset
+    so that the groups of different batches stay apart."""
+    template = empty_batch()
+    if not batches:
+        return template
+    width = max(b["input_ids"].shape[1] for b in batches)
     merged, offset = {}, 0
     groups = []
-    for t in tensors:
-        groups.append(t["group_ids"] + offset)
-        offset += int(t["group_ids"].max()) + 1 if t["group_ids"].numel() else 0
-    for key, value in empty_batch().items():
-        parts = [t[key] for t in tensors]
+    for b in batches:
+        groups.append(b["group_ids"] + offset)
+        offset += int(b["group_ids"].max()) + 1 if b["group_ids"].numel() else 0
+    for key, value in template.items():
+        parts = [b[key] for b in batches]
         if value.dim() == 2:
             parts = [torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]
         merged[key] = torch.cat(parts)
