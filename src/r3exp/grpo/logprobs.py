@@ -69,9 +69,35 @@ def masked_token_logprobs(policy, input_ids: torch.Tensor, attention_mask: torch
     predicted token, as ``grpo_loss`` takes it), exactly 0 elsewhere: those logits are never computed.
 
     Equals ``token_logprobs(policy(input_ids).logits[:, :-1], input_ids[:, 1:], temperature)`` on the mask.
+    ``policy`` may also be a :class:`ReflectionLogprobs` (the root of a sharded policy), which is called.
     """
+    if isinstance(policy, ReflectionLogprobs):
+        return policy(input_ids, attention_mask, mask, temperature, chunk_size)
     decoder, output_layer = decoder_and_output_layer(policy)
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     selected = hidden[:, :-1][mask]  # (K, H)
     values = selected_logprobs(selected, input_ids[:, 1:][mask], output_layer, temperature, chunk_size)
     return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+
+
+class ReflectionLogprobs(torch.nn.Module):
+    """:func:`masked_token_logprobs` as a module's ``forward``, so that FSDP2 can make it the root of a
+    sharded policy: the root's hooks gather the embedding, final norm and output layer around the whole
+    computation (the decoder layers are units of their own). It owns no parameters of its own.
+
+    Under FSDP every rank must run the same collectives, so a call always reaches every parameter: where
+    ``mask`` selects nothing, one position is computed and weighted 0 (its gradient is exactly 0).
+    """
+
+    def __init__(self, policy: torch.nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
+                temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+        if mask.any():
+            return masked_token_logprobs(self.policy, input_ids, attention_mask, mask, temperature, chunk_size)
+        placeholder = torch.zeros_like(mask)
+        placeholder[0, 0] = True
+        return 0.0 * masked_token_logprobs(self.policy, input_ids, attention_mask, placeholder, temperature,
+                                           chunk_size)

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from r3exp.grpo import functions as F
-from r3exp.grpo.logprobs import masked_token_logprobs
+from r3exp.grpo.logprobs import ReflectionLogprobs, masked_token_logprobs
 from r3exp.grpo.micro_batches import select_rows, token_budget_micro_batches
 from r3exp.models.export import is_peft
 from r3exp.rollout.batching import concat_batches
@@ -79,12 +79,31 @@ def micro_batch_loss(policy, micro: dict, settings: LossSettings, size: F.StepSi
                        beta=settings.beta, ref_logprobs=ref, max_tokens=settings.max_reflection_tokens, step=size)
 
 
+def micro_batch_count(batch: dict, settings: LossSettings) -> int:
+    """How many micro-batches the rows of ``batch`` take under the token budget."""
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    return len(token_budget_micro_batches(lengths, settings.max_tokens_per_micro_batch))
+
+
+def padding_pass(policy, device: torch.device | str, backward: Callable[[torch.Tensor], None] | None) -> None:
+    """A forward (and ``backward``) of one two-token row whose loss is weighted 0: under FSDP a rank with
+    fewer micro-batches than the others runs these, so every rank runs the same collectives. The gradient
+    it adds is exactly 0."""
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+    values = masked_token_logprobs(policy, ids, torch.ones_like(ids), torch.ones((1, 1), dtype=torch.bool,
+                                                                               device=device))
+    if backward is not None and values.requires_grad:
+        backward(0.0 * values.sum())
+
+
 def accumulate_gradients(policy, rows: StepRows, settings: LossSettings, device: torch.device | str = "cpu",
-                         backward: Callable[[torch.Tensor], None] = torch.Tensor.backward) -> dict[str, float]:
+                         backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+                         pad_to: int | None = None) -> dict[str, float]:
     """Forward and ``backward`` every micro-batch of the step; gradients accumulate in ``policy``. Returns
     the step's metrics: ``loss`` (the sum of the shares), the merged loss metrics, ``micro_batches``,
     ``trained_tokens`` (attended tokens of the rows that went through) and ``tokens_per_second`` (of
-    those, forward and backward)."""
+    those, forward and backward). ``pad_to`` (sharded training): run :func:`padding_pass` until this many
+    micro-batches have run, so every rank runs as many as the rank with most."""
     start = time.perf_counter()
     lengths = rows.batch["attention_mask"].sum(-1).tolist()
     parts, loss, trained_tokens = [], 0.0, 0
@@ -97,6 +116,8 @@ def accumulate_gradients(policy, rows: StepRows, settings: LossSettings, device:
         loss += share.item()
         parts.append((metrics, float(micro["reflection_mask"][:, 1:].sum())))
         trained_tokens += int(micro["attention_mask"].sum())
+    for _ in range(len(splits), pad_to or 0):
+        padding_pass(policy, device, backward)
     metrics = F.merge_metrics(parts)
     seconds = time.perf_counter() - start
     metrics.update(loss=loss, micro_batches=float(len(splits)), trained_tokens=float(trained_tokens),
@@ -105,27 +126,32 @@ def accumulate_gradients(policy, rows: StepRows, settings: LossSettings, device:
 
 
 def reference_logprobs(policy, reference, batch: dict, settings: LossSettings, device: torch.device | str = "cpu",
-                       ) -> torch.Tensor:
+                       pad_to: int | None = None) -> torch.Tensor:
     """(N, T) log-prob of each reflection token under the reference at the token's own position (as
     ``behaviour_logprobs``), 0 elsewhere; micro-batched under the same token budget as the step. The
     reference is ``reference`` (a frozen copy of the initial policy), or for a LoRA policy with
-    ``reference=None`` the base model: the policy with its adapter switched off."""
+    ``reference=None`` the base model: the policy with its adapter switched off. ``pad_to``: as in
+    :func:`accumulate_gradients` (sharded models)."""
     if reference is None:
-        if not is_peft(policy):
+        inner = policy.policy if isinstance(policy, ReflectionLogprobs) else policy
+        if not is_peft(inner):
             raise ValueError("beta != 0 needs a reference model (or a LoRA policy, whose base model is one)")
-        with policy.disable_adapter():
-            return _logprobs_without_grad(policy, batch, settings, device)
-    return _logprobs_without_grad(reference, batch, settings, device)
+        with inner.disable_adapter():
+            return _logprobs_without_grad(policy, batch, settings, device, pad_to)
+    return _logprobs_without_grad(reference, batch, settings, device, pad_to)
 
 
 @torch.no_grad()
-def _logprobs_without_grad(model, batch: dict, settings: LossSettings, device) -> torch.Tensor:
+def _logprobs_without_grad(model, batch: dict, settings: LossSettings, device, pad_to: int | None) -> torch.Tensor:
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
     lengths = batch["attention_mask"].sum(-1).tolist()
-    for indices in token_budget_micro_batches(lengths, settings.max_tokens_per_micro_batch):
+    splits = token_budget_micro_batches(lengths, settings.max_tokens_per_micro_batch)
+    for indices in splits:
         micro = {k: v.to(device) for k, v in select_rows(batch, indices).items() if torch.is_tensor(v)}
         mask = micro["reflection_mask"][:, 1:]
         values = masked_token_logprobs(model, micro["input_ids"], micro["attention_mask"], mask,
                                        settings.temperature, settings.logprob_chunk_size)
         out[indices, 1:1 + values.shape[1]] = values.float().cpu()
+    for _ in range(len(splits), pad_to or 0):
+        padding_pass(model, device, backward=None)
     return out
