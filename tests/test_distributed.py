@@ -180,9 +180,22 @@ def test_trainer_presets_compose(preset):
     assert "strategy: ddp" in out.stdout
 
 
-def test_sharded_training_is_refused_with_one_line():
-    out = r3exp("trainer=ddp", "trainer.strategy=fsdp", "mode=train")
-    assert out.returncode == 2 and "trainer.strategy=fsdp" in out.stderr and "trainer=ddp" in out.stderr
+@pytest.mark.parametrize("preset", ["cpu_fsdp", "fsdp"])
+def test_sharded_presets_compose_to_lightnings_model_parallel_strategy(preset):
+    out = r3exp(f"trainer={preset}", "--cfg", "job")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "_target_: lightning.pytorch.strategies.ModelParallelStrategy" in out.stdout
+
+
+@pytest.mark.parametrize("override, says", [
+    ("trainer.strategy=fsdp", "use trainer=fsdp"),  # Lightning's FSDP1 strategy
+    ("+trainer.strategy.tensor_parallel_size=2", "tensor_parallel_size=2"),
+])
+def test_unsupported_sharding_is_refused_with_one_line(override, says):
+    preset = "trainer=ddp" if override.startswith("trainer.strategy=") else "trainer=fsdp"
+    out = r3exp(preset, override, "mode=train")
+    assert out.returncode == 2 and says in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
 
 
 def test_slurm_sweep_asks_for_one_task_per_gpu_on_every_node():

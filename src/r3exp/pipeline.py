@@ -18,7 +18,6 @@ from r3exp.errors import ConfigError
 from r3exp.evaluation import EvalResult, evaluate, format_table, save_results
 from r3exp.evaluation.accuracy import control_reflections, episodes_result, follow_counts
 from r3exp.models import ModelSpec, load_tokenizer
-from r3exp.models.export import save_policy
 from r3exp.rollout.episodes import Episode, R3Protocol
 from r3exp.rollout.failures import collect_failures, write_failures
 from r3exp.tasks.base import SPLITS, Task
@@ -222,10 +221,13 @@ def check_trainer_config(cfg: DictConfig) -> None:
                           "steps (>= 1; the learning-rate schedule needs the total)")
     if cfg.optimizer.get("scheduler"):
         check_decay(cfg.optimizer.scheduler.get("decay", "constant"))
-    if "fsdp" in str(cfg.trainer.get("strategy") or ""):
-        raise ConfigError("trainer.strategy=fsdp: sharded full fine-tuning is not supported yet (its collectives "
-                          "need every rank to run the same micro-batches, and the engine needs the gathered "
-                          "weights); use trainer=ddp (LoRA, or full fine-tuning that fits one GPU)")
+    strategy = cfg.trainer.get("strategy") or ""
+    if isinstance(strategy, str) and "fsdp" in strategy:
+        raise ConfigError(f"trainer.strategy={strategy}: r3exp shards with FSDP2 through Lightning's "
+                          "ModelParallelStrategy; use trainer=fsdp (trainer=cpu_fsdp on CPUs)")
+    if not isinstance(strategy, str) and str(strategy.get("tensor_parallel_size", "auto")) not in ("auto", "1"):
+        raise ConfigError(f"trainer.strategy.tensor_parallel_size={strategy.tensor_parallel_size}: r3exp shards the "
+                          "policy over every rank (FSDP2) and does not split its layers; leave it at auto")
     for key, ours in TRAINER_KEYS_OF_OURS.items():
         if cfg.trainer.get(key) not in (None, 1 if key == "accumulate_grad_batches" else None):
             raise ConfigError(f"trainer.{key}={cfg.trainer.get(key)}: r3exp steps the optimizer itself over "
@@ -247,9 +249,7 @@ def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: li
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                      default_root_dir=str(output_dir(cfg)))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
-    paths = save_policy(module.policy, parts.tokenizer, output_dir(cfg) / "policy") if distributed.is_main() else {}
-    distributed.barrier()
-    return paths
+    return module.export_policy(parts.tokenizer, output_dir(cfg) / "policy")
 
 
 def instantiate_callback(cfg: DictConfig, run_dir: Path):

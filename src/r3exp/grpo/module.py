@@ -15,8 +15,9 @@ import torch
 from r3exp import distributed
 from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
-from r3exp.grpo.step import LossSettings, StepRows, accumulate_gradients, reference_logprobs, step_rows
-from r3exp.models.export import hf_state_dict, is_peft, merged_lora
+from r3exp.grpo.step import (LossSettings, StepRows, accumulate_gradients, micro_batch_count, reference_logprobs,
+                             step_rows)
+from r3exp.models.export import hf_state_dict, is_peft, merged_lora, save_policy, save_weights
 
 
 @dataclass
@@ -65,12 +66,15 @@ class R3GRPOModule(L.LightningModule):
             step's activation memory whatever the number of rows. None: all rows in one forward.
         logprob_chunk_size: reflection positions per output-layer chunk (bounds the (C, V) logits).
         max_grad_norm: clip the gradient's total 2-norm (None or 0: no clipping).
+        sharded_compute_dtype: under ``trainer=fsdp``, the dtype in which the gathered weights compute
+            (e.g. ``bfloat16`` over float32 weights); None: the weights' own dtype.
     """
 
     def __init__(self, policy: torch.nn.Module, engine, optimizer: Callable, loss: GRPOLoss,
                  scheduler: Callable | None = None, mu: int = 1, max_reflection_tokens: int = 128,
                  rollouts_per_step: int = 1, max_tokens_per_micro_batch: int | None = 2048,
-                 logprob_chunk_size: int = 512, max_grad_norm: float | None = 1.0):
+                 logprob_chunk_size: int = 512, max_grad_norm: float | None = 1.0,
+                 sharded_compute_dtype: str | None = None):
         super().__init__()
         for key, value in {"mu": mu, "rollouts_per_step": rollouts_per_step, "logprob_chunk_size": logprob_chunk_size,
                            "max_tokens_per_micro_batch": max_tokens_per_micro_batch or 1}.items():
@@ -85,6 +89,8 @@ class R3GRPOModule(L.LightningModule):
         self.reference = None
         if loss.beta != 0.0 and not is_peft(policy):
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.sharded_compute_dtype = getattr(torch, sharded_compute_dtype) if sharded_compute_dtype else None
+        self.sharded = ShardedModels()  # FSDP (trainer=fsdp): the roots configure_model builds
         self.rollouts: list[dict] = []  # the rollout batches of the current optimizer step(s)
         self.rows: StepRows | None = None  # their rows, merged, with advantages
         self.step_has_signal = False  # some rank's rows carry an advantage (all ranks train, or none)
@@ -104,14 +110,61 @@ class R3GRPOModule(L.LightningModule):
         """Push the (merged) policy weights to the engine as version ``global_step``; returns seconds.
         A sleeping engine wakes for the push (weights first, then its cache): never generate, then push."""
         start = time.perf_counter()
-        with merged_lora(self.policy):
-            self.engine.update_weights(hf_state_dict(self.policy))
+        if self.sharded.policy is not None:  # gathered one unit at a time, streamed into the engine
+            from r3exp.grpo.sharding import gathered_hf_weights
+
+            self.engine.update_weights(gathered_hf_weights(self.sharded.policy))
+        else:
+            with merged_lora(self.policy):
+                self.engine.update_weights(hf_state_dict(self.policy))
         self.engine.policy_version = self.global_step
         self.synced_version = self.global_step
         return time.perf_counter() - start
 
     def _engine_is_current(self) -> bool:
         return self.synced_version == self.global_step and self.engine.holds_weights
+
+    # -- sharding (trainer=fsdp) -------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Under Lightning's ``ModelParallelStrategy``: shard the policy (and a full fine-tuning reference)
+        with FSDP2 over every rank (see :mod:`r3exp.grpo.sharding`). Other strategies: nothing to do."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy) or self.sharded.policy is not None:
+            return
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from r3exp.grpo.sharding import shard_policy
+
+        mesh = init_device_mesh(self.trainer.strategy.root_device.type, (self.trainer.world_size,))
+        self.sharded.policy = shard_policy(self.policy, mesh, self.sharded_compute_dtype)
+        if self.reference is not None:
+            self.sharded.reference = shard_policy(self.reference, mesh, self.sharded_compute_dtype)
+
+    @property
+    def trained_model(self) -> torch.nn.Module:
+        """What the step's log-probs run through: the policy, or the root of the sharded policy."""
+        return self.sharded.policy if self.sharded.policy is not None else self.policy
+
+    def _pad_to(self) -> int | None:
+        """Sharded: the most micro-batches any rank runs this step (all ranks run that many)."""
+        if self.sharded.policy is None:
+            return None
+        return max(distributed.gather_objects(micro_batch_count(self.rows.batch, self.settings)))
+
+    def export_policy(self, tokenizer, out_dir) -> dict:
+        """Save the trained policy (``merged/``, and ``adapter/`` for LoRA); rank 0 writes. Sharded: every
+        rank takes part in gathering the weights, one unit at a time."""
+        if self.sharded.policy is None:
+            paths = save_policy(self.policy, tokenizer, out_dir) if distributed.is_main() else {}
+        else:
+            from r3exp.grpo.sharding import gathered_hf_weights
+
+            merged = {name: t.cpu() for name, t in gathered_hf_weights(self.sharded.policy)}
+            adapter = {name: t.cpu() for name, t in gathered_hf_weights(self.sharded.policy, adapter=True)}
+            paths = save_weights(self.policy, tokenizer, out_dir, merged, adapter) if distributed.is_main() else {}
+        distributed.barrier()
+        return paths
 
     def on_train_start(self) -> None:
         self.policy.train()
@@ -153,8 +206,9 @@ class R3GRPOModule(L.LightningModule):
             offset += len(rollout["rewards"])
         if self.loss_cfg.beta and self.step_has_signal:  # every rank trains then, even one without signal
             # once per rollout: they do not change over the mu steps
-            self.rows.batch["ref_logprobs"] = reference_logprobs(self.policy, self.reference, self.rows.batch,
-                                                                 self.settings, self.device)
+            reference = self.sharded.reference if self.sharded.policy is not None else self.reference
+            self.rows.batch["ref_logprobs"] = reference_logprobs(self.trained_model, reference, self.rows.batch,
+                                                                 self.settings, self.device, self._pad_to())
         mine = merge_rollout_stats([r["stats"] for r in self.rollouts])
         self.last_batch_stats = merge_rank_rollout_stats(distributed.gather_objects(mine))
 
@@ -170,12 +224,14 @@ class R3GRPOModule(L.LightningModule):
         self.last_trained_tokens = 0
         if self.step_has_signal:
             # several ranks: each accumulates its own micro-batches (their number differs by rank), then the
-            # gradients are summed over ranks once (DDP's per-backward all-reduce is blocked)
+            # gradients are summed over ranks once (DDP's per-backward all-reduce is blocked). Sharded: every
+            # rank runs as many micro-batches, and each backward reduce-scatters (sums) its gradients.
             block_sync = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)
             with block_sync():
-                metrics = accumulate_gradients(self.policy, self.rows, self.settings, self.device,
-                                               self.manual_backward)
-            distributed.sum_gradients(self.policy.parameters())
+                metrics = accumulate_gradients(self.trained_model, self.rows, self.settings, self.device,
+                                               self.manual_backward, pad_to=self._pad_to())
+            if self.sharded.policy is None:
+                distributed.sum_gradients(self.policy.parameters())
             metrics = merge_rank_metrics(distributed.gather_objects(
                 (metrics, float(self.rows.batch["reflection_mask"][:, 1:].sum()))))
             self.last_trained_tokens = int(metrics.pop("trained_tokens"))
@@ -195,7 +251,8 @@ class R3GRPOModule(L.LightningModule):
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         if not grads:
             return
-        self._log({"train/grad_norm": torch.nn.utils.get_total_norm(grads, norm_type=2.0)})
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        self._log({"train/grad_norm": norm.full_tensor() if hasattr(norm, "full_tensor") else norm})  # sharded
         if self.max_grad_norm:
             self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
 
@@ -227,6 +284,15 @@ class R3GRPOModule(L.LightningModule):
 
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
         return super().load_state_dict(state_dict, strict=False if self.reference is not None else strict, **kwargs)
+
+
+@dataclass
+class ShardedModels:
+    """The FSDP roots of the policy and of a full fine-tuning reference (plain attributes, not submodules:
+    their parameters are the policy's own, and checkpoints name them once, under ``policy.``)."""
+
+    policy: torch.nn.Module | None = None
+    reference: torch.nn.Module | None = None
 
 
 def merge_rank_metrics(per_rank: list[tuple[dict[str, float], float]]) -> dict[str, float]:

@@ -78,8 +78,8 @@ def _own_modules(unit: torch.nn.Module, units: list[torch.nn.Module]):
 def gathered_hf_weights(root: torch.nn.Module, adapter: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's whole weights, under the base model's Hugging Face names, one unit gathered at a time
     (a collective: every rank iterates to the end). LoRA layers yield their merged weight and the adapter's
-    own tensors are skipped; with ``adapter=True`` only the adapter's tensors are yielded, under the names
-    of peft's adapter files. Each tensor is a copy: the unit is freed when the iteration moves on."""
+    own tensors are skipped; with ``adapter=True`` only the adapter's tensors are yielded, under the peft
+    model's own state-dict names (what ``PeftModel.save_pretrained(state_dict=...)`` takes). Each tensor is a copy: the unit is freed when the iteration moves on."""
     units = _units(root)
     policy = root.policy
     peft = is_peft(policy)
@@ -99,7 +99,7 @@ def gathered_hf_weights(root: torch.nn.Module, adapter: bool = False) -> Iterato
                     if adapter != is_adapter:
                         continue
                     if adapter:
-                        yield "base_model.model." + name.replace(f".{_adapter_name(policy)}.", "."), param.detach().clone()
+                        yield "base_model.model." + name, param.detach().clone()
                         continue
                     tensor = param.detach().clone()
                     if peft and name.endswith(".base_layer.weight"):

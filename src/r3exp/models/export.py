@@ -62,3 +62,19 @@ def save_policy(model, tokenizer, out_dir: str | Path) -> dict[str, Path]:
     tokenizer.save_pretrained(paths["merged"])
     return paths
 
+
+
+def save_weights(model, tokenizer, out_dir: str | Path, merged: dict[str, torch.Tensor],
+                 adapter: dict[str, torch.Tensor]) -> dict[str, Path]:
+    """:func:`save_policy` from weights gathered elsewhere (a sharded policy, whose own parameters are
+    shards): ``merged`` under the base model's names, ``adapter`` under the peft model's own names."""
+    out_dir = Path(out_dir)
+    paths = {"merged": out_dir / "merged"}
+    if is_peft(model):
+        paths["adapter"] = out_dir / "adapter"
+        model.save_pretrained(paths["adapter"], state_dict=adapter)
+        tokenizer.save_pretrained(paths["adapter"])
+        model = model.get_base_model()
+    model.save_pretrained(paths["merged"], state_dict=merged, safe_serialization=True)
+    tokenizer.save_pretrained(paths["merged"])
+    return paths

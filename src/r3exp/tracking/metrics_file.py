@@ -23,6 +23,9 @@ COLUMNS = {  # CSV column: logged metric
     "kl": "train/kl",
     "clip_ratio": "train/clip_ratio/region",
     "skipped": "train/skipped",
+    # the largest |trainer - engine| log-prob of a sampled reflection token: ~0 when the engine holds the
+    # trainer's weights (a weight-sync check)
+    "logprob_diff_max": "train/logprob_diff_max",
 }
 FILENAME = "train_metrics.csv"
 
@@ -45,8 +48,10 @@ class MetricsFile(L.Callback):
             row[column] = "" if value is None else float(value)
         path = Path(trainer.default_root_dir) / self.filename
         new = not path.exists()
+        # a run resumed by a newer r3exp appends under the file's own header
+        fields = ["step", *COLUMNS] if new else path.open().readline().strip().split(",")
         with path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["step", *COLUMNS])
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 
@@ -58,7 +58,7 @@ class GenerationEngine(ABC):
         """Engine-specific sampling; ``seeds[i]`` seeds prompt ``i``."""
 
     @abstractmethod
-    def _load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+    def _load_weights(self, state: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
         """Engine-specific weight replacement (names as in the Hugging Face model)."""
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
@@ -79,8 +79,9 @@ class GenerationEngine(ABC):
         """Continue ``stream`` after ``position`` calls (restoring a checkpoint)."""
         self._calls[stream] = int(position)
 
-    def update_weights(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Replace the weights (waking a sleeping engine first: weights, then its cache)."""
+    def update_weights(self, state: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the weights (waking a sleeping engine first: weights, then its cache): a state dict,
+        or ``(name, tensor)`` pairs, which engines that can take them one at a time consume as a stream."""
         self._load_weights(state)
         self.policy_version += 1
 

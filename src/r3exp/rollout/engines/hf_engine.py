@@ -1,7 +1,7 @@
 """Generation with Hugging Face ``generate``: slower than vLLM, for platforms where vLLM won't install."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -76,9 +76,9 @@ class HFEngine(GenerationEngine):
         return Completion(ids[:end], logprobs[:end].tolist(),
                           self.tokenizer.decode(ids[:end], skip_special_tokens=True), finished)
 
-    def _load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+    def _load_weights(self, state: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
         self.wake_up()
-        result = self.model.load_state_dict(dict(state), strict=False)
+        result = self.model.load_state_dict(dict(state), strict=False)  # its own copy: the whole model anyway
         if result.unexpected_keys:
             raise KeyError(f"weights not in the engine's model: {result.unexpected_keys[:5]}")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 
@@ -110,15 +110,13 @@ class VLLMEngine(GenerationEngine):
         logprobs = [step[token].logprob for step, token in zip(output.logprobs, ids)]
         return Completion(ids, logprobs, output.text, output.finish_reason == "stop")
 
-    def _load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
-        state = dict(state)
-        if self._tied_embeddings and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
-            # vllm 0.32's in-place reload leaves a tied lm_head stale unless it is passed explicitly
-            # (a tied checkpoint, e.g. model.safetensors, stores the embedding only).
-            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    def _load_weights(self, state: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
         if self._asleep:
             self.llm.wake_up(tags=["weights"])  # memory for the weights first; the KV cache after the push
-        weights = [(name, tensor.detach()) for name, tensor in state.items()]
+        pairs = state.items() if isinstance(state, Mapping) else state
+        # a stream: vLLM loads each weight as it comes (a sharded policy gathers one layer at a time)
+        weights = tied_lm_head((name, tensor.detach()) for name, tensor in pairs) if self._tied_embeddings else \
+            ((name, tensor.detach()) for name, tensor in pairs)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self._weights_discarded = False
         if self._asleep:
@@ -147,3 +145,15 @@ class VLLMEngine(GenerationEngine):
 
     def close(self) -> None:
         del self.llm
+
+
+def tied_lm_head(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The weights, with the embedding passed again as ``lm_head.weight`` (and any ``lm_head.weight`` of
+    the stream dropped): vllm 0.32's in-place reload leaves a tied lm_head stale unless it is passed
+    explicitly (a tied checkpoint, e.g. model.safetensors, stores the embedding only)."""
+    for name, tensor in weights:
+        if name == "lm_head.weight":
+            continue
+        yield name, tensor
+        if name == "model.embed_tokens.weight":
+            yield "lm_head.weight", tensor
