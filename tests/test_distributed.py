@@ -121,6 +121,50 @@ def test_one_ddp_step_on_two_ranks_equals_one_step_on_the_union_of_their_rows(ca
     assert moved > 10  # the step changed the weights; both ranks hold the single-process update
 
 
+def _engine_group_step(rank: int, case: str, port: int, out_dir: str) -> None:
+    """Both ranks share one tensor-parallel engine: they hold the same rollout and split its rows."""
+    import functools
+
+    import torch.distributed as dist
+
+    from r3exp import distributed
+    from r3exp.grpo.step import share_of_engine
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    distributed.set_engine_ranks(2)
+    once = functools.partial(distributed.all_reduce_sum, once_per_engine=True)
+    model = causal_lm(tied=True, lora=False)
+    rows = rows_of([rank_rollout(0, case)], case, once)  # the engine's outputs, the same on both ranks
+    total_rows, total_tokens = once([rows.size.rows, rows.size.tokens])
+    rows.size = F.StepSize(int(total_rows), int(total_tokens))
+    rows = with_reference(model, share_of_engine(rows, distributed.engine_rank(), 2), case)
+    loss = sgd_step(model, rows, settings(case), distributed.sum_gradients)
+    torch.save({"loss": loss, "params": dict(model.named_parameters()), "shards": (distributed.shard(list(range(5))),
+                distributed.gather_shards(distributed.shard(list(range(5)))))}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case", ["dapo", "dapo-batch-scaling-kl"])
+def test_two_ranks_sharing_one_engine_split_its_rows_and_step_as_one_process(case, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_engine_group_step, args=(case, port, str(tmp_path)), nprocs=2, start_method="spawn")
+    model = causal_lm(tied=True, lora=False)
+    single = with_reference(model, rows_of([rank_rollout(0, case)], case), case)
+    loss = sgd_step(model, single, settings(case), lambda params: None)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert ranks[0]["loss"] + ranks[1]["loss"] == pytest.approx(loss, abs=1e-5)
+    assert ranks[0]["loss"] != pytest.approx(loss, abs=1e-5)  # each rank trained a part of the rows
+    for name, expected in model.named_parameters():
+        for result in ranks:
+            torch.testing.assert_close(result["params"][name], expected, rtol=1e-5, atol=1e-5, msg=name)
+    # evaluation: one share for the engine, evaluated by both of its ranks, gathered once
+    assert ranks[0]["shards"] == ranks[1]["shards"] == ([0, 1, 2, 3, 4], [0, 1, 2, 3, 4])
+
+
 def drawn_examples(log_file) -> list[str]:
     """The examples a rank drew, from its log (``hydra.verbose=r3exp.rollout.datamodule``)."""
     draws = re.findall(r"rank \d drew (\[.*\])", log_file.read_text())
@@ -158,6 +202,37 @@ def test_main_job_on_two_ranks_then_resume(tmp_path):
     resumed0 = drawn_examples(run_dir / "cli.log")
     assert len(resumed0) == 6 and resumed0[:4] == rank0  # the log appends; the third step drew new ones
     assert not set(resumed0[4:]) & set(rank0 + rank1)
+
+
+SIGNAL = ["rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains", "~rollout.reward._partial_",
+          "+rollout.reward.text=a", "rollout.group_size=4"]  # a reward any model earns now and then
+
+
+@pytest.mark.parametrize("trainer", ["cpu_ddp", "cpu_fsdp"])
+def test_main_job_with_one_tensor_parallel_engine_over_two_ranks(trainer, tmp_path):
+    """``engine.tensor_parallel_size=2`` on 2 CPU ranks: one vLLM engine spans both (external_launcher);
+    both ranks draw the same examples, split the rows, and the engine samples with the trainer's weights
+    (replicated, or sharded and gathered for it)."""
+    from r3exp.tracking.metrics_file import read_metrics
+
+    run_dir = tmp_path / "run"
+    out = r3exp(*SHORT, *SIGNAL, f"trainer={trainer}", TWO_RANKS[1], "engine.tensor_parallel_size=2",
+                f"hydra.run.dir={run_dir}",
+                "trainer.max_steps=3", timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rank0, rank1 = drawn_examples(run_dir / "cli.log"), drawn_examples(run_dir / "train_ddp_process_1.log")
+    assert rank0 == rank1 and len(rank0) == 6  # one engine: one share of the data
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["base"]["total"] == results["trained"]["total"] == 16
+    episodes = [json.loads(line) for line in (run_dir / "eval_base_episodes.jsonl").read_text().splitlines()]
+    assert len({json.dumps(e["example"], sort_keys=True) for e in episodes}) == 16
+    trained = [r for r in read_metrics(run_dir / "train_metrics.csv") if r["skipped"] == 0.0]
+    assert trained and all(r["logprob_diff_max"] < 1e-3 for r in trained)
+
+
+def test_a_tensor_parallel_engine_needs_its_ranks():
+    out = r3exp("engine.tensor_parallel_size=2", "mode=evaluate")
+    assert out.returncode == 2 and "engine.tensor_parallel_size=2" in out.stderr, out.stderr[-2000:]
 
 
 def test_evaluation_on_two_ranks_counts_every_example_once_and_matches_one_rank(tmp_path):

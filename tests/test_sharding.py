@@ -118,10 +118,6 @@ def test_one_sharded_step_on_two_ranks_equals_one_step_on_the_union_of_their_row
         assert ranks[0]["adapter"] == {}
 
 
-SIGNAL = ["rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains", "~rollout.reward._partial_",
-          "+rollout.reward.text=a", "rollout.group_size=4"]  # a reward any model earns now and then
-
-
 def test_sharded_main_job_on_two_ranks_trains_syncs_exports_and_resumes(tmp_path):
     """``trainer=cpu_fsdp``: 2 gloo ranks, each with its own vLLM-CPU engine, shard the policy; the engine
     samples with exactly the trainer's weights (gathered layer by layer), the sharded checkpoint resumes,
@@ -131,7 +127,7 @@ def test_sharded_main_job_on_two_ranks_trains_syncs_exports_and_resumes(tmp_path
 
     from r3exp.tracking.metrics_file import read_metrics
     from tests.test_cli import SHORT, r3exp
-    from tests.test_distributed import TWO_RANKS, drawn_examples
+    from tests.test_distributed import SIGNAL, TWO_RANKS, drawn_examples
 
     run_dir = tmp_path / "run"
     args = [*SHORT, *SIGNAL, "trainer=cpu_fsdp", TWO_RANKS[1], f"hydra.run.dir={run_dir}"]

@@ -29,6 +29,40 @@ def is_main() -> bool:
     return rank() == 0
 
 
+# Ranks that share one engine (``engine.tensor_parallel_size``): consecutive ranks r with equal r // T form
+# one engine's tensor-parallel group. They act as one data-parallel rank: they draw the same examples and
+# get the same outputs, then split the step's rows among them for training.
+_ENGINE_RANKS = 1
+
+
+def set_engine_ranks(count: int) -> None:
+    """Declare that every ``count`` consecutive ranks share one engine."""
+    global _ENGINE_RANKS
+    if count < 1 or world_size() % count:
+        raise ConfigError(f"engine.tensor_parallel_size={count}: the {world_size()} rank(s) "
+                          "(trainer.devices x trainer.num_nodes) must split into engines of that many ranks")
+    _ENGINE_RANKS = count
+
+
+def engine_ranks() -> int:
+    return _ENGINE_RANKS
+
+
+def engine_rank() -> int:
+    """This rank's position among the ranks of its engine (0: the engine's leader)."""
+    return rank() % _ENGINE_RANKS
+
+
+def data_rank() -> int:
+    """Which data-parallel share this rank draws and evaluates: its engine's index."""
+    return rank() // _ENGINE_RANKS
+
+
+def data_world() -> int:
+    """How many data-parallel shares there are: one per engine."""
+    return world_size() // _ENGINE_RANKS
+
+
 def launch_ranks(trainer_cfg) -> int:
     """Start the ranks ``trainer.devices`` x ``trainer.num_nodes`` asks for and join their process group
     (Lightning Fabric's launcher; the Trainer later finds the group and reuses it). Returns the world size."""
@@ -83,7 +117,8 @@ def launched_rank() -> int:
 
 def vllm_rank_environment() -> None:
     """vLLM's ``external_launcher`` reads RANK, LOCAL_RANK and WORLD_SIZE from the environment; Lightning's
-    launcher and SLURM do not set all three."""
+    launcher and SLURM do not set all three. (It forms one tensor-parallel engine from every
+    ``tensor_parallel_size`` consecutive ranks of the world.)"""
     os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank()), str(world_size())
     os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
 
@@ -98,20 +133,25 @@ def gather_objects(value: Any) -> list[Any]:
 
 
 def shard(items: list) -> list:
-    """This rank's share of ``items``: every ``world_size``-th item from position ``rank``."""
-    return items[rank()::world_size()]
+    """This rank's share of ``items``: every ``data_world``-th item from position ``data_rank`` (the ranks
+    of one engine share theirs)."""
+    return items[data_rank()::data_world()]
 
 
 def gather_shards(mine: list) -> list:
-    """The inverse of :func:`shard` on every rank: all ranks' items in the original order."""
-    shards = gather_objects(mine)
+    """The inverse of :func:`shard` on every rank: all shares' items in the original order (each share
+    once, from its engine's leader)."""
+    shards = gather_objects(mine)[::_ENGINE_RANKS]
     total = sum(len(s) for s in shards)
     return [shards[i % len(shards)][i // len(shards)] for i in range(total)]
 
 
-def all_reduce_sum(values: Iterable[float]) -> list[float]:
-    """Element-wise sums over ranks of a few numbers (float64, exact for counts)."""
+def all_reduce_sum(values: Iterable[float], once_per_engine: bool = False) -> list[float]:
+    """Element-wise sums over ranks of a few numbers (float64, exact for counts). ``once_per_engine``: values
+    the ranks of one engine share (their common rollouts' counts) are counted once, from the leader."""
     tensor = torch.tensor(list(values), dtype=torch.float64)
+    if once_per_engine and engine_rank() != 0:
+        tensor.zero_()
     if world_size() > 1:
         if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
             tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()))

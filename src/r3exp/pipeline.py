@@ -69,8 +69,8 @@ def build_components(cfg: DictConfig) -> Components:
     if distributed.is_main():
         distributed.barrier()
     tokenizer = load_tokenizer(path)  # fails fast, in one line, when the hub is unreachable
-    # each rank samples its own stream (the engine's seed); rank 0's equals a single process's
-    engine = instantiate(cfg.engine)(model_path=path, seed=cfg.seed + distributed.rank())
+    # each engine samples its own stream (its seed); the first engine's equals a single process's
+    engine = instantiate(cfg.engine)(model_path=path, seed=cfg.seed + distributed.data_rank())
     return Components(task, model, path, tokenizer, engine)
 
 
@@ -315,6 +315,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.mode in RANKED_MODES:
         check_trainer_config(cfg)
         distributed.launch_ranks(cfg.trainer)  # several devices or nodes: every rank runs from here on
+        distributed.set_engine_ranks(int(cfg.engine.get("tensor_parallel_size") or 1))
     elif distributed.launched_rank() > 0:  # SLURM or torchrun started several tasks: one does this mode's work
         print(f"mode={cfg.mode} runs on one rank; rank {distributed.launched_rank()} has nothing to do")
         return {"output_dir": output_dir(cfg)}

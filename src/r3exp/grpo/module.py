@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -16,7 +17,7 @@ from r3exp import distributed
 from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
 from r3exp.grpo.step import (LossSettings, StepRows, accumulate_gradients, micro_batch_count, reference_logprobs,
-                             step_rows)
+                             share_of_engine, step_rows)
 from r3exp.models.export import hf_state_dict, is_peft, merged_lora, save_policy, save_weights
 
 
@@ -194,11 +195,13 @@ class R3GRPOModule(L.LightningModule):
             version = int(rollout["policy_version"].max()) if rollout["policy_version"].numel() else self.global_step
             if version != self.global_step:
                 raise RuntimeError(f"off-policy batch: sampled with version {version}, policy at {self.global_step}")
-        self.rows = step_rows(self.rollouts, self.loss_cfg.scale_rewards, self.loss_cfg.beta,
-                              reward_moments=distributed.all_reduce_sum)
-        # several ranks: the loss is normalised by the step's size over all of them, and all train or none
-        total_rows, total_tokens = distributed.all_reduce_sum([self.rows.size.rows, self.rows.size.tokens])
+        # several ranks: the loss is normalised by the step's size over all of them, and all train or none;
+        # the ranks of one tensor-parallel engine hold the same rollouts: counted once, their rows split
+        once = functools.partial(distributed.all_reduce_sum, once_per_engine=True)
+        self.rows = step_rows(self.rollouts, self.loss_cfg.scale_rewards, self.loss_cfg.beta, reward_moments=once)
+        total_rows, total_tokens = once([self.rows.size.rows, self.rows.size.tokens])
         self.rows.size = F.StepSize(int(total_rows), int(total_tokens))
+        self.rows = share_of_engine(self.rows, distributed.engine_rank(), distributed.engine_ranks())
         self.step_has_signal = distributed.any_rank(self.rows.has_signal)
         offset = 0
         for rollout in self.rollouts:  # per-rollout advantages, for the sample tables
@@ -210,7 +213,7 @@ class R3GRPOModule(L.LightningModule):
             self.rows.batch["ref_logprobs"] = reference_logprobs(self.trained_model, reference, self.rows.batch,
                                                                  self.settings, self.device, self._pad_to())
         mine = merge_rollout_stats([r["stats"] for r in self.rollouts])
-        self.last_batch_stats = merge_rank_rollout_stats(distributed.gather_objects(mine))
+        self.last_batch_stats = merge_rank_rollout_stats(distributed.gather_objects(mine)[::distributed.engine_ranks()])
 
     def training_step(self, dataloader_iter: Iterator) -> None:
         position = self._calls % self.mu

