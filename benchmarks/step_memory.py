@@ -17,6 +17,13 @@ build through /proc/self/clear_refs). The optimizer's moments are created before
     static_gib=<RSS after build> peak_rss_gib=<peak RSS during the step> step_seconds=<s> tokens_per_second=<t>
 
 On a CUDA machine (``--device cuda``) it also prints ``peak_gpu_gib`` (torch's peak allocated memory).
+
+Several ranks (``--ranks 2``, gloo processes on this machine, each stepping on its own ``--rows`` rows):
+replicated as under ``trainer=ddp`` (gradients summed over ranks), or sharded as under ``trainer=fsdp``
+(``--sharded``: FSDP2, :mod:`r3exp.grpo.sharding`). The figures are the largest rank's. The ranks share
+the machine's cores, so only the memory figures carry over to one rank per GPU:
+
+    .venv/bin/python benchmarks/step_memory.py --rows 4 --context 600 --reflection 128 --full --ranks 2 [--sharded]
 """
 from __future__ import annotations
 
@@ -134,46 +141,86 @@ def main() -> None:
     parser.add_argument("--logprobs", choices=["reflection", "full-logits"], default="reflection")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ranks", type=int, default=1, help="gloo processes, each stepping on its own --rows rows")
+    parser.add_argument("--sharded", action="store_true", help="with --ranks: shard the policy (FSDP2, trainer=fsdp)")
     args = parser.parse_args()
+    if args.sharded and args.logprobs != "reflection":
+        parser.error("--sharded computes reflection-only log-probs")
+    if args.ranks == 1:
+        run_rank(0, args, 0)
+        return
+    import socket
 
-    from r3exp.grpo.step import LossSettings, accumulate_gradients, step_rows
+    import torch.multiprocessing as mp
 
-    policy = build_policy(args)
-    trainable = [p for p in policy.parameters() if p.requires_grad]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(run_rank, args=(args, port), nprocs=args.ranks, start_method="spawn")
+
+
+def run_rank(rank: int, args, port: int) -> None:
+    from r3exp import distributed
+    from r3exp.grpo.step import LossSettings, accumulate_gradients, micro_batch_count, step_rows
+
+    if args.ranks > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.ranks)
+        torch.set_num_threads(max(1, torch.get_num_threads() // args.ranks))
+    policy = model = build_policy(args)
+    if args.sharded:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from r3exp.grpo.sharding import shard_policy
+
+        model = shard_policy(policy, init_device_mesh(torch.device(args.device).type, (args.ranks,)))
+    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     materialise_optimizer_state(optimizer, trainable)  # part of the static memory, not of the step's
     settings = LossSettings(epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_type="dapo", temperature=1.0,
                             max_reflection_tokens=args.reflection, max_tokens_per_micro_batch=args.micro_batch_tokens,
                             logprob_chunk_size=args.chunk)
     rows = step_rows([synthetic_rollout(args)], "group", beta=0.0)
+    pad_to = max(distributed.gather_objects(micro_batch_count(rows.batch, settings))) if args.sharded else None
     static = rss_bytes("VmRSS")
     exact_peak = reset_peak_rss()
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    distributed.barrier()
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     if args.logprobs == "reflection":
-        metrics = accumulate_gradients(policy, rows, settings, device=args.device)
+        metrics = accumulate_gradients(model, rows, settings, device=args.device, pad_to=pad_to)
     else:
         full_logits_step(policy, rows, settings)
         metrics = {"micro_batches": 1.0}
-    torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], 1.0)
+    if not args.sharded:
+        distributed.sum_gradients(trainable)  # as trainer=ddp does, once per step
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     optimizer.step()
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = rss_bytes("VmHWM") if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    trainable = sum(p.numel() for p in trainable)
+    gpu_peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else 0
+    # the largest rank's figures (one rank: its own)
+    static, peak, seconds, gpu_peak = (max(values) for values in zip(*distributed.gather_objects(
+        (static, peak, seconds, gpu_peak))))
+    if rank != 0:
+        return
+    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    ranks = "" if args.ranks == 1 else f"; {args.ranks} ranks, {'sharded (FSDP2)' if args.sharded else 'replicated'}"
     print(f"shape: vocab {args.vocab}, hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, "
           f"{'untied' if args.untied else 'tied'}; {'full' if args.full else 'LoRA r16'} ({trainable / 1e6:.1f}M trainable), "
           f"{args.dtype}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}{ranks}")
     print(f"step: {args.rows} rows x ({args.context} + {args.reflection}) tokens, log-probs {args.logprobs}, "
           f"{int(metrics['micro_batches'])} micro-batches under {args.micro_batch_tokens} tokens, chunk {args.chunk}; "
           f"peak minus static {(peak - static) / GIB:.2f} GiB"
           + ("" if exact_peak else " (peak since process start: /proc/self/clear_refs unavailable)"))
     if args.device.startswith("cuda"):
-        print(f"peak_gpu_gib={torch.cuda.max_memory_allocated() / GIB:.2f}")
+        print(f"peak_gpu_gib={gpu_peak / GIB:.2f}")
     tokens = args.rows * (args.context + args.reflection)
     print(f"static_gib={static / GIB:.2f} peak_rss_gib={peak / GIB:.2f} step_seconds={seconds:.2f} "
           f"tokens_per_second={tokens / seconds:.0f}")
