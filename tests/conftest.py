@@ -70,3 +70,19 @@ def fresh_vllm(vllm_engine, tiny_path):
 def chat_ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                               tokenize=True, return_dict=False))
+
+
+ENGINE_FIXTURES = {"vllm_engine", "fresh_vllm"}
+PROCESS_CALLS = ("r3exp(", "subprocess.", "mp.start_processes", "dvc(", "multirun")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tier the suite: a test is ``integration`` when it uses the real vLLM engine or starts processes
+    (the command line, several ranks, DVC, a sweep); ``pytest -m "not integration"`` is the fast unit tier."""
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())) or any(call in source for call in PROCESS_CALLS):
+            item.add_marker(pytest.mark.integration)

@@ -30,10 +30,12 @@ class StepRecorder(L.Callback):
         self.rows = []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        versions = {int(v) for r in module.rollouts for v in r["policy_version"]}
+        record = module.last_step  # what the module published for this optimizer step
+        versions = {int(v) for r in record.rollouts for v in r["policy_version"]}
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        self.rows.append({"step": trainer.global_step - 1, "versions": versions, "rollouts": len(module.rollouts),
-                          **metrics})
+        assert record.step == trainer.global_step - 1
+        assert record.metrics["train/skipped"] == metrics["train/skipped"]
+        self.rows.append({"step": record.step, "versions": versions, "rollouts": len(record.rollouts), **metrics})
 
 
 def train(cfg, tiny_path, tokenizer, engine, recorder):

@@ -8,7 +8,7 @@ import pytest
 from r3exp.evaluation.reflection_repairs import repair_statistics
 from r3exp.rollout.episodes import ChatRenderer
 from r3exp.tasks.countdown import extract_answer
-from r3exp.tasks.countdown_reflections import apply_repair
+from r3exp.tasks.countdown_reflections import Repair, apply_repair, near_miss, read_repair, repairs
 from r3exp.warmstart import IGNORE, WarmStartSpec, build_sequences, encode_conversation, ensure_warm_start
 
 
@@ -37,6 +37,31 @@ def test_a_repair_that_does_not_fit_the_expression_is_none():
     assert apply_repair("3 + 4 - 2", "I should use * instead of 4.") is None
     assert apply_repair("3 + 4 - 2", "My equation gives 5.") is None
     assert apply_repair("3 + 4 + 2", "I should use - instead of the second +.") == "3 + 4 - 2"
+
+
+def test_repairs_are_data_written_in_one_sentence_and_read_back_from_it():
+    expression = "8 - 8 * 3 + 4"
+    changes = repairs(expression, [8, 3, 4])
+    assert len(changes) == 3 * 3 + 4 * 2  # every operator to the 3 others, every number to the 2 others
+    for repair in changes:
+        sentence = repair.sentence(expression)
+        assert read_repair(expression, f"My equation gives 4. {sentence}") == repair
+        assert apply_repair(expression, sentence) == repair.apply(expression)
+    second_eight = Repair("number", 1, "8", "3")
+    assert second_eight.sentence(expression) == "I should use 3 instead of the second 8."
+    assert second_eight.apply(expression) == "8 - 3 * 3 + 4"
+    assert Repair("operator", 2, "+", "-").sentence(expression) == "I should use - instead of +."
+    with pytest.raises(ValueError, match="does not fit"):
+        Repair("number", 1, "4", "3").apply(expression)
+
+
+def test_a_near_miss_carries_the_repair_that_gives_back_the_solution():
+    import random
+
+    rng = random.Random(0)
+    for solution, nums, target in [("3 + 4 - 2", [3, 4, 2], 5), ("(6 / 2) * 8", [6, 2, 8], 24)] * 20:
+        miss = near_miss(solution, nums, target, rng)
+        assert miss.expression != solution and miss.repair.apply(miss.expression) == solution
 
 
 def test_repair_statistics_separate_the_reflection_from_the_retry():
@@ -83,34 +108,6 @@ def test_only_the_trained_assistant_turns_carry_labels(countdown, tokenizer):
     # the sequence up to the last answer is exactly what the rollout engine renders for the retry
     assert ids[:len(render(messages[:-1]))] == render(messages[:-1])
     assert tokenizer.decode([t for t, lab in zip(ids, labels) if lab == IGNORE]).count(ep["attempt"]) == 1
-
-
-def test_a_decoy_reflection_names_a_wrong_change_and_its_retry_makes_exactly_that_change(countdown):
-    episodes = countdown.scripted_episodes(300, seed=0)
-    assert sum("decoy" in ep for ep in episodes) >= 290
-    for ep in episodes:
-        if "decoy" not in ep:
-            continue
-        decoy, attempt = ep["decoy"], extract_answer(ep["attempt"])
-        assert decoy["reflection"] != ep["reflection"]
-        assert decoy["reflection"].rsplit(".", 2)[0] == ep["reflection"].rsplit(".", 2)[0]  # only the repair differs
-        assert apply_repair(attempt, decoy["reflection"]) == extract_answer(decoy["retry"])
-        assert not countdown.validate(ep["example"], decoy["retry"])
-
-
-def test_follow_sequences_train_the_retry_to_apply_the_decoy_and_not_the_decoy_reflection(countdown, tokenizer):
-    spec = WarmStartSpec(episodes=40, direct_fraction=0.0, follow_fraction=1.0)
-    episodes = countdown.scripted_episodes(spec.episodes, spec.seed)
-    for ep, (ids, labels) in zip(episodes, build_sequences(countdown, tokenizer, spec)):
-        trained = tokenizer.decode([t for t, lab in zip(ids, labels) if lab != IGNORE], skip_special_tokens=True)
-        assert trained.strip() == ep["decoy"]["retry"]
-        assert ep["decoy"]["reflection"] in tokenizer.decode(ids)
-    # follow_fraction draws from its own stream: the direct sequences stay exactly the same
-    plain = build_sequences(countdown, tokenizer, WarmStartSpec(episodes=40, direct_fraction=0.5))
-    follow = build_sequences(countdown, tokenizer, WarmStartSpec(episodes=40, direct_fraction=0.5, follow_fraction=1.0))
-    same = [a == b for a, b in zip(plain, follow)]
-    assert 10 <= sum(same) <= 30
-    assert all(len(ids) < 0.6 * max(len(i) for i, _ in plain) for (ids, _), equal in zip(plain, same) if equal)
 
 
 def test_a_reflection_can_end_with_the_answer_for_the_retry_to_copy(countdown, tokenizer):

@@ -37,9 +37,7 @@ def app(cfg: DictConfig) -> float | None:
     if code := finish_ranks(failed=False):
         print(f"error: another rank exited with code {code}", file=sys.stderr)
         sys.exit(code)
-    results = produced.get("results") or {}
-    final = results.get("trained") or next(iter(results.values()), None)
-    return final.after_reflection_accuracy if final else None  # the objective of Hydra sweepers
+    return produced.objective  # what Hydra's sweepers maximise
 
 
 def main() -> None:

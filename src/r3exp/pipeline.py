@@ -1,24 +1,27 @@
-"""The modes of ``python -m r3exp``: each builds what it needs from the composed config and runs it."""
+"""The modes of ``python -m r3exp``: one function each, registered in :data:`MODES`, taking what it needs
+and returning a :class:`RunResult`. :func:`run` does what every mode shares (environment, ranks, seed,
+run directory, provenance, the engine's lifetime)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from r3exp import distributed
+from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.evaluation import EvalResult, evaluate, format_table, save_results
 from r3exp.evaluation.accuracy import control_reflections, episodes_result, follow_counts
 from r3exp.models import ModelSpec, load_tokenizer
-from r3exp.rollout.episodes import Episode, R3Protocol
+from r3exp.records import episode_record
+from r3exp.rollout.episodes import R3Protocol
 from r3exp.rollout.failures import collect_failures, write_failures
 from r3exp.tasks.base import SPLITS, Task
 from r3exp.tasks.hub import write_jsonl
@@ -26,8 +29,6 @@ from r3exp.tracking.provenance import collect_provenance, write_provenance
 from r3exp.tracking.wandb_run import log_dataset_artifact, log_evaluation, log_policy_artifact, log_provenance
 
 log = logging.getLogger(__name__)
-MODES = ("main", "evaluate", "train", "failures", "data", "warmstart", "compare")
-RANKED_MODES = ("main", "evaluate", "train")  # modes that run on trainer.devices x trainer.num_nodes ranks
 CODE_DIR = Path(__file__).resolve().parents[2]  # the checkout (for the git commit; none when installed)
 
 
@@ -95,55 +96,29 @@ def resolve_warm_start(cfg: DictConfig, task: Task, model: ModelSpec, base_path:
     return str(ensure_warm_start(base_path, task, settings, model.warm_start, Path(cfg.paths.cache_dir) / "warmstart"))
 
 
-def run_warm_start(cfg: DictConfig, parts: "Components") -> dict:
-    """Copy the warm-started model to ``<output_dir>/model`` and evaluate it on the validation split.
-    Without a warm start (a hub model, or ``model.warm_start=null``) there is nothing to build: it says
-    so and the later stages use the model as configured."""
-    import shutil
-
-    if parts.model.name_or_path is not None or parts.model.warm_start is None:
-        print(f"mode=warmstart: model {parts.model.name!r} has no warm start (model.warm_start applies to the "
-              "embedded model); nothing to build")
-        (output_dir(cfg) / "warm_start.json").write_text(json.dumps({"skipped": parts.model.name}))
-        return {"model": None, "results": {}}
-    target = output_dir(cfg) / "model"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(parts.model_path, target)
-    with open_dict(cfg):
-        cfg.evaluation.split = "validation"
-    result, _ = run_evaluation(cfg, parts, "warm_start")
-    return {"model": target, "results": {"warm_start": result}}
-
-
-def run_evaluation(cfg: DictConfig, parts: Components, label: str) -> tuple[EvalResult, list[dict]]:
+def run_evaluation(cfg: DictConfig, parts: Components, label: str, split: str | None = None,
+                   ) -> tuple[EvalResult, list[dict]]:
+    """Evaluate the engine's current weights on ``split`` (default ``evaluation.split``) as ``label``."""
     ev = cfg.evaluation
+    split = split or ev.split
     protocol = R3Protocol(parts.task, parts.engine, parts.tokenizer, instantiate(ev.attempt),
                           instantiate(ev.reflection), instantiate(ev.retry), stream="evaluation")
-    examples = list(parts.task.examples(ev.split))[: ev.limit]
+    examples = list(parts.task.examples(split))[: ev.limit]
     # several ranks: each evaluates every world_size-th example, and all get every episode back in order
-    _, mine = evaluate(protocol, distributed.shard(examples), ev.split, ev.batch_size,
+    _, mine = evaluate(protocol, distributed.shard(examples), split, ev.batch_size,
                        description=f"evaluate {label}", progress=distributed.is_main())
     episodes = distributed.gather_shards(mine)
-    result = episodes_result(episodes, ev.split)
+    result = episodes_result(episodes, split)
     result.followed, result.follow_defined = follow_counts(parts.task, episodes)
     for control in ev.get("controls") or []:
         pairs = control_reflections(episodes, control)
         retries = distributed.gather_shards(protocol.retries_with(distributed.shard(pairs)))
         fixed = sum(parts.task.validate(ep.example, retry.text) for (ep, _), retry in zip(pairs, retries))
         setattr(result, f"{control}_reflection_fixed", fixed)
-    rows = [episode_row(parts.task, ep) for ep in episodes]
+    rows = [episode_record(parts.task.user_prompt(ep.example), ep) for ep in episodes]
     if distributed.is_main():
         write_jsonl(rows, output_dir(cfg) / f"eval_{label}_episodes.jsonl")
     return result, rows
-
-
-def episode_row(task: Task, ep: Episode) -> dict:
-    """One evaluation episode as a flat record (the JSONL files and the W&B evaluation samples)."""
-    return {"example": ep.example, "task_prompt": task.user_prompt(ep.example), "first_attempt": ep.attempt.text,
-            "first_try_success": ep.first_try_success,
-            "reflection": ep.reflections[0].text if ep.reflections else None,
-            "retry": ep.retries[0].text if ep.retries else None,
-            "retry_success": ep.retry_successes[0] if ep.retry_successes else None}
 
 
 def build_logger(cfg: DictConfig, provenance: dict):
@@ -307,67 +282,171 @@ def run_failures(cfg: DictConfig, parts: Components) -> Path:
     return path
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``cfg.mode``; returns what it produced (results, paths) for callers and tests."""
+@dataclass
+class RunResult:
+    """What a mode produced. ``results``: evaluation tables by label (``base``, ``trained``, a model's
+    name, ``warm_start``); the other fields are the paths a mode wrote, where it wrote them."""
+
+    output_dir: Path
+    results: dict[str, EvalResult] = field(default_factory=dict)
+    results_path: Path | None = None
+    policy: dict[str, Path] = field(default_factory=dict)  # mode=train/main: merged/ (and adapter/)
+    model: Path | None = None  # mode=warmstart: the warm-started model
+    data: Path | None = None  # mode=data: the splits' directory
+    failures: Path | None = None  # mode=failures: the first-failure dataset
+    comparison: dict[str, Any] = field(default_factory=dict)  # mode=compare: rows and the files written
+
+    @property
+    def objective(self) -> float | None:
+        """What Hydra's sweepers maximise: the after-reflection accuracy of the trained model (of the
+        only model evaluated, outside ``mode=main``); None when nothing was evaluated."""
+        final = self.results.get(keys.TRAINED) or next(iter(self.results.values()), None)
+        return final.after_reflection_accuracy if final else None
+
+
+@dataclass
+class RunContext:
+    """What :func:`run` prepared for a mode."""
+
+    run_dir: Path
+    provenance: dict
+    parts: Components | None = None  # task, model, tokenizer, engine (modes with ``engine=True``)
+
+
+@dataclass(frozen=True)
+class Mode:
+    run: Callable[[DictConfig, RunContext], RunResult]
+    ranked: bool = False  # runs on trainer.devices x trainer.num_nodes ranks (every rank runs it)
+    engine: bool = True  # needs the task, model and engine
+
+
+MODES: dict[str, Mode] = {}
+
+
+def mode(name: str, ranked: bool = False, engine: bool = True):
+    """Register a mode function as ``mode=<name>``."""
+    def register(function: Callable[[DictConfig, RunContext], RunResult]):
+        MODES[name] = Mode(function, ranked, engine)
+        return function
+    return register
+
+
+def run(cfg: DictConfig) -> RunResult:
+    """Run ``cfg.mode``."""
     if cfg.mode not in MODES:
-        raise ConfigError(f"mode={cfg.mode!r}; expected one of {MODES}")
+        raise ConfigError(f"mode={cfg.mode!r}; expected one of {tuple(MODES)}")
+    selected = MODES[cfg.mode]
     setup_environment()
-    if cfg.mode in RANKED_MODES:
+    if selected.ranked:
         check_trainer_config(cfg)
         distributed.launch_ranks(cfg.trainer)  # several devices or nodes: every rank runs from here on
         distributed.set_engine_ranks(int(cfg.engine.get("tensor_parallel_size") or 1))
     elif distributed.launched_rank() > 0:  # SLURM or torchrun started several tasks: one does this mode's work
         print(f"mode={cfg.mode} runs on one rank; rank {distributed.launched_rank()} has nothing to do")
-        return {"output_dir": output_dir(cfg)}
+        return RunResult(output_dir(cfg))
     L.seed_everything(cfg.seed, workers=True)
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     provenance = collect_provenance(CODE_DIR, cfg.seed, local_data_paths(cfg))
     if distributed.is_main():
         write_provenance(provenance, run_dir)
-    produced: dict[str, Any] = {"output_dir": run_dir}
-    if cfg.mode == "data":
-        produced["data"] = run_data(cfg)
-        return produced
-    if cfg.mode == "compare":
-        produced.update(run_compare(cfg))
-        return produced
+    if not selected.engine:
+        return selected.run(cfg, RunContext(run_dir, provenance))
     parts = build_components(cfg)
     try:
-        if cfg.mode == "failures":
-            produced["failures"] = run_failures(cfg, parts)
-            return produced
-        results: dict[str, EvalResult] = {}
-        if cfg.mode == "warmstart":
-            warm = run_warm_start(cfg, parts)
-            produced["model"], results = warm["model"], warm["results"]
-        samples: dict[str, list[dict]] = {}
-        logger = build_logger(cfg, provenance) if cfg.mode in ("main", "train") and distributed.is_main() else False
-        base_label = "base" if cfg.mode == "main" else cfg.evaluation.get("label") or parts.model.name
-        if cfg.mode in ("main", "evaluate"):
-            results[base_label], samples[base_label] = run_evaluation(cfg, parts, base_label)
-        if cfg.mode in ("main", "train"):
-            log_dataset_artifact(logger, parts.task.name, str(cfg.task.get("source")),
-                                 OmegaConf.to_container(cfg.task, resolve=True))
-            produced["policy"] = run_training(cfg, parts, logger)
-            log_policy_artifact(logger, f"{cfg.run_name}-policy", run_dir / "policy",
-                                {"model": parts.model.name, "task": parts.task.name, "seed": cfg.seed})
-        if cfg.mode == "main":
-            results["trained"], samples["trained"] = run_evaluation(cfg, parts, "trained")
-        if results:
-            produced["results"] = results
-            if not distributed.is_main():  # every rank holds the results; rank 0 writes and logs them
-                return produced
-            produced["results_path"] = save_results(results, run_dir / "results.json")
-            print(f"\n{parts.task.name} · {parts.model.name} · {cfg.evaluation.split} split\n{format_table(results)}")
-            if logger:
-                logger.log_metrics({f"eval/{name}/{key}": value for name, r in results.items()
-                                    for key, value in r.to_dict().items() if isinstance(value, (int, float))})
-                log_evaluation(logger, {name: r.to_dict() for name, r in results.items()}, samples)
-        return produced
+        return selected.run(cfg, RunContext(run_dir, provenance, parts))
     finally:
         parts.engine.close()
         finish_wandb()
+
+
+@mode("data", engine=False)
+def data_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
+    return RunResult(ctx.run_dir, data=run_data(cfg))
+
+
+@mode("compare", engine=False)
+def compare_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
+    return RunResult(ctx.run_dir, comparison=run_compare(cfg))
+
+
+@mode("failures")
+def failures_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
+    return RunResult(ctx.run_dir, failures=run_failures(cfg, ctx.parts))
+
+
+@mode("warmstart")
+def warmstart_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
+    """Copy the warm-started model to ``<output_dir>/model`` and evaluate it on the validation split.
+    Without a warm start (a hub model, or ``model.warm_start=null``) there is nothing to build: it says
+    so and the later stages use the model as configured."""
+    import shutil
+
+    parts = ctx.parts
+    if parts.model.name_or_path is not None or parts.model.warm_start is None:
+        print(f"mode=warmstart: model {parts.model.name!r} has no warm start (model.warm_start applies to the "
+              "embedded model); nothing to build")
+        (ctx.run_dir / "warm_start.json").write_text(json.dumps({"skipped": parts.model.name}))
+        return RunResult(ctx.run_dir)
+    target = ctx.run_dir / "model"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(parts.model_path, target)
+    result, samples = run_evaluation(cfg, parts, keys.WARM_START, split="validation")
+    return publish_results(cfg, ctx, RunResult(ctx.run_dir, model=target, results={keys.WARM_START: result}),
+                           {keys.WARM_START: samples}, logger=False)
+
+
+@mode("evaluate", ranked=True)
+def evaluate_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
+    """Evaluate the configured model (``evaluation.label``, else the model's name)."""
+    label = cfg.evaluation.get("label") or ctx.parts.model.name
+    result, samples = run_evaluation(cfg, ctx.parts, label)
+    return publish_results(cfg, ctx, RunResult(ctx.run_dir, results={label: result}), {label: samples},
+                           logger=False)
+
+
+@mode("train", ranked=True)
+def train_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
+    logger = build_logger(cfg, ctx.provenance) if distributed.is_main() else False
+    return RunResult(ctx.run_dir, policy=train_and_record(cfg, ctx, logger))
+
+
+@mode("main", ranked=True)
+def main_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
+    """Evaluate the base model, train, evaluate the trained policy: the paper's table."""
+    logger = build_logger(cfg, ctx.provenance) if distributed.is_main() else False
+    base, base_samples = run_evaluation(cfg, ctx.parts, keys.BASE)
+    policy = train_and_record(cfg, ctx, logger)
+    trained, trained_samples = run_evaluation(cfg, ctx.parts, keys.TRAINED)
+    produced = RunResult(ctx.run_dir, results={keys.BASE: base, keys.TRAINED: trained}, policy=policy)
+    return publish_results(cfg, ctx, produced, {keys.BASE: base_samples, keys.TRAINED: trained_samples}, logger)
+
+
+def train_and_record(cfg: DictConfig, ctx: RunContext, logger) -> dict[str, Path]:
+    """Train, with the dataset and the exported policy recorded as W&B artifacts."""
+    parts = ctx.parts
+    log_dataset_artifact(logger, parts.task.name, str(cfg.task.get("source")),
+                         OmegaConf.to_container(cfg.task, resolve=True))
+    policy = run_training(cfg, parts, logger)
+    log_policy_artifact(logger, f"{cfg.run_name}-policy", ctx.run_dir / "policy",
+                        {"model": parts.model.name, "task": parts.task.name, "seed": cfg.seed})
+    return policy
+
+
+def publish_results(cfg: DictConfig, ctx: RunContext, produced: RunResult, samples: dict[str, list[dict]],
+                    logger) -> RunResult:
+    """Rank 0: write ``results.json``, print the table, log the results and samples to W&B. Every rank
+    holds the results (and returns them)."""
+    if not distributed.is_main():
+        return produced
+    produced.results_path = save_results(produced.results, ctx.run_dir / "results.json")
+    split = next(iter(produced.results.values())).split
+    print(f"\n{ctx.parts.task.name} · {ctx.parts.model.name} · {split} split\n{format_table(produced.results)}")
+    if logger:
+        logger.log_metrics({keys.eval_key(name, key): value for name, r in produced.results.items()
+                            for key, value in r.to_dict().items() if isinstance(value, (int, float))})
+        log_evaluation(logger, {name: r.to_dict() for name, r in produced.results.items()}, samples)
+    return produced
 
 
 def finish_wandb() -> None:

@@ -4,11 +4,7 @@ model that solves some problems on the first try and knows the reflect-and-retry
 Two kinds of sequences, built with the model's chat template exactly as the rollout engine renders them:
 - direct: task prompt -> the right answer (loss on the answer);
 - reflect: task prompt -> a near-miss wrong attempt (no loss) -> reflection prompt -> the scripted
-  reflection (loss) -> retry prompt -> the right answer (loss);
-- follow (``follow_fraction`` of the reflect sequences, from the episode's ``decoy``): the same, but the
-  reflection names another, wrong change (no loss) and the retry applies it (loss). Without them a small
-  model's retry learns to answer from scratch and ignores its reflection: a reflection can then not
-  help, and R3 has nothing to reward.
+  reflection (loss) -> retry prompt -> the right answer (loss).
 
 The result is a Hugging Face model directory, cached under a key of its inputs (base model, task
 settings, warm-start settings), so the main job builds it once and later runs reuse it.
@@ -45,8 +41,6 @@ class WarmStartSpec:
         episodes: scripted episodes drawn from the task's training split.
         steps / batch_size / lr / warmup_steps: AdamW with linear warmup and cosine decay.
         direct_fraction: share of sequences that are prompt -> right answer (the rest reflect and retry).
-        follow_fraction: share of the reflect-and-retry sequences whose reflection names a wrong change
-            that the retry follows (only the retry is trained on them).
         reflection_ends_with_answer: the scripted reflection ends with the right answer, which the retry
             then only has to copy (for a model too small to apply the change its reflection names).
         seed: the scripted attempts and the order of the training sequences.
@@ -58,7 +52,6 @@ class WarmStartSpec:
     lr: float = 2e-3
     warmup_steps: int = 30
     direct_fraction: float = 0.5
-    follow_fraction: float = 0.0
     reflection_ends_with_answer: bool = False
     seed: int = 0
 
@@ -89,7 +82,6 @@ def build_sequences(task: Task, tokenizer, spec: WarmStartSpec) -> list[tuple[li
                           "set model.warm_start=null (or implement Task.scripted_episodes)")
     render, eos_id = ChatRenderer(tokenizer), tokenizer.eos_token_id
     rng = random.Random(spec.seed)
-    follow = random.Random(f"follow/{spec.seed}")  # its own stream: follow_fraction=0 changes nothing else
     sequences = []
     for ep in tqdm(episodes, desc="warm start: encode", unit="ep", dynamic_ncols=True, leave=False):
         example = ep["example"]
@@ -97,10 +89,6 @@ def build_sequences(task: Task, tokenizer, spec: WarmStartSpec) -> list[tuple[li
         if rng.random() < spec.direct_fraction:
             sequences.append(encode_conversation(render, eos_id, first + [{"role": "assistant", "content": ep["answer"]}],
                                                  trained={len(first)}))
-        elif ep.get("decoy") and follow.random() < spec.follow_fraction:
-            messages = task.retry_messages(example, ep["attempt"], ep["decoy"]["reflection"])
-            messages.append({"role": "assistant", "content": ep["decoy"]["retry"]})
-            sequences.append(encode_conversation(render, eos_id, messages, trained={len(messages) - 1}))
         else:
             reflection = f"{ep['reflection']} {ep['answer']}" if spec.reflection_ends_with_answer else ep["reflection"]
             messages = task.retry_messages(example, ep["attempt"], reflection)

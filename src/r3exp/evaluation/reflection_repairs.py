@@ -1,16 +1,17 @@
 """Countdown reflections measured: does a reflection name the right repair, and does the retry apply it?
 
-Reads evaluation episodes (``eval_<label>_episodes.jsonl``); ``benchmarks/reflection_repairs.py`` prints
+Reads evaluation episodes (``eval_<label>_episodes.jsonl``); ``analysis/reflection_repairs.py`` prints
 the figures for a set of runs. Repairs are the sentences the warm start teaches ("I should use 7 instead
 of the second 8."; ``r3exp.tasks.countdown_reflections``).
 """
 from __future__ import annotations
 
+from r3exp.records import EpisodeRecord
 from r3exp.tasks.countdown import extract_answer, is_correct
-from r3exp.tasks.countdown_reflections import apply_repair, repair_sentences
+from r3exp.tasks.countdown_reflections import apply_repair, repairs
 
 
-def repair_statistics(episodes: list[dict]) -> dict[str, int]:
+def repair_statistics(episodes: list[EpisodeRecord]) -> dict[str, int]:
     """How reflections on failed first attempts fare, from evaluation episodes (``eval_*_episodes.jsonl``
     rows): how many failures one change would fix, how many reflections name a change that fits the
     attempt, how many name the right one, how often the retry applies the named change, how often it
@@ -30,7 +31,7 @@ def repair_statistics(episodes: list[dict]) -> dict[str, int]:
             continue
         retry = extract_answer(ep.get("retry") or "")
         counts["retry_repeats_attempt"] += retry is not None and retry.split() == attempt.split()
-        counts["one_change_fixes"] += any(is_correct(e, nums, target) for _, e in repair_sentences(attempt, nums))
+        counts["one_change_fixes"] += any(is_correct(r.apply(attempt), nums, target) for r in repairs(attempt, nums))
         repaired = apply_repair(attempt, ep.get("reflection") or "")
         if repaired is None:
             continue

@@ -13,12 +13,13 @@ from typing import Callable, Iterator
 import lightning as L
 import torch
 
-from r3exp import distributed
+from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
 from r3exp.grpo.step import (LossSettings, StepRows, accumulate_gradients, micro_batch_count, reference_logprobs,
                              share_of_engine, step_rows)
 from r3exp.models.export import hf_state_dict, is_peft, merged_lora, save_policy, save_weights
+from r3exp.records import StepRecord
 
 
 @dataclass
@@ -97,13 +98,11 @@ class R3GRPOModule(L.LightningModule):
         self.step_has_signal = False  # some rank's rows carry an advantage (all ranks train, or none)
         self.rollout_step = 0  # the policy version (global step) that generated ``rollouts``
         self._calls = 0  # training_step calls since the start of this fit
+        self._sync_seconds = 0.0  # the weight push of the current step
         self.synced_version = -1  # the policy version the engine holds
         self.last_batch_stats: dict[str, float] = {}
-        self.last_sync_seconds = 0.0  # read by r3exp.tracking.StepTimer
-        self.last_trained_tokens = 0
-        self.drew_rollout = False  # this call drew the rollouts (the first of mu calls)
-        self.finished_rollout = False  # this call was the last of the mu calls on these rollouts
         self.step_metrics: dict[str, float] = {}  # everything logged since the rollouts were drawn
+        self.last_step: StepRecord | None = None  # published after every optimizer step, for callbacks
 
     # -- weight sync -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -186,8 +185,8 @@ class R3GRPOModule(L.LightningModule):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # hand the trainer's cached activation memory back before the engine wakes
         if not self._engine_is_current():
-            self.last_sync_seconds = self.sync_engine()
-            self._log({"time/sync_seconds": self.last_sync_seconds})
+            self._sync_seconds = self.sync_engine()
+            self._log({keys.SYNC_SECONDS: self._sync_seconds})
         self.rollouts = [next(dataloader_iter)[0] for _ in range(self.rollouts_per_step)]
         self.engine.sleep()
         self.rollout_step = self.global_step
@@ -218,13 +217,14 @@ class R3GRPOModule(L.LightningModule):
     def training_step(self, dataloader_iter: Iterator) -> None:
         position = self._calls % self.mu
         self._calls += 1
-        self.drew_rollout, self.finished_rollout = position == 0, position == self.mu - 1
-        if self.drew_rollout:
+        drew_rollout = position == 0
+        step, self._sync_seconds = self.global_step, 0.0
+        if drew_rollout:
             self.step_metrics = {}
             self._next_rollouts(dataloader_iter)
         self._log(self.last_batch_stats)
         optimizer = self.optimizers()
-        self.last_trained_tokens = 0
+        trained_tokens = 0
         if self.step_has_signal:
             # several ranks: each accumulates its own micro-batches (their number differs by rank), then the
             # gradients are summed over ranks once (DDP's per-backward all-reduce is blocked). Sharded: every
@@ -237,18 +237,21 @@ class R3GRPOModule(L.LightningModule):
                 distributed.sum_gradients(self.policy.parameters())
             metrics = merge_rank_metrics(distributed.gather_objects(
                 (metrics, float(self.rows.batch["reflection_mask"][:, 1:].sum()))))
-            self.last_trained_tokens = int(metrics.pop("trained_tokens"))
-            self._log({f"train/{k}": v for k, v in metrics.items() if k != "loss"} | {"train/skipped": 0.0})
-            self._log({"train/loss": metrics["loss"], "reward": self.last_batch_stats["rollout/reward_mean"]},
+            trained_tokens = int(metrics.pop("trained_tokens"))
+            self._log({f"train/{k}": v for k, v in metrics.items() if k != "loss"} | {keys.SKIPPED: 0.0})
+            self._log({keys.LOSS: metrics["loss"], "reward": self.last_batch_stats[keys.REWARD_MEAN]},
                       prog_bar=True)
         else:
-            self._log({"train/skipped": 1.0})
+            self._log({keys.SKIPPED: 1.0})
         # clipping happens in on_before_optimizer_step, which step() calls after unscaling (16-bit AMP)
         optimizer.step()  # without gradients (a skipped step) it changes nothing, but the step still counts
         optimizer.zero_grad(set_to_none=True)  # free the gradients before the engine wakes for the next rollout
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+        self.last_step = StepRecord(step, self.rollout_step, drew_rollout, position == self.mu - 1, self.rollouts,
+                                    dict(self.last_batch_stats), dict(self.step_metrics), self._sync_seconds,
+                                    trained_tokens)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
@@ -312,14 +315,14 @@ def merge_rank_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     generate side by side), rates average over ranks."""
     if len(stats) == 1:
         return dict(stats[0])
-    slowest = {"rollout/seconds", "rollout/wall_seconds"}
+    slowest = {keys.SECONDS, keys.WALL_SECONDS}
     return {key: max(s[key] for s in stats) if key in slowest
-            else sum(s[key] for s in stats) / (1 if key == "rollout/groups" else len(stats)) for key in stats[0]}
+            else sum(s[key] for s in stats) / (1 if key == keys.GROUPS else len(stats)) for key in stats[0]}
 
 
 def merge_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     """The rollout metrics of a step drawn as several rollouts: counts and times add up, rates average."""
     if len(stats) == 1:
         return dict(stats[0])
-    additive = {"rollout/groups", "rollout/seconds", "rollout/wall_seconds"}
+    additive = {keys.GROUPS, keys.SECONDS, keys.WALL_SECONDS}
     return {key: sum(s[key] for s in stats) / (1 if key in additive else len(stats)) for key in stats[0]}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from r3exp import keys
 from r3exp.tracking.metrics_file import FILENAME as METRICS_FILENAME
 from r3exp.tracking.metrics_file import read_metrics
 from r3exp.tracking.offline_run import read_offline_run
@@ -53,7 +54,7 @@ def read_run(directory: str | Path) -> RunResult:
     config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     accuracy, total = {}, 0
-    for label in ("base", "trained"):
+    for label in keys.COMPARED:
         if label in results:
             accuracy[f"{label}_first_try"] = results[label]["first_try_accuracy"]
             accuracy[f"{label}_after_reflection"] = results[label]["after_reflection_accuracy"]

@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from r3exp import keys
+
 
 class ReportUnavailable(RuntimeError):
     """Publishing a report needs W&B online (network and API key)."""
@@ -31,10 +33,10 @@ def build_report(title: str, table_markdown: str, entity: str | None, project: s
             wr.MarkdownBlock(text=table_markdown),
             wr.H1(text="Training"),
             wr.PanelGrid(runsets=[runset], panels=[
-                wr.LinePlot(title="Reward of reflections", x="trainer/global_step", y=["rollout/reward_mean"]),
-                wr.LinePlot(title="Reflection length", x="trainer/global_step", y=["rollout/reflection_length"]),
+                wr.LinePlot(title="Reward of reflections", x="trainer/global_step", y=[keys.REWARD_MEAN]),
+                wr.LinePlot(title="Reflection length", x="trainer/global_step", y=[keys.REFLECTION_LENGTH]),
                 wr.LinePlot(title="First-try success in rollouts", x="trainer/global_step",
-                            y=["rollout/first_try_success"]),
+                            y=[keys.FIRST_TRY_SUCCESS]),
             ]),
             wr.H1(text="Reflection samples"),
             wr.PanelGrid(runsets=[runset], panels=[wr.WeavePanelSummaryTable(table_name="reflection_samples")]),

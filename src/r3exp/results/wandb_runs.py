@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from r3exp import keys
 from r3exp.errors import ConfigError
 from r3exp.results.compare import RunResult
 from r3exp.tracking.metrics_file import COLUMNS as CURVE_COLUMNS
@@ -22,10 +23,10 @@ def runs_from_wandb(entity: str | None, project: str, group: str) -> list[RunRes
     results = []
     for run in api.runs(path, filters={"group": group}):
         summary, config = run.summary, run.config
-        accuracy = {f"{label}_{kind}": summary[f"eval/{label}/{key}"]
-                    for label in ("base", "trained")
+        accuracy = {f"{label}_{kind}": summary[keys.eval_key(label, key)]
+                    for label in keys.COMPARED
                     for kind, key in (("first_try", "first_try_accuracy"), ("after_reflection", "after_reflection_accuracy"))
-                    if f"eval/{label}/{key}" in summary}
+                    if keys.eval_key(label, key) in summary}
         history = run.history(keys=["trainer/global_step", *CURVE_COLUMNS.values()], pandas=False)
         curves = [{"step": row.get("trainer/global_step", 0),
                    **{column: row.get(key) for column, key in CURVE_COLUMNS.items()}} for row in history]
@@ -33,7 +34,7 @@ def runs_from_wandb(entity: str | None, project: str, group: str) -> list[RunRes
             directory=Path(run.url), task=config.get("task", {}).get("name", "?"),
             model=config.get("model", {}).get("name", "?"), seed=int(config.get("seed", 0)),
             overrides=list(config.get("overrides") or []),
-            accuracy=accuracy, total=int(summary.get("eval/trained/total", summary.get("eval/base/total", 0))),
+            accuracy=accuracy, total=int(summary.get(keys.eval_key(keys.TRAINED, "total"), summary.get(keys.eval_key(keys.BASE, "total"), 0))),
             curves=curves))
     if not results:
         raise ConfigError(f"no W&B runs in group {group!r} of project {path!r}")

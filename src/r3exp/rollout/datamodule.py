@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from r3exp import distributed
+from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.rollout.batching import build_batch
 from r3exp.rollout.engines.base import GenerationEngine, SamplingConfig
@@ -37,17 +37,17 @@ def rollout_stats(episodes: list[Episode], seconds: float, generated_tokens: int
     lengths = [len(f.token_ids) for ep in failed for f in ep.reflections]
     tensor = torch.tensor(rewards) if rewards else torch.zeros(0)
     return {
-        "rollout/first_try_success": sum(ep.first_try_success for ep in episodes) / max(len(episodes), 1),
+        keys.FIRST_TRY_SUCCESS: sum(ep.first_try_success for ep in episodes) / max(len(episodes), 1),
         "rollout/failure_fraction": sum(not ep.first_try_success for ep in episodes) / max(len(episodes), 1),
-        "rollout/retry_success": sum(s for ep in failed for s in ep.retry_successes) / max(len(rewards), 1),
-        "rollout/reward_mean": tensor.mean().item() if rewards else 0.0,
+        keys.RETRY_SUCCESS: sum(s for ep in failed for s in ep.retry_successes) / max(len(rewards), 1),
+        keys.REWARD_MEAN: tensor.mean().item() if rewards else 0.0,
         "rollout/reward_std": tensor.std().item() if len(rewards) > 1 else 0.0,
-        "rollout/frac_reward_zero_std": sum(max(g) == min(g) for g in groups) / max(len(groups), 1),
-        "rollout/reflection_length": sum(lengths) / max(len(lengths), 1),
-        "rollout/reflections_truncated": sum(not f.finished for ep in failed for f in ep.reflections) / max(len(lengths), 1),
-        "rollout/groups": float(len(groups)),
-        "rollout/seconds": seconds,
-        "rollout/generated_tokens_per_second": generated_tokens / seconds if seconds > 0 else 0.0,
+        keys.FRAC_REWARD_ZERO_STD: sum(max(g) == min(g) for g in groups) / max(len(groups), 1),
+        keys.REFLECTION_LENGTH: sum(lengths) / max(len(lengths), 1),
+        keys.REFLECTIONS_TRUNCATED: sum(not f.finished for ep in failed for f in ep.reflections) / max(len(lengths), 1),
+        keys.GROUPS: float(len(groups)),
+        keys.SECONDS: seconds,
+        keys.GENERATED_TOKENS_PER_SECOND: generated_tokens / seconds if seconds > 0 else 0.0,
     }
 
 
@@ -151,7 +151,7 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         batch = build_batch(episodes, self.pad_id)
         batch["stats"] = rollout_stats(episodes, self.protocol.timing.seconds, self.protocol.timing.generated_tokens)
         batch["stats"]["rollout/draws"] = len(episodes) / self.examples_per_step
-        batch["stats"]["rollout/wall_seconds"] = time.perf_counter() - start
+        batch["stats"][keys.WALL_SECONDS] = time.perf_counter() - start
         batch["has_signal"] = has_signal(episodes)
         batch["episodes"] = episodes  # for sample tables; rows follow batching.batch_rows(episodes)
         return batch

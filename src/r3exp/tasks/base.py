@@ -87,9 +87,7 @@ class Task(ABC):
     def scripted_episodes(self, count: int, seed: int) -> list[dict] | None:
         """Up to ``count`` training-split episodes written by a program, for the warm start:
         ``{"example", "attempt", "reflection", "answer"}`` (a wrong attempt, a reflection on it, a right
-        answer), optionally with ``decoy: {"reflection", "retry"}`` (a reflection proposing a wrong change
-        and the retry that follows it). None when the task has no script (the warm start then refuses
-        to run)."""
+        answer). None when the task has no script (the warm start then refuses to run)."""
         return None
 
     @property

@@ -8,8 +8,7 @@ from typing import Sequence
 
 from r3exp.errors import ConfigError
 from r3exp.tasks.base import Example, Task
-from r3exp.tasks.countdown_reflections import (
-    NearMiss, answer_text, apply_repair, near_miss, repair_sentences, scripted_reflection)
+from r3exp.tasks.countdown_reflections import answer_text, apply_repair, near_miss, scripted_reflection
 from r3exp.tasks.countdown_solver import generate_instances, solve
 from r3exp.tasks.hub import load_hub_rows
 from r3exp.tasks.safe_arithmetic import UnsafeExpression, evaluate
@@ -23,14 +22,6 @@ def extract_answer(response: str) -> str | None:
     """The content of the last ``<answer>...</answer>`` block (TinyZero's format), or None."""
     matches = ANSWER_PATTERN.findall(response[-MAX_ANSWER_SCAN_CHARS:])
     return matches[-1].strip() if matches else None
-
-
-def _evaluates(expression: str) -> bool:
-    try:
-        evaluate(expression)
-    except UnsafeExpression:
-        return False
-    return True
 
 
 def is_correct(expression: str, nums: Sequence[int], target: int) -> bool:
@@ -104,10 +95,8 @@ class CountdownTask(Task):
         sources draw ``pool_size`` training-split instances from ``seed`` (never a validation or test
         instance, whatever the task seed: the split of an instance is a hash of it); loaded sources use
         the training split, solved by the exhaustive solver. Each pass over the pool draws new wrong
-        attempts. Each episode also has a ``decoy``: the same reflection naming another change, and the
-        retry that applies that change (a wrong answer), to teach a retry to follow its reflection."""
+        attempts."""
         rng = random.Random(f"countdown-script/{seed}")
-        decoys = random.Random(f"countdown-decoy/{seed}")  # a stream of its own: the episodes stay the same
         if self.source == "generated":
             pool = generate_instances(pool_size, "train", seed, **self.generator)
         else:
@@ -121,19 +110,12 @@ class CountdownTask(Task):
             miss = near_miss(example["solution"], nums, target, rng)
             if miss is None:
                 continue
-            episode = {
+            episodes.append({
                 "example": {"nums": nums, "target": target},
                 "attempt": answer_text(miss.expression),
                 "reflection": scripted_reflection(nums, target, miss),
                 "answer": answer_text(example["solution"]),
-            }
-            wrong = [(sentence, changed) for sentence, changed in repair_sentences(miss.expression, nums)
-                     if _evaluates(changed) and not is_correct(changed, nums, target)]
-            if wrong:
-                sentence, changed = decoys.choice(wrong)
-                decoy = NearMiss(miss.expression, sentence)
-                episode["decoy"] = {"reflection": scripted_reflection(nums, target, decoy), "retry": answer_text(changed)}
-            episodes.append(episode)
+            })
         return episodes
 
     @property

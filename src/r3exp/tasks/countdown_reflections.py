@@ -22,19 +22,46 @@ def answer_text(expression: str) -> str:
 
 
 ORDINALS = ["first", "second", "third", "fourth", "fifth"]
+KINDS = {"operator": OPERATOR, "number": NUMBER}
+
+
+@dataclass(frozen=True)
+class Repair:
+    """One change of an equation, as data: the ``position``-th token of its ``kind`` (``operator`` or
+    ``number``, counted left to right), ``old``, becomes ``new``. Written as text by :meth:`sentence`
+    only; read back from model output by :func:`read_repair` only."""
+
+    kind: str
+    position: int
+    old: str
+    new: str
+
+    def _spot(self, expression: str):
+        spots = list(KINDS[self.kind].finditer(expression))
+        if self.position >= len(spots) or spots[self.position].group() != self.old:
+            raise ValueError(f"{self} does not fit {expression!r}")
+        return spots[self.position]
+
+    def apply(self, expression: str) -> str:
+        spot = self._spot(expression)
+        return expression[:spot.start()] + self.new + expression[spot.end():]
+
+    def sentence(self, expression: str) -> str:
+        """The repair in words: "I should use 7 instead of the second 8." (the ordinal only where
+        ``old`` occurs more than once)."""
+        self._spot(expression)
+        same = [m.group() for m in KINDS[self.kind].finditer(expression)]
+        occurrence = same[:self.position].count(self.old)
+        which = self.old if same.count(self.old) == 1 else f"the {ORDINALS[occurrence]} {self.old}"
+        return f"I should use {self.new} instead of {which}."
 
 
 @dataclass(frozen=True)
 class NearMiss:
-    """A wrong expression one edit away from a solution, and the repair stated in words."""
+    """A wrong expression one edit away from a solution, and the repair that gives the solution."""
 
     expression: str
-    repair: str
-
-
-def _which(occurrences: list[str], index: int, token: str) -> str:
-    """``token`` alone when it occurs once, else ``the second token`` (counted left to right)."""
-    return token if occurrences.count(token) == 1 else f"the {ORDINALS[occurrences[:index].count(token)]} {token}"
+    repair: Repair
 
 
 def near_miss(solution: str, nums: list[int], target: int, rng: random.Random) -> NearMiss | None:
@@ -42,63 +69,59 @@ def near_miss(solution: str, nums: list[int], target: int, rng: random.Random) -
     another of the given numbers (so one is used twice and one not at all). None if every try is right."""
     for _ in range(8):
         if rng.random() < 0.6 and OPERATOR.search(solution):
-            spots = list(OPERATOR.finditer(solution))
-            spot = spots[rng.randrange(len(spots))]
-            replacement = rng.choice([op for op in "+-*/" if op != spot.group()])
+            kind, spots = "operator", list(OPERATOR.finditer(solution))
+            position = rng.randrange(len(spots))
+            replacement = rng.choice([op for op in "+-*/" if op != spots[position].group()])
         else:
-            spots = list(NUMBER.finditer(solution))
-            spot = spots[rng.randrange(len(spots))]
-            others = [str(n) for n in nums if str(n) != spot.group()]
+            kind, spots = "number", list(NUMBER.finditer(solution))
+            position = rng.randrange(len(spots))
+            others = [str(n) for n in nums if str(n) != spots[position].group()]
             if not others:
                 continue
             replacement = rng.choice(others)
-        candidate = solution[:spot.start()] + replacement + solution[spot.end():]
+        candidate = Repair(kind, position, spots[position].group(), replacement).apply(solution)
         try:
             value, used = evaluate(candidate)
         except UnsafeExpression:
             continue
         if sorted(used) == sorted(nums) and value == target:
             continue
-        repair = next(sentence for sentence, changed in repair_sentences(candidate, nums) if changed == solution)
-        return NearMiss(candidate, repair)
+        return NearMiss(candidate, Repair(kind, position, replacement, spots[position].group()))
     return None
 
 
-def repair_sentences(expression: str, nums: list[int]) -> list[tuple[str, str]]:
-    """Every single change of ``expression`` (an operator, or a number replaced by another of ``nums``),
-    each as the sentence that names it and the expression it gives: ("I should use 7 instead of the
-    second 8.", "...")."""
+def repairs(expression: str, nums: list[int]) -> list[Repair]:
+    """Every single change of ``expression``: an operator, or a number replaced by another of ``nums``."""
     changes = []
-    for kind, choices in ((OPERATOR, "+-*/"), (NUMBER, sorted({str(n) for n in nums}))):
-        spots = list(kind.finditer(expression))
-        tokens = [m.group() for m in spots]
-        for index, spot in enumerate(spots):
-            for choice in choices:
-                if choice != spot.group():
-                    changes.append((f"I should use {choice} instead of {_which(tokens, index, spot.group())}.",
-                                    expression[:spot.start()] + choice + expression[spot.end():]))
+    for kind, choices in (("operator", "+-*/"), ("number", sorted({str(n) for n in nums}))):
+        for position, spot in enumerate(KINDS[kind].finditer(expression)):
+            changes += [Repair(kind, position, spot.group(), choice) for choice in choices if choice != spot.group()]
     return changes
 
 
 REPAIR = re.compile(r"I should use (\S+) instead of (?:the (first|second|third|fourth|fifth) )?(\S+?)\.")
 
 
-def apply_repair(expression: str, reflection: str) -> str | None:
-    """``expression`` with the change a reflection names ("I should use 7 instead of the second 8."),
-    or None when the reflection names no change that fits the expression. The inverse of ``near_miss``:
-    it measures whether a reflection's repair is right, independently of what the retry then does."""
+def read_repair(expression: str, reflection: str) -> Repair | None:
+    """The change a reflection (model output) names for ``expression`` ("I should use 7 instead of the
+    second 8."), or None when it names none that fits the expression."""
     found = REPAIR.search(reflection)
     if not found:
         return None
-    new, which, old = found.group(1), ORDINALS.index(found.group(2)) if found.group(2) else 0, found.group(3)
-    kind = NUMBER if old.isdigit() else OPERATOR
-    if (kind is NUMBER) != new.isdigit() or (kind is OPERATOR and new not in "+-*/"):
+    new, occurrence, old = found.group(1), ORDINALS.index(found.group(2)) if found.group(2) else 0, found.group(3)
+    kind = "number" if old.isdigit() else "operator"
+    if (kind == "number") != new.isdigit() or (kind == "operator" and new not in "+-*/"):
         return None
-    spots = [m for m in kind.finditer(expression) if m.group() == old]
-    if which >= len(spots):
-        return None
-    spot = spots[which]
-    return expression[:spot.start()] + new + expression[spot.end():]
+    same = [i for i, m in enumerate(KINDS[kind].finditer(expression)) if m.group() == old]
+    return Repair(kind, same[occurrence], old, new) if occurrence < len(same) else None
+
+
+def apply_repair(expression: str, reflection: str) -> str | None:
+    """``expression`` with the change a reflection names, or None when it names none that fits. The
+    inverse of ``near_miss``: it measures whether a reflection's repair is right, independently of what
+    the retry then does."""
+    repair = read_repair(expression, reflection)
+    return repair.apply(expression) if repair else None
 
 
 def _fmt(value: Fraction) -> str:
@@ -118,5 +141,5 @@ def scripted_reflection(nums: list[int], target: int, miss: NearMiss) -> str:
                ([f"did not use {', '.join(map(str, unused))}"] if unused else [])
     if problems:
         sentences.append(f"I {' and '.join(problems)}.")
-    sentences.append(miss.repair)
+    sentences.append(miss.repair.sentence(miss.expression))
     return " ".join(sentences)

@@ -12,20 +12,22 @@ from pathlib import Path
 
 import lightning as L
 
+from r3exp import keys
+
 COLUMNS = {  # CSV column: logged metric
-    "reward": "rollout/reward_mean",
-    "retry_success": "rollout/retry_success",
-    "first_try_success": "rollout/first_try_success",
-    "reflection_length": "rollout/reflection_length",
-    "reflections_truncated": "rollout/reflections_truncated",
-    "frac_reward_zero_std": "rollout/frac_reward_zero_std",
-    "loss": "train/loss",
-    "kl": "train/kl",
-    "clip_ratio": "train/clip_ratio/region",
-    "skipped": "train/skipped",
+    "reward": keys.REWARD_MEAN,
+    "retry_success": keys.RETRY_SUCCESS,
+    "first_try_success": keys.FIRST_TRY_SUCCESS,
+    "reflection_length": keys.REFLECTION_LENGTH,
+    "reflections_truncated": keys.REFLECTIONS_TRUNCATED,
+    "frac_reward_zero_std": keys.FRAC_REWARD_ZERO_STD,
+    "loss": keys.LOSS,
+    "kl": keys.KL,
+    "clip_ratio": keys.CLIP_RATIO_REGION,
+    "skipped": keys.SKIPPED,
     # the largest |trainer - engine| log-prob of a sampled reflection token: ~0 when the engine holds the
     # trainer's weights (a weight-sync check)
-    "logprob_diff_max": "train/logprob_diff_max",
+    "logprob_diff_max": keys.LOGPROB_DIFF_MAX,
 }
 FILENAME = "train_metrics.csv"
 
@@ -39,10 +41,11 @@ class MetricsFile(L.Callback):
         self.filename = filename
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if not trainer.is_global_zero or not module.finished_rollout:
+        record = module.last_step  # r3exp.records.StepRecord
+        if not trainer.is_global_zero or not record.finished_rollout:
             return
-        metrics = module.step_metrics
-        row = {"step": module.rollout_step}
+        metrics = record.metrics
+        row = {"step": record.rollout_step}
         for column, key in COLUMNS.items():
             value = metrics.get(key)
             row[column] = "" if value is None else float(value)

@@ -69,15 +69,16 @@ class ReflectionSamples(L.Callback):
         return [row for step_rows in self.history for row in step_rows]
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if not module.drew_rollout or module.rollout_step % self.every_n_steps:
+        record = module.last_step  # r3exp.records.StepRecord
+        if not record.drew_rollout or record.rollout_step % self.every_n_steps:
             return
         task = trainer.datamodule.task
         step_rows: list[dict] = []
-        for rollout in module.rollouts:
+        for rollout in record.rollouts:
             room = self.rows_per_step - len(step_rows)
             if room > 0:
                 step_rows += sample_rows(task, rollout["episodes"], rollout["advantages"].tolist(),
-                                         module.rollout_step, room)
+                                         record.rollout_step, room)
         if not step_rows:
             return
         self.add(step_rows)

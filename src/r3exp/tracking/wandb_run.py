@@ -8,9 +8,11 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from r3exp import keys
+from r3exp.records import EPISODE_FIELDS
+
 EVAL_COLUMNS = ("model", "split", "n", "first_try", "after_reflection", "delta")
-EVAL_SAMPLE_COLUMNS = ("model", "task_prompt", "first_attempt", "first_try_success", "reflection", "retry",
-                       "retry_success")
+EVAL_SAMPLE_COLUMNS = ("model", *(f for f in EPISODE_FIELDS if f != "example"))
 
 
 def wandb_run(logger):
@@ -37,7 +39,7 @@ def log_evaluation(logger, results: dict[str, dict], samples: dict[str, Sequence
              "evaluation_samples": wandb.Table(columns=list(EVAL_SAMPLE_COLUMNS), data=episodes)})
     for label, r in results.items():
         for key in ("first_try_accuracy", "after_reflection_accuracy", "total"):
-            run.summary[f"eval/{label}/{key}"] = r[key]
+            run.summary[keys.eval_key(label, key)] = r[key]
 
 
 def log_provenance(logger, record: dict) -> None:

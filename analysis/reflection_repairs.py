@@ -1,6 +1,6 @@
 """What limits reflection on Countdown: reflection quality or the retry's faithfulness to it.
 
-    .venv/bin/python benchmarks/reflection_repairs.py outputs/runs/<run>/eval_base_episodes.jsonl [more ...]
+    .venv/bin/python analysis/reflection_repairs.py outputs/runs/<run>/eval_base_episodes.jsonl [more ...]
 
 For each evaluation episodes file (written by every evaluation): failed first attempts, how many one
 change would fix, how many reflections name a change that fits the attempt ("I should use 7 instead of

@@ -1,6 +1,6 @@
 """Would a better reflection help? Countdown retries of a model given every repair its reflection could name.
 
-    .venv/bin/python benchmarks/retry_follows_repair.py <model dir> <run>/eval_base_episodes.jsonl [task overrides]
+    .venv/bin/python analysis/retry_follows_repair.py <model dir> <run>/eval_base_episodes.jsonl [task overrides]
 
 For each failed first attempt in the episodes file, the model's own reflection keeps its first sentences and
 its last one (the repair) is replaced by each single change of the attempt ("I should use * instead of
@@ -21,7 +21,7 @@ from r3exp.rollout.engines.base import SamplingConfig
 from r3exp.rollout.engines.hf_engine import HFEngine
 from r3exp.rollout.episodes import ChatRenderer
 from r3exp.tasks.countdown import extract_answer, is_correct
-from r3exp.tasks.countdown_reflections import REPAIR, repair_sentences
+from r3exp.tasks.countdown_reflections import REPAIR, repairs
 
 
 def load_task(overrides: list[str]):
@@ -48,9 +48,10 @@ def main(model: str, episodes_path: str, overrides: list[str]) -> None:
             continue
         found = REPAIR.search(ep["reflection"] or "")
         prefix = (ep["reflection"] or "")[:found.start()] if found else (ep["reflection"] or "") + " "
-        for sentence, changed in repair_sentences(attempt, ep["example"]["nums"]):
+        for repair in repairs(attempt, ep["example"]["nums"]):
+            changed = repair.apply(attempt)
             right = is_correct(changed, ep["example"]["nums"], ep["example"]["target"])
-            trials.append((index, right, changed, prefix + sentence))
+            trials.append((index, right, changed, prefix + repair.sentence(attempt)))
     prompts = [render.for_task(task, failures[i]["example"],
                                task.retry_messages(failures[i]["example"], failures[i]["first_attempt"], reflection))
                for i, _, _, reflection in trials]
