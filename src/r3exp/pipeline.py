@@ -26,7 +26,8 @@ from r3exp.rollout.failures import collect_failures, write_failures
 from r3exp.tasks.base import SPLITS, Task
 from r3exp.tasks.hub import write_jsonl
 from r3exp.tracking.provenance import collect_provenance, write_provenance
-from r3exp.tracking.wandb_run import log_dataset_artifact, log_evaluation, log_policy_artifact, log_provenance
+from r3exp.tracking.wandb_run import (backfill_history, log_dataset_artifact, log_evaluation, log_policy_artifact,
+                                     log_provenance)
 
 log = logging.getLogger(__name__)
 CODE_DIR = Path(__file__).resolve().parents[2]  # the checkout (for the git commit; none when installed)
@@ -181,6 +182,15 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(path)
 
 
+def checkpoint_step(path: str) -> int:
+    """The global step a Lightning checkpoint was written at (a file, or a sharded checkpoint's directory),
+    read without loading its tensors."""
+    import torch
+
+    meta = Path(path) / "meta.pt" if Path(path).is_dir() else Path(path)
+    return int(torch.load(meta, map_location="cpu", weights_only=False, mmap=not Path(path).is_dir())["global_step"])
+
+
 TRAINER_KEYS_OF_OURS = {  # Lightning's own versions of these do not apply to the module's manual optimization
     "accumulate_grad_batches": "grpo.rollouts_per_step (rollouts per optimizer step) and grpo.max_tokens_per_micro_batch (memory)",
     "gradient_clip_val": "grpo.max_grad_norm",
@@ -223,7 +233,12 @@ def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: li
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                      default_root_dir=str(output_dir(cfg)))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path and logger:
+        backfilled = backfill_history(logger, output_dir(cfg), checkpoint_step(ckpt_path))
+        if backfilled:
+            log.info("W&B history: steps %s restored from %s", backfilled, "train_metrics.csv")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return module.export_policy(parts.tokenizer, output_dir(cfg) / "policy")
 
 

@@ -42,6 +42,34 @@ def log_evaluation(logger, results: dict[str, dict], samples: dict[str, Sequence
             run.summary[keys.eval_key(label, key)] = r[key]
 
 
+def backfill_history(logger, run_dir: str | Path, resumed_step: int) -> list[int]:
+    """After a crash, W&B's history ends where its service last wrote (a kill -9 loses what was in
+    flight), while ``train_metrics.csv`` is written at every step. Before a resumed run trains, log the
+    steps below ``resumed_step`` that the run's earlier W&B files lack, from the CSV (its metrics, at
+    their ``trainer/global_step``), so that the run's history has no gap. Returns the steps logged."""
+    from r3exp.tracking.metrics_file import COLUMNS, FILENAME, read_metrics
+    from r3exp.tracking.offline_run import OfflineRunError, read_offline_run
+
+    run = wandb_run(logger)
+    metrics_file = Path(run_dir) / FILENAME
+    if run is None or not metrics_file.exists():
+        return []
+    logged: set[int] = set()
+    current = Path(run.dir).parent.resolve()
+    for directory in sorted((Path(run_dir) / "wandb").glob("*run-*")):
+        if directory.resolve() == current or not directory.is_dir():
+            continue
+        try:
+            logged |= {step for step, _ in read_offline_run(directory).metric(keys.REWARD_MEAN)}
+        except OfflineRunError:
+            continue
+    missing = [row for row in read_metrics(metrics_file) if row["step"] < resumed_step and int(row["step"]) not in logged]
+    for row in missing:
+        values = {key: row[column] for column, key in COLUMNS.items() if row.get(column) is not None}
+        run.log({**values, "trainer/global_step": int(row["step"])})
+    return [int(row["step"]) for row in missing]
+
+
 def log_provenance(logger, record: dict) -> None:
     run = wandb_run(logger)
     if run is not None:
