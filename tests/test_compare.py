@@ -49,3 +49,24 @@ def test_collect_runs_names_the_missing_directory(tmp_path):
         collect_runs(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="no results.json"):
         collect_runs(tmp_path)
+
+
+def test_forgetting_differences_become_one_column_per_benchmark(tmp_path):
+    for seed, difference in ((0, 0.02), (1, -0.04)):
+        write_run(tmp_path / str(seed), seed, [f"seed={seed}"], (10, 20), (20, 40))
+        results = json.loads((tmp_path / str(seed) / "results.json").read_text())
+        results["forgetting"] = {"base": {"gsm8k/exact_match": 0.5}, "trained": {"gsm8k/exact_match": 0.5 + difference},
+                                 "difference": {"gsm8k/exact_match": difference}}
+        (tmp_path / str(seed) / "results.json").write_text(json.dumps(results))
+    rows = comparison_rows(collect_runs(tmp_path))
+    assert rows[0].mean("forgetting:gsm8k/exact_match") == pytest.approx(-0.01)
+    table = to_markdown(rows)
+    assert "Δ gsm8k/exact_match (lm-eval)" in table.splitlines()[0]
+    assert f"| -1.0 ± {100 * rows[0].std('forgetting:gsm8k/exact_match'):.1f} |" in table
+    write_csv(rows, tmp_path / "comparison.csv")
+    assert "forgetting:gsm8k/exact_match" in (tmp_path / "comparison.csv").read_text().splitlines()[0]
+
+
+def test_runs_without_the_forgetting_check_add_no_column(tmp_path):
+    write_run(tmp_path / "0", 0, ["seed=0"], (10, 20), (20, 40))
+    assert "lm-eval" not in to_markdown(comparison_rows(collect_runs(tmp_path)))

@@ -17,8 +17,9 @@ TINY = ["task.split_sizes.train=24", "task.split_sizes.validation=8", "task.spli
         "evaluation.limit=8", "failures.attempts=1", "trainer.max_steps=2", "rollout.examples_per_step=2",
         "rollout.group_size=2", "rollout.max_draws=1", "rollout.attempt.max_tokens=16",
         "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=16", "logger=csv",
-        "model=tiny_warm", "model.warm_start.steps=2", "model.warm_start.episodes=32"]  # a token warm start
-STAGES = ("data", "warmstart", "failures", "train", "evaluate_base", "evaluate")
+        "model=tiny_warm", "model.warm_start.steps=2", "model.warm_start.episodes=32",  # a token warm start
+        "forgetting.limit=20"]
+STAGES = ("data", "warmstart", "failures", "train", "evaluate_base", "evaluate", "forgetting")
 
 
 def compose_params(repo: Path, overrides: list[str]) -> dict:
@@ -75,6 +76,8 @@ def test_dvc_repro_runs_every_stage_then_skips_them_all(repo_copy):
     for label in ("base", "trained"):
         results = json.loads((pipeline / "evaluate" / label / "results.json").read_text())
         assert results[label]["total"] == 8 and 0.0 <= results[label]["after_reflection_accuracy"] <= 1.0
+    forgetting = json.loads((pipeline / "forgetting" / "results.json").read_text())["forgetting"]
+    assert set(forgetting) == {"base", "trained", "difference"} and "r3exp_arithmetic/acc" in forgetting["difference"]
     provenance = json.loads((pipeline / "train" / "provenance.json").read_text())
     assert any(path.startswith("pipeline/data/") for path in provenance["data_md5"])
     assert "pipeline/failures/failures.jsonl" in provenance["data_md5"]

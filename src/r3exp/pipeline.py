@@ -19,6 +19,8 @@ from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.evaluation import EvalResult, evaluate, format_table, save_results
 from r3exp.evaluation.accuracy import control_reflections, episodes_result, follow_counts
+from r3exp.evaluation.general_ability import check as check_general_ability
+from r3exp.evaluation.general_ability import differences, forgetting_table, score_model
 from r3exp.models import ModelSpec, load_tokenizer
 from r3exp.records import episode_record
 from r3exp.rollout.episodes import R3Protocol
@@ -26,7 +28,8 @@ from r3exp.rollout.failures import collect_failures, write_failures
 from r3exp.tasks.base import SPLITS, Task
 from r3exp.tasks.hub import write_jsonl
 from r3exp.tracking.provenance import collect_provenance, write_provenance
-from r3exp.tracking.wandb_run import (backfill_history, log_dataset_artifact, log_evaluation, log_policy_artifact,
+from r3exp.tracking.wandb_run import (backfill_history, log_dataset_artifact, log_evaluation, log_forgetting,
+                                     log_policy_artifact,
                                      log_provenance)
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,16 @@ class Components:
 
 
 def build_components(cfg: DictConfig) -> Components:
+    task, model, path = resolve_model(cfg)
+    tokenizer = load_tokenizer(path)  # fails fast, in one line, when the hub is unreachable
+    # each engine samples its own stream (its seed); the first engine's equals a single process's
+    engine = instantiate(cfg.engine)(model_path=path, seed=cfg.seed + distributed.data_rank())
+    return Components(task, model, path, tokenizer, engine)
+
+
+def resolve_model(cfg: DictConfig) -> tuple[Task, ModelSpec, str]:
+    """The task, the model spec and the model's directory (or hub id): the embedded model is built, and
+    warm-started, on first use."""
     from r3exp.embedded import tiny_corpus
 
     task = instantiate(cfg.task)
@@ -70,10 +83,7 @@ def build_components(cfg: DictConfig) -> Components:
         path = resolve_warm_start(cfg, task, model, path)
     if distributed.is_main():
         distributed.barrier()
-    tokenizer = load_tokenizer(path)  # fails fast, in one line, when the hub is unreachable
-    # each engine samples its own stream (its seed); the first engine's equals a single process's
-    engine = instantiate(cfg.engine)(model_path=path, seed=cfg.seed + distributed.data_rank())
-    return Components(task, model, path, tokenizer, engine)
+    return task, model, path
 
 
 def resolve_warm_start(cfg: DictConfig, task: Task, model: ModelSpec, base_path: str) -> str:
@@ -310,6 +320,7 @@ class RunResult:
     data: Path | None = None  # mode=data: the splits' directory
     failures: Path | None = None  # mode=failures: the first-failure dataset
     comparison: dict[str, Any] = field(default_factory=dict)  # mode=compare: rows and the files written
+    forgetting: dict[str, dict[str, float]] = field(default_factory=dict)  # lm-eval scores by label
 
     @property
     def objective(self) -> float | None:
@@ -428,13 +439,52 @@ def train_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
 
 @mode("main", ranked=True)
 def main_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
-    """Evaluate the base model, train, evaluate the trained policy: the paper's table."""
+    """Evaluate the base model, train, evaluate the trained policy: the paper's table (and, with
+    ``forgetting.enabled``, the general ability of both through lm-eval)."""
+    if cfg.forgetting.enabled:
+        if distributed.world_size() > 1:
+            raise ConfigError("forgetting.enabled with several ranks: lm-eval runs in one process; run "
+                              "mode=forgetting forgetting.policy=<run dir>/policy/merged after the job")
+        check_general_ability(instantiate(cfg.forgetting))  # before training, not after
     logger = build_logger(cfg, ctx.provenance) if distributed.is_main() else False
     base, base_samples = run_evaluation(cfg, ctx.parts, keys.BASE)
     policy = train_and_record(cfg, ctx, logger)
     trained, trained_samples = run_evaluation(cfg, ctx.parts, keys.TRAINED)
     produced = RunResult(ctx.run_dir, results={keys.BASE: base, keys.TRAINED: trained}, policy=policy)
+    if cfg.forgetting.enabled and distributed.is_main():
+        ctx.parts.engine.close()  # its memory goes to lm-eval's own model
+        produced.forgetting = run_forgetting(cfg, ctx.run_dir, ctx.parts.model_path, policy["merged"])
     return publish_results(cfg, ctx, produced, {keys.BASE: base_samples, keys.TRAINED: trained_samples}, logger)
+
+
+@mode("forgetting", engine=False)
+def forgetting_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
+    """General ability of the configured model (``base``) and of ``forgetting.policy`` (``trained``)."""
+    _, model, path = resolve_model(cfg)
+    policy = cfg.forgetting.get("policy")
+    if policy and not (Path(policy) / "config.json").exists():
+        raise ConfigError(f"forgetting.policy={policy!r}: no model there (a run's <run dir>/policy/merged)")
+    produced = RunResult(ctx.run_dir, forgetting=run_forgetting(cfg, ctx.run_dir, path, policy))
+    if distributed.is_main():
+        produced.results_path = save_results({}, ctx.run_dir / "results.json", forgetting=forgetting_record(produced))
+        print(f"\ngeneral ability (lm-eval) · {model.name}\n{forgetting_table(produced.forgetting)}")
+    return produced
+
+
+def run_forgetting(cfg: DictConfig, run_dir: Path, base_path: str, policy_path: str | Path | None,
+                   ) -> dict[str, dict[str, float]]:
+    """lm-eval scores of the base model and (when given) the trained policy, identical settings; lm-eval's
+    own output files under ``<run dir>/lm_eval/<label>/``."""
+    spec = instantiate(cfg.forgetting)
+    scores = {keys.BASE: score_model(base_path, keys.BASE, spec, run_dir / "lm_eval", cfg.seed)}
+    if policy_path:
+        scores[keys.TRAINED] = score_model(policy_path, keys.TRAINED, spec, run_dir / "lm_eval", cfg.seed)
+    return scores
+
+
+def forgetting_record(produced: RunResult) -> dict:
+    """``results.json``'s ``forgetting``: the scores by label, and trained minus base."""
+    return {**produced.forgetting, "difference": differences(produced.forgetting)} if produced.forgetting else {}
 
 
 def train_and_record(cfg: DictConfig, ctx: RunContext, logger) -> dict[str, Path]:
@@ -454,13 +504,17 @@ def publish_results(cfg: DictConfig, ctx: RunContext, produced: RunResult, sampl
     holds the results (and returns them)."""
     if not distributed.is_main():
         return produced
-    produced.results_path = save_results(produced.results, ctx.run_dir / "results.json")
+    produced.results_path = save_results(produced.results, ctx.run_dir / "results.json",
+                                         forgetting=forgetting_record(produced))
     split = next(iter(produced.results.values())).split
     print(f"\n{ctx.parts.task.name} · {ctx.parts.model.name} · {split} split\n{format_table(produced.results)}")
+    if produced.forgetting:
+        print(f"\ngeneral ability (lm-eval)\n{forgetting_table(produced.forgetting)}")
     if logger:
         logger.log_metrics({keys.eval_key(name, key): value for name, r in produced.results.items()
                             for key, value in r.to_dict().items() if isinstance(value, (int, float))})
         log_evaluation(logger, {name: r.to_dict() for name, r in produced.results.items()}, samples)
+        log_forgetting(logger, produced.forgetting)
     return produced
 
 

@@ -133,8 +133,13 @@ def _share(count: int | None, total: int | None) -> str:
     return f"{100 * count / total:.1f}% ({count}/{total})"
 
 
-def save_results(results: dict[str, EvalResult], path: str | Path) -> Path:
+def save_results(results: dict[str, EvalResult], path: str | Path, forgetting: dict | None = None) -> Path:
+    """``results.json``: each evaluated model's counts and accuracies under its label, and, when the
+    forgetting check ran, ``forgetting``: lm-eval scores by label and ``difference`` (trained - base)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({name: r.to_dict() for name, r in results.items()}, indent=2))
+    record = {name: r.to_dict() for name, r in results.items()}
+    if forgetting:
+        record["forgetting"] = forgetting
+    path.write_text(json.dumps(record, indent=2))
     return path

@@ -21,6 +21,7 @@ from r3exp.tracking.metrics_file import read_metrics
 from r3exp.tracking.offline_run import read_offline_run
 
 COLUMNS = ("base_first_try", "base_after_reflection", "trained_first_try", "trained_after_reflection")
+FORGETTING = "forgetting:"  # columns of lm-eval differences (trained - base), one per benchmark metric
 IGNORED_OVERRIDES = ("seed", "mode", "ckpt_path", "hydra.", "paths.", "logger", "callbacks")
 
 
@@ -37,6 +38,7 @@ class RunResult:
     total: int
     curves: list[dict] = field(default_factory=list)
     wandb_group: str | None = None
+    forgetting: dict[str, float] = field(default_factory=dict)  # lm-eval "<task>/<metric>" -> trained - base
 
     def setting(self, shared: set[str] = frozenset()) -> str:
         """The overrides that define the row: not task or model (their own columns), not the seed
@@ -71,6 +73,7 @@ def read_run(directory: str | Path) -> RunResult:
         total=total,
         curves=read_metrics(metrics) if metrics.exists() else [],
         wandb_group=read_offline_run(wandb_runs[-1]).group if wandb_runs else None,
+        forgetting=dict((results.get("forgetting") or {}).get("difference") or {}),
     )
 
 
@@ -93,6 +96,11 @@ class ComparisonRow:
     runs: list[RunResult]
 
     def values(self, column: str) -> list[float]:
+        """The column's value in every run that has it: an accuracy (:data:`COLUMNS`) or a forgetting
+        difference (``forgetting:<task>/<metric>``)."""
+        if column.startswith(FORGETTING):
+            key = column.removeprefix(FORGETTING)
+            return [r.forgetting[key] for r in self.runs if key in r.forgetting]
         return [r.accuracy[column] for r in self.runs if column in r.accuracy]
 
     def mean(self, column: str) -> float | None:
@@ -138,15 +146,30 @@ def _signed(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:+.1f}"
 
 
+def forgetting_columns(rows: list[ComparisonRow]) -> list[str]:
+    """One column per lm-eval benchmark metric that some run measured (none: no extra columns)."""
+    return [FORGETTING + key for key in sorted({k for row in rows for r in row.runs for k in r.forgetting})]
+
+
+def _points(value: float | None, spread: float | None = None) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:+.1f}" + (f" ± {100 * spread:.1f}" if spread else "")
+
+
 def to_markdown(rows: list[ComparisonRow]) -> str:
-    """The paper's layout: accuracies in %, mean ± std over seeds; deltas in points."""
+    """The paper's layout: accuracies in %, mean ± std over seeds; deltas in points. Runs with the
+    forgetting check add one column per benchmark: trained minus base, in points, mean ± std."""
+    extra = forgetting_columns(rows)
     header = ("| task | model | setting | seeds | n | base first try | base after reflection | trained first try "
-              "| trained after reflection | Δ reflection (base) | Δ training (first try) | Δ training (after reflection) |")
+              "| trained after reflection | Δ reflection (base) | Δ training (first try) | Δ training (after reflection) |"
+              + "".join(f" Δ {c.removeprefix(FORGETTING)} (lm-eval) |" for c in extra))
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         cells = [row.task, row.model, row.setting or "default", str(len(row.runs)), str(row.runs[0].total)]
         cells += [_pct(row.mean(c), row.std(c)) for c in COLUMNS]
         cells += [_signed(row.delta(*pair)) for pair in DELTAS.values()]
+        cells += [_points(row.mean(c), row.std(c)) for c in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -154,15 +177,16 @@ def to_markdown(rows: list[ComparisonRow]) -> str:
 def write_csv(rows: list[ComparisonRow], path: str | Path) -> Path:
     """One line per row: means, standard deviations and deltas as fractions (not %)."""
     path = Path(path)
-    fields = ["task", "model", "setting", "seeds", "n", *COLUMNS, *(f"{c}_std" for c in COLUMNS), *DELTAS, "runs"]
+    columns = [*COLUMNS, *forgetting_columns(rows)]
+    fields = ["task", "model", "setting", "seeds", "n", *columns, *(f"{c}_std" for c in columns), *DELTAS, "runs"]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for row in rows:
             record = {"task": row.task, "model": row.model, "setting": row.setting, "seeds": len(row.runs),
                       "n": row.runs[0].total, "runs": " ".join(str(r.directory) for r in row.runs)}
-            record.update({c: row.mean(c) for c in COLUMNS})
-            record.update({f"{c}_std": row.std(c) for c in COLUMNS})
+            record.update({c: row.mean(c) for c in columns})
+            record.update({f"{c}_std": row.std(c) for c in columns})
             record.update({name: row.delta(*pair) for name, pair in DELTAS.items()})
             writer.writerow(record)
     return path

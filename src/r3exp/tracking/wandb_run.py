@@ -70,6 +70,28 @@ def backfill_history(logger, run_dir: str | Path, resumed_step: int) -> list[int
     return [int(row["step"]) for row in missing]
 
 
+def log_forgetting(logger, scores: dict[str, dict[str, float]]) -> None:
+    """The lm-eval scores (label -> ``<task>/<metric>`` -> value) as run summary values
+    (``forgetting/<label>/<task>/<metric>``, and ``forgetting/difference/...`` = trained - base) and a
+    table with one row per benchmark metric."""
+    run = wandb_run(logger)
+    if run is None or not scores:
+        return
+    import wandb
+
+    base, trained = scores.get(keys.BASE, {}), scores.get(keys.TRAINED, {})
+    for label, values in scores.items():
+        for key, value in values.items():
+            run.summary[f"forgetting/{label}/{key}"] = value
+    rows = []
+    for key in sorted(set(base) | set(trained)):
+        difference = trained[key] - base[key] if key in base and key in trained else None
+        if difference is not None:
+            run.summary[f"forgetting/difference/{key}"] = difference
+        rows.append([key, base.get(key), trained.get(key), difference])
+    run.log({"forgetting": wandb.Table(columns=["benchmark", keys.BASE, keys.TRAINED, "difference"], data=rows)})
+
+
 def log_provenance(logger, record: dict) -> None:
     run = wandb_run(logger)
     if run is not None:

@@ -146,8 +146,9 @@ class VLLMEngine(GenerationEngine):
     def holds_weights(self) -> bool:
         return not self._weights_discarded
 
-    def close(self) -> None:
-        del self.llm
+    def close(self) -> None:  # idempotent: the main job closes it before lm-eval starts an engine of its own
+        if hasattr(self, "llm"):
+            del self.llm
 
 
 def tied_lm_head(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
