@@ -14,9 +14,9 @@ def result(first: int, fixed: int) -> EvalResult:
 
 
 def test_every_mode_is_registered_with_what_it_needs():
-    assert set(MODES) == {"main", "evaluate", "train", "failures", "data", "warmstart", "compare"}
+    assert set(MODES) == {"main", "evaluate", "train", "failures", "data", "warmstart", "compare", "forgetting"}
     assert {name for name, mode in MODES.items() if mode.ranked} == {"main", "evaluate", "train"}
-    assert {name for name, mode in MODES.items() if not mode.engine} == {"data", "compare"}
+    assert {name for name, mode in MODES.items() if not mode.engine} == {"data", "compare", "forgetting"}
 
 
 def test_the_objective_is_the_trained_models_accuracy_after_reflection(tmp_path):

@@ -29,8 +29,7 @@ from r3exp.tasks.base import SPLITS, Task
 from r3exp.tasks.hub import write_jsonl
 from r3exp.tracking.provenance import collect_provenance, write_provenance
 from r3exp.tracking.wandb_run import (backfill_history, log_dataset_artifact, log_evaluation, log_forgetting,
-                                     log_policy_artifact,
-                                     log_provenance)
+                                     log_policy_artifact, log_provenance)
 
 log = logging.getLogger(__name__)
 CODE_DIR = Path(__file__).resolve().parents[2]  # the checkout (for the git commit; none when installed)
