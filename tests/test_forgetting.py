@@ -10,6 +10,7 @@ from r3exp.evaluation.general_ability import GeneralAbility, scores_of
 from tests.test_cli import SHORT, r3exp
 
 FORGETTING = ["forgetting.enabled=true", "forgetting.limit=40"]
+SETTINGS = ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed", "limit", "batch_size", "model")
 
 
 def lm_eval_results(run_dir, label) -> dict:
@@ -23,8 +24,9 @@ def test_main_job_scores_base_and_trained_with_lm_eval_and_compare_shows_it(tmp_
     sweep = tmp_path / "sweep"
     out = r3exp("-m", *SHORT, *FORGETTING, "seed=0,1", f"hydra.sweep.dir={sweep}", timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
-    for job in ("0", "1"):
-        run_dir = sweep / job
+    jobs = sorted(path.parent for path in sweep.glob("*/results.json"))
+    assert len(jobs) == 2
+    for run_dir in jobs:
         results = json.loads((run_dir / "results.json").read_text())
         forgetting = results["forgetting"]
         for label in ("base", "trained"):
@@ -32,8 +34,13 @@ def test_main_job_scores_base_and_trained_with_lm_eval_and_compare_shows_it(tmp_
             assert own["results"]["r3exp_arithmetic"]["sample_len"] == 40  # forgetting.limit reached lm-eval
             assert forgetting[label] == scores_of(own) and set(forgetting[label]) == {"r3exp_arithmetic/acc"}
             assert 0.0 <= forgetting[label]["r3exp_arithmetic/acc"] <= 1.0
-            # identical settings for both models: the same task config and the same seed
-            assert own["configs"] == lm_eval_results(run_dir, "base")["configs"]
+            # identical settings for both models: the same task config (but for the model named in its
+            # metadata), the same seeds and few-shot
+            base_own = lm_eval_results(run_dir, "base")
+            assert {k: v for k, v in own["configs"]["r3exp_arithmetic"].items() if k != "metadata"} == \
+                {k: v for k, v in base_own["configs"]["r3exp_arithmetic"].items() if k != "metadata"}
+            assert [own["config"].get(k) for k in SETTINGS] == \
+                [base_own["config"].get(k) for k in SETTINGS]
         assert forgetting["difference"]["r3exp_arithmetic/acc"] == pytest.approx(
             forgetting["trained"]["r3exp_arithmetic/acc"] - forgetting["base"]["r3exp_arithmetic/acc"])
     assert out.stdout.count("general ability (lm-eval)") == 2

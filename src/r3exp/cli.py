@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from r3exp.errors import R3Error
@@ -26,7 +27,12 @@ def app(cfg: DictConfig) -> float | None:
     from r3exp.distributed import finish_ranks
 
     try:
-        produced = run(cfg)
+        try:
+            produced = run(cfg)
+        except InstantiationException as err:  # a config class refused its settings: its own error, one line
+            if isinstance(err.__cause__, R3Error):
+                raise err.__cause__ from None
+            raise
     except R3Error as err:
         print(f"error: {err}", file=sys.stderr)
         finish_ranks(failed=True)
