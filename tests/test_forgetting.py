@@ -85,8 +85,8 @@ def test_a_benchmark_that_cannot_run_here_fails_in_one_line_before_training(over
 
 
 def test_scores_keep_every_metric_and_filter_but_not_standard_errors():
-    results = {"results": {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.5, "exact_match_stderr,strict-match": 0.1,
-                                     "exact_match,flexible-extract": 0.6},
+    results = {"results": {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.5,
+                                     "exact_match_stderr,strict-match": 0.1, "exact_match,flexible-extract": 0.6},
                            "hellaswag": {"acc,none": 0.4, "acc_norm,none": 0.45, "acc_stderr,none": 0.01}}}
     assert scores_of(results) == {"gsm8k/exact_match,strict-match": 0.5, "gsm8k/exact_match,flexible-extract": 0.6,
                                   "hellaswag/acc": 0.4, "hellaswag/acc_norm": 0.45}

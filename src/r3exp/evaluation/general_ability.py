@@ -100,7 +100,8 @@ def check_tasks(spec: GeneralAbility, manager) -> None:
             get_task_dict([name], manager)
         except Exception as err:  # noqa: BLE001 - datasets raises many kinds for an unreachable hub
             text = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-            offline = any(word in text.lower() for word in ("offline", "connection", "hub", "resolve", "couldn't reach"))
+            offline = any(word in text.lower()
+                          for word in ("offline", "connection", "hub", "resolve", "couldn't reach"))
             hint = ("its dataset comes from the Hugging Face hub, which this machine cannot reach: run it where the "
                     "hub is reachable, or pick offline tasks (r3exp_arithmetic)" if offline else text)
             raise ConfigError(f"forgetting.tasks: {name!r}: {hint}") from None

@@ -79,7 +79,8 @@ def gathered_hf_weights(root: torch.nn.Module, adapter: bool = False) -> Iterato
     """The policy's whole weights, under the base model's Hugging Face names, one unit gathered at a time
     (a collective: every rank iterates to the end). LoRA layers yield their merged weight and the adapter's
     own tensors are skipped; with ``adapter=True`` only the adapter's tensors are yielded, under the peft
-    model's own state-dict names (what ``PeftModel.save_pretrained(state_dict=...)`` takes). Each tensor is a copy: the unit is freed when the iteration moves on."""
+    model's own state-dict names (what ``PeftModel.save_pretrained(state_dict=...)`` takes). Each tensor
+    is a copy: the unit is freed when the iteration moves on."""
     units = _units(root)
     policy = root.policy
     peft = is_peft(policy)

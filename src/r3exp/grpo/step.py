@@ -16,7 +16,7 @@ from r3exp.grpo import functions as F
 from r3exp.grpo.logprobs import ReflectionLogprobs, masked_token_logprobs
 from r3exp.grpo.micro_batches import select_rows, token_budget_micro_batches
 from r3exp.models.export import is_peft
-from r3exp.rollout.batching import concat_batches
+from r3exp.rollout.batching import RolloutBatch, concat_batches
 
 
 @dataclass
@@ -39,7 +39,7 @@ class StepRows:
     of the whole step (every row, including those left out) and the advantages of every row in rollout
     order (for sample tables)."""
 
-    batch: dict
+    batch: RolloutBatch
     size: F.StepSize
     advantages: torch.Tensor
 
@@ -48,7 +48,7 @@ class StepRows:
         return bool(self.batch["advantages"].ne(0).any())
 
 
-def step_rows(rollouts: Sequence[dict], scale_rewards: str, beta: float,
+def step_rows(rollouts: Sequence[RolloutBatch], scale_rewards: str, beta: float,
               reward_moments: Callable[[list[float]], list[float]] = lambda moments: moments) -> StepRows:
     """Merge the step's rollouts, compute group advantages over all of them, and keep the rows that move
     the loss: with ``beta`` = 0 a row whose advantage is 0 adds exactly 0 to the loss and its gradient
@@ -89,7 +89,7 @@ def share_of_engine(rows: StepRows, engine_rank: int, engine_ranks: int) -> Step
     return StepRows(select_rows(rows.batch, mine), rows.size, rows.advantages)
 
 
-def micro_batch_count(batch: dict, settings: LossSettings) -> int:
+def micro_batch_count(batch: RolloutBatch, settings: LossSettings) -> int:
     """How many micro-batches the rows of ``batch`` take under the token budget."""
     lengths = batch["attention_mask"].sum(-1).tolist()
     return len(token_budget_micro_batches(lengths, settings.max_tokens_per_micro_batch))
@@ -135,8 +135,8 @@ def accumulate_gradients(policy, rows: StepRows, settings: LossSettings, device:
     return metrics
 
 
-def reference_logprobs(policy, reference, batch: dict, settings: LossSettings, device: torch.device | str = "cpu",
-                       pad_to: int | None = None) -> torch.Tensor:
+def reference_logprobs(policy, reference, batch: RolloutBatch, settings: LossSettings,
+                       device: torch.device | str = "cpu", pad_to: int | None = None) -> torch.Tensor:
     """(N, T) log-prob of each reflection token under the reference at the token's own position (as
     ``behaviour_logprobs``), 0 elsewhere; micro-batched under the same token budget as the step. The
     reference is ``reference`` (a frozen copy of the initial policy), or for a LoRA policy with
@@ -152,7 +152,8 @@ def reference_logprobs(policy, reference, batch: dict, settings: LossSettings, d
 
 
 @torch.no_grad()
-def _logprobs_without_grad(model, batch: dict, settings: LossSettings, device, pad_to: int | None) -> torch.Tensor:
+def _logprobs_without_grad(model, batch: RolloutBatch, settings: LossSettings, device,
+                           pad_to: int | None) -> torch.Tensor:
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
     lengths = batch["attention_mask"].sum(-1).tolist()
     splits = token_budget_micro_batches(lengths, settings.max_tokens_per_micro_batch)

@@ -1,11 +1,30 @@
 """Episodes to training tensors. The reflection mask is built here, in exactly one function."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, TypedDict
 
 import torch
 
 from r3exp.rollout.episodes import Episode
+
+
+class RolloutBatch(TypedDict, total=False):
+    """One rollout's rows: the tensors :func:`build_batch` makes from the episodes, what
+    :func:`rollout_batch` attaches for the trainer and the callbacks, and what the trainer adds.
+    (N, T) tensors are right-padded rows of context ‖ reflection; (N,) tensors hold one value per row."""
+
+    input_ids: torch.Tensor  # (N, T)
+    attention_mask: torch.Tensor  # (N, T)
+    reflection_mask: torch.Tensor  # (N, T) bool: exactly the reflection tokens (reflection_mask())
+    behaviour_logprobs: torch.Tensor  # (N, T): the engine's log-prob of each reflection token, 0 elsewhere
+    rewards: torch.Tensor  # (N,)
+    group_ids: torch.Tensor  # (N,): one group per failed example
+    policy_version: torch.Tensor  # (N,): the weights that sampled the row
+    stats: dict[str, float]  # rollout metrics (r3exp.keys)
+    has_signal: bool  # some group's rewards differ
+    episodes: list[Episode]  # the episodes the rows come from, in batch_rows() order
+    advantages: torch.Tensor  # (N,), added by the trainer
+    ref_logprobs: torch.Tensor  # (N, T), added by the trainer when beta > 0
 
 
 def reflection_mask(context_lengths: torch.Tensor, reflection_lengths: torch.Tensor, total: int) -> torch.Tensor:
@@ -27,7 +46,7 @@ def batch_rows(episodes: Sequence[Episode]) -> list[tuple[Episode, int, int]]:
     return [(ep, group, j) for group, ep in enumerate(failed) for j in range(len(ep.reflections))]
 
 
-def build_batch(episodes: Sequence[Episode], pad_id: int) -> dict[str, torch.Tensor]:
+def build_batch(episodes: Sequence[Episode], pad_id: int) -> RolloutBatch:
     """One row per reflection of every failed episode.
 
     Returns tensors: ``input_ids`` (B, T) context ‖ reflection, right-padded with ``pad_id``;
@@ -62,7 +81,16 @@ def build_batch(episodes: Sequence[Episode], pad_id: int) -> dict[str, torch.Ten
     }
 
 
-def empty_batch() -> dict[str, torch.Tensor]:
+def rollout_batch(episodes: Sequence[Episode], pad_id: int, stats: dict[str, float], has_signal: bool,
+                  ) -> RolloutBatch:
+    """What the datamodule hands the trainer for one rollout: the rows' tensors, the rollout metrics,
+    whether it carries a signal, and the episodes (for sample tables)."""
+    batch = build_batch(episodes, pad_id)
+    batch.update(stats=stats, has_signal=has_signal, episodes=list(episodes))
+    return batch
+
+
+def empty_batch() -> RolloutBatch:
     return {
         "input_ids": torch.zeros((0, 0), dtype=torch.long),
         "attention_mask": torch.zeros((0, 0), dtype=torch.long),
@@ -74,7 +102,7 @@ def empty_batch() -> dict[str, torch.Tensor]:
     }
 
 
-def concat_batches(batches: Sequence[dict]) -> dict[str, torch.Tensor]:
+def concat_batches(batches: Sequence[RolloutBatch]) -> RolloutBatch:
     """The rows of several batches (the rollouts of one optimizer step) as one batch: (N, T) tensors
     right-padded with 0 to the longest row (padding is never attended to nor trained on), group ids offset
     so that the groups of different batches stay apart."""

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from r3exp import distributed, keys
 from r3exp.errors import ConfigError
-from r3exp.rollout.batching import build_batch
+from r3exp.rollout.batching import rollout_batch
 from r3exp.rollout.engines.base import GenerationEngine, SamplingConfig
 from r3exp.rollout.episodes import Episode, R3Protocol, RewardFn, retry_succeeds
 from r3exp.tasks.base import Task
@@ -148,13 +148,10 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
             if has_signal(episodes):
                 break
         self.last_episodes = episodes
-        batch = build_batch(episodes, self.pad_id)
-        batch["stats"] = rollout_stats(episodes, self.protocol.timing.seconds, self.protocol.timing.generated_tokens)
-        batch["stats"]["rollout/draws"] = len(episodes) / self.examples_per_step
-        batch["stats"][keys.WALL_SECONDS] = time.perf_counter() - start
-        batch["has_signal"] = has_signal(episodes)
-        batch["episodes"] = episodes  # for sample tables; rows follow batching.batch_rows(episodes)
-        return batch
+        stats = rollout_stats(episodes, self.protocol.timing.seconds, self.protocol.timing.generated_tokens)
+        stats["rollout/draws"] = len(episodes) / self.examples_per_step
+        stats[keys.WALL_SECONDS] = time.perf_counter() - start
+        return rollout_batch(episodes, self.pad_id, stats, has_signal(episodes))
 
     def train_dataloader(self) -> DataLoader:
         # batch_size=None: the stream yields whole batches; num_workers=0: generation must run in the

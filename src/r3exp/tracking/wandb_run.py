@@ -63,7 +63,8 @@ def backfill_history(logger, run_dir: str | Path, resumed_step: int) -> list[int
             logged |= {step for step, _ in read_offline_run(directory).metric(keys.REWARD_MEAN)}
         except OfflineRunError:
             continue
-    missing = [row for row in read_metrics(metrics_file) if row["step"] < resumed_step and int(row["step"]) not in logged]
+    missing = [row for row in read_metrics(metrics_file)
+               if row["step"] < resumed_step and int(row["step"]) not in logged]
     for row in missing:
         values = {key: row[column] for column, key in COLUMNS.items() if row.get(column) is not None}
         run.log({**values, "trainer/global_step": int(row["step"])})
