@@ -84,6 +84,15 @@ def sgd_step(model, rows, loss_settings, sum_over_ranks) -> float:
     return metrics["loss"]
 
 
+def free_port() -> int:
+    """A TCP port free on this machine, for a gloo process group's rendezvous."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _rank_step(rank: int, case: str, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -101,11 +110,7 @@ def _rank_step(rank: int, case: str, port: int, out_dir: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_one_ddp_step_on_two_ranks_equals_one_step_on_the_union_of_their_rows(case, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.start_processes(_rank_step, args=(case, port, str(tmp_path)), nprocs=2, start_method="spawn")
     model = causal_lm(tied=True, lora=False)
     union = with_reference(model, rows_of([rank_rollout(0, case), rank_rollout(1, case)], case), case)
@@ -146,11 +151,7 @@ def _engine_group_step(rank: int, case: str, port: int, out_dir: str) -> None:
 
 @pytest.mark.parametrize("case", ["dapo", "dapo-batch-scaling-kl"])
 def test_two_ranks_sharing_one_engine_split_its_rows_and_step_as_one_process(case, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.start_processes(_engine_group_step, args=(case, port, str(tmp_path)), nprocs=2, start_method="spawn")
     model = causal_lm(tied=True, lora=False)
     single = with_reference(model, rows_of([rank_rollout(0, case)], case), case)

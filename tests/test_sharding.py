@@ -4,7 +4,6 @@ export) equal the unsharded model's."""
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import torch.multiprocessing as mp
 from r3exp.grpo import functions as F
 from r3exp.grpo.step import accumulate_gradients, micro_batch_count, reference_logprobs
 from r3exp.models.export import hf_state_dict, merged_lora
-from tests.test_distributed import SGD_LR, rank_rollout, rows_of, settings
+from tests.test_distributed import SGD_LR, free_port, rank_rollout, rows_of, settings
 from tests.test_micro_batches import causal_lm
 
 CASES = {  # test_distributed's loss case, LoRA, tied embeddings, clip the gradient norm
@@ -77,12 +76,6 @@ def _rank_step(rank: int, case: str, port: int, out_dir: str) -> None:
     torch.save({"loss": loss, "weights": weights, "adapter": adapter, "micro_batches": pad_to},
                f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
