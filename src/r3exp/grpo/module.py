@@ -91,7 +91,10 @@ class R3GRPOModule(L.LightningModule):
         self.reference = None
         if loss.beta != 0.0 and not is_peft(policy):
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        self.sharded_compute_dtype = getattr(torch, sharded_compute_dtype) if sharded_compute_dtype else None
+        self.sharded_compute_dtype = getattr(torch, sharded_compute_dtype, None) if sharded_compute_dtype else None
+        if sharded_compute_dtype and not isinstance(self.sharded_compute_dtype, torch.dtype):
+            raise ConfigError(f"grpo.sharded_compute_dtype={sharded_compute_dtype!r}: not a torch dtype "
+                              "(e.g. bfloat16, float16, float32)")
         self.sharded = ShardedModels()  # FSDP (trainer=fsdp): the roots configure_model builds
         self.rollouts: list[dict] = []  # the rollout batches of the current optimizer step(s)
         self.rows: StepRows | None = None  # their rows, merged, with advantages
