@@ -41,17 +41,23 @@ def sgd_step(model, parameters, rows, case, pad_to=None) -> float:
     return metrics["loss"]
 
 
-def with_reference(policy, root, reference_root, rows, case, pad_to=None):
+def reference_of(policy, case):
+    """A frozen copy of the initial policy where the case has a KL term and no adapter to switch off."""
+    import copy
+
+    _, lora, _, _ = CASES[case]
+    return copy.deepcopy(policy).eval().requires_grad_(False) if settings(CASES[case][0]).beta and not lora else None
+
+
+def with_reference(model, reference, rows, case, pad_to=None):
     loss_case = CASES[case][0]
     if settings(loss_case).beta:
-        rows.batch["ref_logprobs"] = reference_logprobs(root, reference_root, rows.batch, settings(loss_case),
+        rows.batch["ref_logprobs"] = reference_logprobs(model, reference, rows.batch, settings(loss_case),
                                                         pad_to=pad_to)
     return rows
 
 
 def _rank_step(rank: int, case: str, port: int, out_dir: str) -> None:
-    import copy
-
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -61,13 +67,13 @@ def _rank_step(rank: int, case: str, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     mesh = init_device_mesh("cpu", (2,))
     policy = model_of(case)
-    reference = None if CASES[case][1] else copy.deepcopy(policy).eval().requires_grad_(False)
+    reference = reference_of(policy, case)
     root = shard_policy(policy, mesh)
     reference_root = shard_policy(reference, mesh) if reference is not None else None
     loss_case = CASES[case][0]
     rows = rows_of([rank_rollout(rank, loss_case)], loss_case, distributed.all_reduce_sum)
     pad_to = max(distributed.gather_objects(micro_batch_count(rows.batch, settings(loss_case))))
-    rows = with_reference(policy, root, reference_root, rows, case, pad_to)
+    rows = with_reference(root, reference_root, rows, case, pad_to)
     total_rows, total_tokens = distributed.all_reduce_sum([rows.size.rows, rows.size.tokens])
     rows.size = F.StepSize(int(total_rows), int(total_tokens))
     loss = sgd_step(root, root.parameters(), rows, case, pad_to)
@@ -80,14 +86,11 @@ def _rank_step(rank: int, case: str, port: int, out_dir: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_one_sharded_step_on_two_ranks_equals_one_step_on_the_union_of_their_rows(case, tmp_path):
-    import copy
-
     mp.start_processes(_rank_step, args=(case, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     policy = model_of(case)
-    reference = None if CASES[case][1] else copy.deepcopy(policy).eval().requires_grad_(False)
     loss_case = CASES[case][0]
     union = rows_of([rank_rollout(0, loss_case), rank_rollout(1, loss_case)], loss_case)
-    union = with_reference(policy, policy, reference, union, case)
+    union = with_reference(policy, reference_of(policy, case), union, case)
     loss = sgd_step(policy, policy.parameters(), union, case)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert ranks[0]["loss"] + ranks[1]["loss"] == pytest.approx(loss, abs=1e-5)  # the shares sum to the loss
