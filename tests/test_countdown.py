@@ -147,3 +147,14 @@ def test_reflection_followed_reads_the_proposed_change(countdown):
     assert follows(example, attempt, reflection, "no answer") is False
     assert follows(example, attempt, "I should try harder.", "<answer>3 - 4 * 2</answer>") is None  # no proposal
     assert follows(example, "no answer at all", reflection, "<answer>3 - 4 * 2</answer>") is None
+
+
+def test_a_reflection_that_states_an_equation_proposes_that_equation(countdown):
+    example = {"nums": [3, 4, 2], "target": 11}
+    attempt = "<answer>3 + 4 * 2</answer>"
+    # the stated equation wins over the named change (the warm start's reflection_ends_with_answer form)
+    reflection = "My equation gives 11? No. I should use - instead of +. <answer> 3 * 4 - 2 </answer>"
+    follows = countdown.reflection_followed
+    assert follows(example, attempt, reflection, "<answer> 3 * 4 - 2 </answer>") is True
+    assert follows(example, attempt, reflection, "<answer>3 - 4 * 2</answer>") is False  # the named change only
+    assert follows(example, attempt, "<answer> 3 + 4 * 2 </answer>", attempt) is False  # proposes the attempt

@@ -16,7 +16,8 @@ from tests.test_cli import SHORT, r3exp
 def multirun(tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("multirun")
     out = r3exp("-m", *SHORT, "callbacks.reflection_samples.every_n_steps=1",
-                "rollout.group_size=2,3", f"hydra.sweep.dir={sweep_dir}", timeout=1200)
+                "rollout.protocol=r3,grpo", f"hydra.sweep.dir={sweep_dir}",
+                "+hydra.callbacks.compare._target_=r3exp.results.sweep_callback.CompareSweep", timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     return sweep_dir
 
@@ -29,14 +30,14 @@ def test_each_job_has_its_own_run_directory_and_wandb_run_in_one_group(multirun)
     runs = [read_offline_run(next((job / "wandb").glob("offline-run-*"))) for job in jobs]
     assert len({run.run_id for run in runs}) == 2
     assert len({run.group for run in runs}) == 1
-    assert [run.config["rollout"]["group_size"] for run in runs] == [2, 3]
+    assert [run.config["rollout"]["protocol"] for run in runs] == ["r3", "grpo"]
 
 
 def test_compare_reproduces_each_runs_results_and_draws_the_plots(multirun, tmp_path):
     out = r3exp("mode=compare", f"compare.runs={multirun}", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "comparison.csv").open()))
-    assert [row["setting"] for row in rows] == ["rollout.group_size=2", "rollout.group_size=3"]
+    assert [row["setting"] for row in rows] == ["rollout.protocol=r3", "rollout.protocol=grpo"]
     for row in rows:
         (run_dir,) = row["runs"].split()
         results = json.loads((multirun / os.path.basename(run_dir) / "results.json").read_text())
@@ -47,12 +48,28 @@ def test_compare_reproduces_each_runs_results_and_draws_the_plots(multirun, tmp_
             results["trained"]["after_reflection_accuracy"] - results["base"]["after_reflection_accuracy"])
         assert row["seeds"] == "1" and row["n"] == "16"
     table = (tmp_path / "comparison.md").read_text()
-    assert table.startswith("| task | model | setting |") and "rollout.group_size=3" in table
+    assert table.startswith("| task | model | setting |") and "rollout.protocol=grpo" in table
+    # the same examples, paired: each trained model vs its base, and R3 vs the GRPO baseline
+    paired = json.loads((tmp_path / "paired.json").read_text())
+    assert {(c["a"], c["b"]) for c in paired} == {
+        ("rollout.protocol=r3 trained", "rollout.protocol=r3 base"),
+        ("rollout.protocol=grpo trained", "rollout.protocol=grpo base"),
+        ("rollout.protocol=r3 trained", "rollout.protocol=grpo trained")}
+    assert all(c["examples"] == 16 and 0 <= c["mcnemar_p"] <= 1 for c in paired)
     for png in ("accuracy.png", "training.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.dumps(json.loads((tmp_path / "report.json").read_text()))
     assert "rollout/reward_mean" in report and '"name": "group"' in report
     assert '"value": "countdown_easy-tiny_warm"' in report
+
+
+def test_the_sweep_callback_writes_the_comparison_into_the_sweep_directory(multirun, tmp_path):
+    """hydra.callbacks.compare (experiment=r3_demo sets it): the comparison of the finished multirun, in
+    its directory, the same as mode=compare over it."""
+    out = r3exp("mode=compare", f"compare.runs={multirun}", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (multirun / "comparison.md").read_text() == (tmp_path / "comparison.md").read_text()
+    assert (multirun / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_compare_without_runs_explains_what_it_needs(tmp_path):

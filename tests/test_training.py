@@ -220,3 +220,22 @@ def test_grpo_baseline_reward_rises_on_a_learnable_toy(tmp_path, tiny_path, toke
     assert all(r["rollout/groups"] == 4 for r in recorder.rows)  # every example is a group: no failure filter
     first, last = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
     assert last > first + 0.25, rewards
+
+
+def test_training_stops_when_the_sampled_token_budget_is_spent(tmp_path, tiny_path, tokenizer, fresh_vllm):
+    """callbacks.sampled_token_budget: the count is the tokens the engine sampled (attempts, reflections,
+    retries of every draw), and training stops after the step that reaches the budget."""
+    cfg = training_config(tmp_path, "trainer.max_steps=50", "callbacks.sampled_token_budget.max_sampled_tokens=500",
+                          "rollout.on_no_signal=resample")
+    sampled = []
+
+    class Count(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            episodes = [ep for rollout in module.last_step.rollouts for ep in rollout["episodes"]]
+            completions = [c for ep in episodes for c in [ep.attempt, *ep.reflections, *ep.retries]]
+            assert module.last_step.rollout_stats["rollout/sampled_tokens"] == sum(len(c.token_ids) for c in completions)
+            sampled.append(module.last_step.rollout_stats["rollout/sampled_tokens"])
+
+    train(cfg, tiny_path, tokenizer, fresh_vllm, Count())
+    assert sum(sampled[:-1]) < 500 <= sum(sampled), sampled
+    assert len(sampled) < 50

@@ -26,6 +26,11 @@ GROUPS = "rollout/groups"
 SECONDS = "rollout/seconds"
 WALL_SECONDS = "rollout/wall_seconds"
 GENERATED_TOKENS_PER_SECOND = "rollout/generated_tokens_per_second"
+# tokens the engine sampled for the step (attempts, reflections, retries; all ranks): the budget that
+# makes R3 and the plain-GRPO baseline comparable (callbacks.sampled_token_budget)
+SAMPLED_TOKENS = "rollout/sampled_tokens"
+# of the sampled reflections whose proposal the task can read, the share whose retry did what it proposed
+FOLLOW_RATE = "rollout/follow_rate"
 
 # training metrics
 LOSS = "train/loss"

@@ -261,8 +261,8 @@ def instantiate_callback(cfg: DictConfig, run_dir: Path):
 def run_compare(cfg: DictConfig) -> dict[str, Any]:
     """The paper's table over runs (a directory of runs, or a W&B group online), as Markdown, CSV, PNGs
     and a W&B report definition; ``compare.publish`` also publishes the report."""
-    from r3exp.results.compare import collect_runs, comparison_rows, to_markdown, write_csv
-    from r3exp.results.plots import plot_accuracy, plot_training
+    from r3exp.results.compare import collect_runs
+    from r3exp.results.outputs import write_comparison
     from r3exp.results.report import ReportUnavailable, build_report, publish_report, write_report
 
     spec = cfg.compare
@@ -277,13 +277,9 @@ def run_compare(cfg: DictConfig) -> dict[str, Any]:
         runs = runs_from_wandb(spec.entity, spec.project, spec.wandb_group)
     else:
         raise ConfigError("mode=compare needs compare.runs=<multirun dir> or compare.wandb_group=<group>")
-    rows = comparison_rows(runs)
     out = output_dir(cfg)
-    table = to_markdown(rows)
-    (out / "comparison.md").write_text(table + "\n")
-    produced = {"rows": rows, "table": out / "comparison.md", "csv": write_csv(rows, out / "comparison.csv"),
-                "accuracy_png": plot_accuracy(rows, out / "accuracy.png"),
-                "training_png": plot_training(rows, out / "training.png")}
+    produced = write_comparison(runs, out)
+    table, rows = produced["text"], produced["rows"]
     groups = [spec.wandb_group] if spec.wandb_group else sorted({r.wandb_group for r in runs if r.wandb_group})
     report = build_report(f"R3: {', '.join(sorted({r.task for r in runs}))}", table, spec.entity, spec.project, groups)
     produced["report"] = write_report(report, out / "report.json")

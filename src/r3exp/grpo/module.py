@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -314,18 +315,27 @@ def merge_rank_metrics(per_rank: list[tuple[dict[str, float], float]]) -> dict[s
 
 
 def merge_rank_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:
-    """The rollout metrics of a step over ranks: groups add up, times are the slowest rank's (the ranks
-    generate side by side), rates average over ranks."""
+    """The rollout metrics of a step over ranks: groups and sampled tokens add up, times are the slowest
+    rank's (the ranks generate side by side), rates average over ranks."""
     if len(stats) == 1:
         return dict(stats[0])
     slowest = {keys.SECONDS, keys.WALL_SECONDS}
+    additive = {keys.GROUPS, keys.SAMPLED_TOKENS}
     return {key: max(s[key] for s in stats) if key in slowest
-            else sum(s[key] for s in stats) / (1 if key == keys.GROUPS else len(stats)) for key in stats[0]}
+            else sum(s[key] for s in stats) if key in additive else _mean_of_defined([s[key] for s in stats])
+            for key in stats[0]}
 
 
 def merge_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     """The rollout metrics of a step drawn as several rollouts: counts and times add up, rates average."""
     if len(stats) == 1:
         return dict(stats[0])
-    additive = {keys.GROUPS, keys.SECONDS, keys.WALL_SECONDS}
-    return {key: sum(s[key] for s in stats) / (1 if key in additive else len(stats)) for key in stats[0]}
+    additive = {keys.GROUPS, keys.SECONDS, keys.WALL_SECONDS, keys.SAMPLED_TOKENS}
+    return {key: sum(s[key] for s in stats) if key in additive else _mean_of_defined([s[key] for s in stats])
+            for key in stats[0]}
+
+
+def _mean_of_defined(values: list[float]) -> float:
+    """The mean of the values that are not NaN (a rate some rollout could not measure), NaN if none is."""
+    defined = [v for v in values if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else math.nan

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from r3exp import keys
+from r3exp.results.paired import PairedTest, pair, paired_test, solved_after_reflection
 from r3exp.tracking.metrics_file import FILENAME as METRICS_FILENAME
 from r3exp.tracking.metrics_file import read_metrics
 from r3exp.tracking.offline_run import read_offline_run
@@ -39,6 +40,7 @@ class RunResult:
     curves: list[dict] = field(default_factory=list)
     wandb_group: str | None = None
     forgetting: dict[str, float] = field(default_factory=dict)  # lm-eval "<task>/<metric>" -> trained - base
+    episodes: dict[str, Path] = field(default_factory=dict)  # label -> eval_<label>_episodes.jsonl
 
     def setting(self, shared: set[str] = frozenset()) -> str:
         """The overrides that define the row: not task or model (their own columns), not the seed
@@ -74,6 +76,8 @@ def read_run(directory: str | Path) -> RunResult:
         curves=read_metrics(metrics) if metrics.exists() else [],
         wandb_group=read_offline_run(wandb_runs[-1]).group if wandb_runs else None,
         forgetting=dict((results.get("forgetting") or {}).get("difference") or {}),
+        episodes={label: directory / f"eval_{label}_episodes.jsonl" for label in keys.COMPARED
+                  if (directory / f"eval_{label}_episodes.jsonl").exists()},
     )
 
 
@@ -190,3 +194,75 @@ def write_csv(rows: list[ComparisonRow], path: str | Path) -> Path:
             record.update({name: row.delta(*pair) for name, pair in DELTAS.items()})
             writer.writerow(record)
     return path
+
+
+GRPO_PROTOCOL = "rollout.protocol=grpo"
+MEASURES = {"after reflection": False, "first try": True}  # measure: first_try_only
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """``a`` vs ``b`` on the same test examples, paired per seed (``a`` and ``b`` are "<row> <label>")."""
+
+    a: str
+    b: str
+    measure: str
+    test: PairedTest
+
+
+def _paired(a_runs: list[RunResult], a_label: str, b_runs: list[RunResult], b_label: str, measure: str):
+    """The paired test of ``a_label`` in ``a_runs`` vs ``b_label`` in ``b_runs``, matched by seed; None when
+    no seed has both evaluations' episodes."""
+    b_by_seed = {run.seed: run for run in b_runs}
+    pairs = []
+    for run in sorted(a_runs, key=lambda r: r.seed):
+        other = b_by_seed.get(run.seed)
+        if other is None or a_label not in run.episodes or b_label not in other.episodes:
+            continue
+        first_only = MEASURES[measure]
+        pairs.append(pair(solved_after_reflection(run.episodes[a_label], first_only),
+                          solved_after_reflection(other.episodes[b_label], first_only),
+                          where=f" ({run.directory} {a_label} vs {other.directory} {b_label})"))
+    return paired_test(pairs) if pairs else None
+
+
+def paired_comparisons(rows: list[ComparisonRow]) -> list[PairedComparison]:
+    """Per row: trained vs base. And for every row trained with ``rollout.protocol=grpo`` whose other
+    settings match a row's: that row's trained model (R3) vs the GRPO-trained one, seed by seed."""
+    found = []
+    names = {id(row): row.setting or "default" for row in rows}
+    for row in rows:
+        for measure in MEASURES:
+            test = _paired(row.runs, keys.TRAINED, row.runs, keys.BASE, measure)
+            if test:
+                found.append(PairedComparison(f"{names[id(row)]} trained", f"{names[id(row)]} base", measure, test))
+    for grpo in rows:
+        if GRPO_PROTOCOL not in grpo.setting.split():
+            continue
+        rest = " ".join(o for o in grpo.setting.split() if o != GRPO_PROTOCOL)
+        for r3 in rows:
+            if (r3.task, r3.model) == (grpo.task, grpo.model) and " ".join(
+                    o for o in r3.setting.split() if not o.startswith("rollout.protocol=")) == rest and r3 is not grpo:
+                for measure in MEASURES:
+                    test = _paired(r3.runs, keys.TRAINED, grpo.runs, keys.TRAINED, measure)
+                    if test:
+                        found.append(PairedComparison(f"{names[id(r3)]} trained", f"{names[id(grpo)]} trained",
+                                                      measure, test))
+    return found
+
+
+def _p(value: float) -> str:
+    return f"{value:.2g}" if value >= 1e-4 else "< 1e-4"
+
+
+def paired_markdown(comparisons: list[PairedComparison]) -> str:
+    """The paired tests: per-seed gains (points), mean ± std, the discordant pairs, pooled p-values."""
+    header = ("| a | b | measure | gain per seed (points) | mean ± std | a only / b only | examples "
+              "| McNemar p | bootstrap p |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for c in comparisons:
+        t = c.test
+        lines.append(f"| {c.a} | {c.b} | {c.measure} | {', '.join(f'{100 * g:+.1f}' for g in t.gains)} "
+                     f"| {_points(t.mean_gain, t.std_gain)} | {t.a_only} / {t.b_only} | {t.examples} "
+                     f"| {_p(t.mcnemar_p)} | {_p(t.bootstrap_p)} |")
+    return "\n".join(lines)

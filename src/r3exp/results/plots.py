@@ -47,26 +47,55 @@ def plot_accuracy(rows: list[ComparisonRow], path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_training(rows: list[ComparisonRow], path: str | Path) -> Path | None:
-    """Reward (retry success of the sampled reflections) and reflection length per step, one line per run."""
+def moving_average(values: list[float | None], window: int) -> list[float | None]:
+    """The mean of the last ``window`` defined values at every position (None before the first; missing
+    and NaN values are skipped)."""
+    out, recent = [], []
+    for value in values:
+        if value is not None and value == value:
+            recent = (recent + [value])[-window:]
+        out.append(sum(recent) / len(recent) if recent else None)
+    return out
+
+
+def plot_training(rows: list[ComparisonRow], path: str | Path, window: int = 10) -> Path | None:
+    """Reward (R3: retry success of the sampled reflections; GRPO: success of the sampled attempts), the
+    retry's follow rate and the reflection length, one line per run, moving averages over ``window``
+    steps. The x axis is the tokens sampled for training when the runs recorded them (R3 and GRPO compared
+    at equal cost), else the step."""
     runs = [(row, run) for row in rows for run in row.runs if run.curves]
     if not runs:
         return None
     plt = _pyplot()
-    fig, (reward_ax, length_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    by_tokens = all(c.get("sampled_tokens") is not None for _, run in runs for c in run.curves)
+    fig, (reward_ax, follow_ax, length_ax) = plt.subplots(1, 3, figsize=(15, 4))
+    colours = {id(row): f"C{i}" for i, row in enumerate(rows)}
     for row, run in runs:
-        steps = [c["step"] for c in run.curves]
+        if by_tokens:
+            total, xs = 0.0, []
+            for c in run.curves:
+                total += c["sampled_tokens"]
+                xs.append(total / 1000)
+        else:
+            xs = [c["step"] for c in run.curves]
         label = f"{row_label(row).replace(chr(10), ' ')} s{run.seed}"
-        reward_ax.plot(steps, [c["reward"] for c in run.curves], label=label, alpha=0.85)
-        length_ax.plot(steps, [c["reflection_length"] for c in run.curves], label=label, alpha=0.85)
+        style = {"color": colours[id(row)], "alpha": 0.85, "label": label}
+        reward_ax.plot(xs, moving_average([c["reward"] for c in run.curves], window), **style)
+        if any(c.get("follow_rate") is not None and c["follow_rate"] == c["follow_rate"] for c in run.curves):
+            follow_ax.plot(xs, moving_average([c.get("follow_rate") for c in run.curves], window), **style)
+        length_ax.plot(xs, moving_average([c["reflection_length"] for c in run.curves], window), **style)
     from matplotlib.ticker import MaxNLocator
 
-    reward_ax.set(xlabel="step", ylabel="mean reward (retry success)", title="Reward of reflections", ylim=(-0.03, 1.03))
-    length_ax.set(xlabel="step", ylabel="tokens", title="Reflection length")
+    xlabel = "thousand tokens sampled for training" if by_tokens else "step"
+    reward_ax.set(xlabel=xlabel, ylabel=f"mean reward, {window}-step average", title="Reward", ylim=(-0.03, 1.03))
+    follow_ax.set(xlabel=xlabel, ylabel="share of sampled reflections", ylim=(-0.03, 1.03),
+                  title="Retry follows its reflection (R3)")
+    length_ax.set(xlabel=xlabel, ylabel="tokens", title="Reflection (GRPO: attempt) length")
     length_ax.set_ylim(bottom=0)
-    for ax in (reward_ax, length_ax):
+    for ax in (reward_ax, follow_ax, length_ax):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if not by_tokens:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     reward_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -29,8 +30,11 @@ PROTOCOLS = ("r3", "grpo")
 ROLLOUT_STREAM = "training"  # the engine's sampling stream of the training rollouts
 
 
-def rollout_stats(episodes: list[Episode], seconds: float, generated_tokens: int) -> dict[str, float]:
-    """Per-step rollout metrics (plain floats)."""
+def rollout_stats(episodes: list[Episode], seconds: float, generated_tokens: int,
+                  followed: list[bool | None] | None = None) -> dict[str, float]:
+    """Per-step rollout metrics (plain floats). ``followed``: for every sampled reflection, whether its retry
+    did what it proposed (None where the task cannot read a proposal); the follow rate is NaN when no
+    reflection proposed anything readable, and absent when ``followed`` is None (plain GRPO)."""
     failed = [ep for ep in episodes if ep.reflections]  # the rows: R3's failures, or every GRPO group
     rewards = [r for ep in failed for r in ep.rewards]
     groups = [ep.rewards for ep in failed if ep.rewards]
@@ -48,7 +52,20 @@ def rollout_stats(episodes: list[Episode], seconds: float, generated_tokens: int
         keys.GROUPS: float(len(groups)),
         keys.SECONDS: seconds,
         keys.GENERATED_TOKENS_PER_SECOND: generated_tokens / seconds if seconds > 0 else 0.0,
-    }
+        keys.SAMPLED_TOKENS: float(generated_tokens),
+    } | ({} if followed is None else {keys.FOLLOW_RATE: follow_rate(followed)})
+
+
+def follow_rate(followed: list[bool | None]) -> float:
+    """The share of True among the defined verdicts (NaN when none is defined)."""
+    defined = [f for f in followed if f is not None]
+    return sum(defined) / len(defined) if defined else math.nan
+
+
+def follow_verdicts(task: Task, episodes: list[Episode]) -> list[bool | None]:
+    """For every sampled reflection of ``episodes``: did its retry do what it proposed (``Task.reflection_followed``)."""
+    return [task.reflection_followed(ep.example, ep.attempt.text, reflection.text, retry.text)
+            for ep in episodes if ep.reflections for reflection, retry in zip(ep.reflections, ep.retries)]
 
 
 def has_signal(episodes: list[Episode]) -> bool:
@@ -148,7 +165,8 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
             if has_signal(episodes):
                 break
         self.last_episodes = episodes
-        stats = rollout_stats(episodes, self.protocol.timing.seconds, self.protocol.timing.generated_tokens)
+        followed = follow_verdicts(self.task, episodes) if self.protocol_name == "r3" else None
+        stats = rollout_stats(episodes, self.protocol.timing.seconds, self.protocol.timing.generated_tokens, followed)
         stats["rollout/draws"] = len(episodes) / self.examples_per_step
         stats[keys.WALL_SECONDS] = time.perf_counter() - start
         return rollout_batch(episodes, self.pad_id, stats, has_signal(episodes))

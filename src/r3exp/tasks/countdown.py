@@ -123,10 +123,14 @@ class CountdownTask(Task):
         return self.source == "generated"
 
     def reflection_followed(self, example: Example, attempt: str, reflection: str, retry: str) -> bool | None:
-        """The reflection proposes one change to the attempt's equation ("I should use 7 instead of the
-        second 8."); followed when the retry's equation is the attempt's with exactly that change."""
+        """The reflection proposes an equation: the one it states (``<answer> ... </answer>``, as the warm
+        start with ``reflection_ends_with_answer`` writes) or else the attempt's with the one change it
+        names ("I should use 7 instead of the second 8."). Followed when the retry's equation differs from
+        the attempt's and is the proposed one."""
         attempted = extract_answer(attempt)
-        proposed = apply_repair(attempted, reflection) if attempted is not None else None
+        if attempted is None:
+            return None
+        proposed = extract_answer(reflection) or apply_repair(attempted, reflection)
         if proposed is None:
             return None
         retried = extract_answer(retry)

@@ -21,6 +21,8 @@ COLUMNS = {  # CSV column: logged metric
     "reflection_length": keys.REFLECTION_LENGTH,
     "reflections_truncated": keys.REFLECTIONS_TRUNCATED,
     "frac_reward_zero_std": keys.FRAC_REWARD_ZERO_STD,
+    "follow_rate": keys.FOLLOW_RATE,
+    "sampled_tokens": keys.SAMPLED_TOKENS,
     "loss": keys.LOSS,
     "kl": keys.KL,
     "clip_ratio": keys.CLIP_RATIO_REGION,

@@ -1,0 +1,108 @@
+"""Paired tests of two models on the same test examples: the statistics behind "R3 beats the base model"
+and "R3 beats plain GRPO". Outcomes are paired per example within a seed and pooled over seeds:
+
+- the gain: mean over seeds of (accuracy of a - accuracy of b), with the per-seed gains and their std;
+- McNemar's exact test on the pooled discordant pairs (a right and b wrong, and the reverse);
+- a paired bootstrap: examples resampled with replacement within each seed, the pooled mean difference
+  recomputed; the p-value is two-sided (twice the smaller tail at zero).
+
+Pure functions over booleans; :func:`solved_after_reflection` reads them from ``eval_<label>_episodes.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+Pairs = list[tuple[bool, bool]]  # per example: (a solved it, b solved it)
+
+
+def mcnemar_exact_p(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value: under the null, each discordant pair is a's with probability 1/2."""
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(a_only, b_only) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_bootstrap_p(pairs_per_seed: list[Pairs], resamples: int = 10_000, seed: int = 0) -> float:
+    """Two-sided paired bootstrap p-value of the pooled mean difference (a - b), resampling examples within
+    each seed (the seeds are strata: each keeps its number of examples)."""
+    rng = np.random.default_rng(seed)
+    total = sum(len(pairs) for pairs in pairs_per_seed)
+    if total == 0:
+        return 1.0
+    sums = np.zeros(resamples)
+    for pairs in pairs_per_seed:
+        if not pairs:
+            continue
+        differences = np.array([int(a) - int(b) for a, b in pairs])
+        sums += differences[rng.integers(0, len(pairs), size=(resamples, len(pairs)))].sum(axis=1)
+    below, above = np.mean(sums <= 0), np.mean(sums >= 0)
+    return float(min(1.0, 2 * min(below, above)))
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """a vs b over seeds. ``gains``: per seed, accuracy of a minus accuracy of b (fractions)."""
+
+    gains: list[float]
+    a_only: int
+    b_only: int
+    examples: int
+    mcnemar_p: float
+    bootstrap_p: float
+
+    @property
+    def mean_gain(self) -> float:
+        return statistics.fmean(self.gains)
+
+    @property
+    def std_gain(self) -> float:
+        return statistics.stdev(self.gains) if len(self.gains) > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"gains": self.gains, "mean_gain": self.mean_gain, "std_gain": self.std_gain, "a_only": self.a_only,
+                "b_only": self.b_only, "examples": self.examples, "mcnemar_p": self.mcnemar_p,
+                "bootstrap_p": self.bootstrap_p}
+
+
+def paired_test(pairs_per_seed: list[Pairs], resamples: int = 10_000) -> PairedTest:
+    """Gains per seed, pooled McNemar and pooled bootstrap over ``pairs_per_seed`` (one list per seed)."""
+    if not pairs_per_seed or any(not pairs for pairs in pairs_per_seed):
+        raise ValueError("a paired test needs at least one seed, each with at least one example")
+    gains = [sum(int(a) - int(b) for a, b in pairs) / len(pairs) for pairs in pairs_per_seed]
+    a_only = sum(a and not b for pairs in pairs_per_seed for a, b in pairs)
+    b_only = sum(b and not a for pairs in pairs_per_seed for a, b in pairs)
+    return PairedTest(gains, a_only, b_only, sum(len(p) for p in pairs_per_seed), mcnemar_exact_p(a_only, b_only),
+                      paired_bootstrap_p(pairs_per_seed, resamples))
+
+
+def example_key(example: dict) -> str:
+    """An example's identity across evaluations (its fields, without a witness solution)."""
+    return json.dumps({k: v for k, v in example.items() if k != "solution"}, sort_keys=True)
+
+
+def solved_after_reflection(episodes_path: str | Path, first_try_only: bool = False) -> dict[str, bool]:
+    """Example key -> solved, from an ``eval_<label>_episodes.jsonl``: on the first try, or (unless
+    ``first_try_only``) after one reflection and retry."""
+    solved = {}
+    with Path(episodes_path).open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            first = bool(row["first_try_success"])
+            solved[example_key(row["example"])] = first or (not first_try_only and bool(row["retry_success"]))
+    return solved
+
+
+def pair(a: dict[str, bool], b: dict[str, bool], where: str = "") -> Pairs:
+    """The paired outcomes of two evaluations of the same examples (refused when their examples differ)."""
+    if a.keys() != b.keys():
+        raise ValueError(f"paired evaluations must cover the same examples{where}: "
+                         f"{len(a.keys() - b.keys())} only in one, {len(b.keys() - a.keys())} only in the other")
+    return [(a[key], b[key]) for key in a]

@@ -1,0 +1,29 @@
+"""A Hydra callback that compares a multirun's runs when the last one ends (``hydra.callbacks`` in
+``experiment=r3_demo``): the comparison's files go to the sweep directory, and its table is printed."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class CompareSweep(Callback):
+    """After a multirun: ``mode=compare`` over its directory, written into it (``comparison.md``,
+    ``paired.json``, ``accuracy.png``, ``training.png``...)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from r3exp.results.compare import collect_runs
+        from r3exp.results.outputs import write_comparison
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            runs = collect_runs(sweep_dir)
+        except FileNotFoundError as err:  # every job failed: Hydra has already said why
+            log.warning("no comparison: %s", err)
+            return
+        produced = write_comparison(runs, sweep_dir)
+        print(f"\n{len(runs)} runs -> {produced['table']}\n{produced['text']}\nlearning curves: {produced['training_png']}")
