@@ -118,6 +118,15 @@ def test_a_reflection_can_end_with_the_answer_for_the_retry_to_copy(countdown, t
         assert trained.count(ep["answer"]) == 2 and ep["reflection"] in trained  # in the reflection, then the retry
 
 
+def test_a_reflection_can_name_the_repair_only(countdown, tokenizer):
+    spec = WarmStartSpec(episodes=5, direct_fraction=0.0, reflection_ends_with_answer=True, reflection_analysis=False)
+    episodes = countdown.scripted_episodes(spec.episodes, spec.seed)
+    for ep, (ids, labels) in zip(episodes, build_sequences(countdown, tokenizer, spec)):
+        trained = tokenizer.decode([t for t, lab in zip(ids, labels) if lab != IGNORE], skip_special_tokens=True)
+        assert ep["repair"].startswith("I should use ") and ep["reflection"].endswith(ep["repair"])
+        assert f"{ep['repair']} {ep['answer']}" in trained and "My equation gives" not in trained
+
+
 def test_direct_fraction_mixes_the_two_kinds_of_sequence(countdown, tokenizer):
     sequences = build_sequences(countdown, tokenizer, WarmStartSpec(episodes=100, direct_fraction=0.5))
     lengths = sorted(len(ids) for ids, _ in sequences)

@@ -43,6 +43,9 @@ class WarmStartSpec:
         direct_fraction: share of sequences that are prompt -> right answer (the rest reflect and retry).
         reflection_ends_with_answer: the scripted reflection ends with the right answer, which the retry
             then only has to copy (for a model too small to apply the change its reflection names).
+        reflection_analysis: the scripted reflection first analyses the attempt (Countdown: what it
+            evaluates to, which numbers it misuses), then names the repair; false: the repair only (the
+            episodes' ``repair``), a short reflection whose every token is part of the decision.
         seed: the scripted attempts and the order of the training sequences.
     """
 
@@ -53,6 +56,7 @@ class WarmStartSpec:
     warmup_steps: int = 30
     direct_fraction: float = 0.5
     reflection_ends_with_answer: bool = False
+    reflection_analysis: bool = True
     seed: int = 0
 
 
@@ -80,6 +84,9 @@ def build_sequences(task: Task, tokenizer, spec: WarmStartSpec) -> list[tuple[li
     if not episodes:
         raise ConfigError(f"task {task.name!r} has no scripted episodes for a warm start; "
                           "set model.warm_start=null (or implement Task.scripted_episodes)")
+    if not spec.reflection_analysis and any("repair" not in ep for ep in episodes):
+        raise ConfigError(f"model.warm_start.reflection_analysis=false: task {task.name!r}'s scripted episodes "
+                          "have no repair-only reflection ('repair'); set it to true")
     render, eos_id = ChatRenderer(tokenizer), tokenizer.eos_token_id
     rng = random.Random(spec.seed)
     sequences = []
@@ -90,7 +97,8 @@ def build_sequences(task: Task, tokenizer, spec: WarmStartSpec) -> list[tuple[li
             sequences.append(encode_conversation(render, eos_id, first + [{"role": "assistant", "content": ep["answer"]}],
                                                  trained={len(first)}))
         else:
-            reflection = f"{ep['reflection']} {ep['answer']}" if spec.reflection_ends_with_answer else ep["reflection"]
+            reflection = ep["reflection"] if spec.reflection_analysis else ep["repair"]
+            reflection = f"{reflection} {ep['answer']}" if spec.reflection_ends_with_answer else reflection
             messages = task.retry_messages(example, ep["attempt"], reflection)
             messages.append({"role": "assistant", "content": ep["answer"]})
             trained = {i for i, m in enumerate(messages) if m["role"] == "assistant" and i > len(first)}

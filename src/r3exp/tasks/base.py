@@ -87,7 +87,9 @@ class Task(ABC):
     def scripted_episodes(self, count: int, seed: int) -> list[dict] | None:
         """Up to ``count`` training-split episodes written by a program, for the warm start:
         ``{"example", "attempt", "reflection", "answer"}`` (a wrong attempt, a reflection on it, a right
-        answer). None when the task has no script (the warm start then refuses to run)."""
+        answer), optionally ``"repair"`` (a reflection that only names the change, for
+        ``model.warm_start.reflection_analysis=false``). None when the task has no script (the warm start
+        then refuses to run)."""
         return None
 
     @property

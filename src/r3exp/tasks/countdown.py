@@ -114,6 +114,7 @@ class CountdownTask(Task):
                 "example": {"nums": nums, "target": target},
                 "attempt": answer_text(miss.expression),
                 "reflection": scripted_reflection(nums, target, miss),
+                "repair": miss.repair.sentence(miss.expression),
                 "answer": answer_text(example["solution"]),
             })
         return episodes
