@@ -29,6 +29,14 @@ def test_bootstrap_p_is_one_without_a_difference_and_small_with_a_consistent_one
     assert 0.3 < paired_bootstrap_p(weak) <= 1.0
 
 
+def test_bootstrap_resamples_an_example_in_every_seed_at_once():
+    """Seeds evaluated on the same examples repeat the same evidence: three identical seeds are worth one,
+    not three (resampling within each seed would call them three times the evidence)."""
+    one = [(True, False)] * 6 + [(False, True)] * 2 + [(False, False)] * 42
+    assert paired_bootstrap_p([one] * 3) == paired_bootstrap_p([one])
+    assert paired_bootstrap_p([one] * 3) > paired_bootstrap_p([one, one, one + [(False, False)]])  # as strata
+
+
 def test_paired_test_pools_seeds_and_keeps_per_seed_gains():
     seed0 = [(True, False)] * 6 + [(False, True)] * 2 + [(True, True)] * 12   # +20 points of 20
     seed1 = [(True, False)] * 3 + [(False, False)] * 17                      # +15 points

@@ -3,8 +3,11 @@ and "R3 beats plain GRPO". Outcomes are paired per example within a seed and poo
 
 - the gain: mean over seeds of (accuracy of a - accuracy of b), with the per-seed gains and their std;
 - McNemar's exact test on the pooled discordant pairs (a right and b wrong, and the reverse);
-- a paired bootstrap: examples resampled with replacement within each seed, the pooled mean difference
-  recomputed; the p-value is two-sided (twice the smaller tail at zero).
+- a paired bootstrap: examples resampled with replacement, the pooled mean difference recomputed; the
+  p-value is two-sided (twice the smaller tail at zero). When every seed evaluated the same examples (the
+  same test split; the pairs are in example order), an example is resampled in all seeds at once: the
+  example, not the (seed, example) pair, is the unit, since one base model's outcomes recur in every
+  seed's pairs. McNemar's test treats the pooled pairs as independent and is the less conservative one.
 
 Pure functions over booleans; :func:`solved_after_reflection` reads them from ``eval_<label>_episodes.jsonl``.
 """
@@ -31,18 +34,26 @@ def mcnemar_exact_p(a_only: int, b_only: int) -> float:
 
 
 def paired_bootstrap_p(pairs_per_seed: list[Pairs], resamples: int = 10_000, seed: int = 0) -> float:
-    """Two-sided paired bootstrap p-value of the pooled mean difference (a - b), resampling examples within
-    each seed (the seeds are strata: each keeps its number of examples)."""
+    """Two-sided paired bootstrap p-value of the pooled mean difference (a - b). Seeds of equal length are
+    taken to pair the same examples in the same order, and an example is resampled in all of them at
+    once; otherwise examples are resampled within each seed (the seeds as strata)."""
     rng = np.random.default_rng(seed)
     total = sum(len(pairs) for pairs in pairs_per_seed)
     if total == 0:
         return 1.0
     sums = np.zeros(resamples)
+    if len({len(pairs) for pairs in pairs_per_seed}) == 1:
+        differences = np.array([[int(a) - int(b) for a, b in pairs] for pairs in pairs_per_seed]).sum(axis=0)
+        return _two_sided(differences[rng.integers(0, len(differences), size=(resamples, len(differences)))].sum(axis=1))
     for pairs in pairs_per_seed:
         if not pairs:
             continue
         differences = np.array([int(a) - int(b) for a, b in pairs])
         sums += differences[rng.integers(0, len(pairs), size=(resamples, len(pairs)))].sum(axis=1)
+    return _two_sided(sums)
+
+
+def _two_sided(sums: np.ndarray) -> float:
     below, above = np.mean(sums <= 0), np.mean(sums >= 0)
     return float(min(1.0, 2 * min(below, above)))
 
@@ -101,8 +112,9 @@ def solved_after_reflection(episodes_path: str | Path, first_try_only: bool = Fa
 
 
 def pair(a: dict[str, bool], b: dict[str, bool], where: str = "") -> Pairs:
-    """The paired outcomes of two evaluations of the same examples (refused when their examples differ)."""
+    """The paired outcomes of two evaluations of the same examples, in example-key order (refused when
+    their examples differ)."""
     if a.keys() != b.keys():
         raise ValueError(f"paired evaluations must cover the same examples{where}: "
                          f"{len(a.keys() - b.keys())} only in one, {len(b.keys() - a.keys())} only in the other")
-    return [(a[key], b[key]) for key in a]
+    return [(a[key], b[key]) for key in sorted(a)]
