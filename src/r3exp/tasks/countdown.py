@@ -16,6 +16,7 @@ from r3exp.tasks.safe_arithmetic import UnsafeExpression, evaluate
 ANSWER_PATTERN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 MAX_ANSWER_SCAN_CHARS = 20_000
 TOLERANCE = 1e-5
+SCRIPT_POOL_SIZE = 2000  # training instances the warm start's scripted episodes are drawn from
 
 
 def extract_answer(response: str) -> str | None:
@@ -90,15 +91,15 @@ class CountdownTask(Task):
         texts += [f"<answer> {ex['solution']} </answer>" for ex in self.examples("train")[:n] if ex.get("solution")]
         return texts
 
-    def scripted_episodes(self, count: int, seed: int, pool_size: int = 2000) -> list[dict]:
+    def scripted_episodes(self, count: int, seed: int, pool_size: int = SCRIPT_POOL_SIZE) -> list[dict]:
         """Near-miss attempts with scripted reflections (see ``countdown_reflections``). Generated
         sources draw ``pool_size`` training-split instances from ``seed`` (never a validation or test
-        instance, whatever the task seed: the split of an instance is a hash of it); loaded sources use
-        the training split, solved by the exhaustive solver. Each pass over the pool draws new wrong
-        attempts."""
+        instance, whatever the task seed: the split of an instance is a hash of it), or as many as the
+        training split has when it is smaller (a generator with few instances); loaded sources use the
+        training split, solved by the exhaustive solver. Each pass over the pool draws new wrong attempts."""
         rng = random.Random(f"countdown-script/{seed}")
         if self.source == "generated":
-            pool = generate_instances(pool_size, "train", seed, **self.generator)
+            pool = generate_instances(min(pool_size, self.split_sizes["train"]), "train", seed, **self.generator)
         else:
             pool = [{**ex, "solution": solve(ex["nums"], ex["target"])} for ex in self.examples("train")]
         episodes = []
@@ -121,7 +122,7 @@ class CountdownTask(Task):
 
     @property
     def scripted_episodes_ignore_splits(self) -> bool:
-        return self.source == "generated"
+        return self.source == "generated" and self.split_sizes["train"] >= SCRIPT_POOL_SIZE
 
     def reflection_followed(self, example: Example, attempt: str, reflection: str, retry: str) -> bool | None:
         """The reflection proposes an equation: the one it states (``<answer> ... </answer>``, as the warm
