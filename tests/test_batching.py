@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from r3exp.rollout.batching import build_batch, reflection_mask
@@ -44,3 +45,21 @@ def test_build_batch_rows_masks_and_groups():
 def test_build_batch_without_failures_is_empty():
     batch = build_batch([episode([], [], [], solved=True)], pad_id=0)
     assert batch["input_ids"].shape == (0, 0) and batch["rewards"].numel() == 0
+
+
+def test_sampled_tokens_add_up_over_rollouts_and_ranks_and_undefined_rates_are_skipped():
+    import math
+
+    from r3exp import keys
+    from r3exp.grpo.module import merge_rank_rollout_stats, merge_rollout_stats
+
+    def stats(tokens, follow, seconds):
+        return {keys.SAMPLED_TOKENS: tokens, keys.FOLLOW_RATE: follow, keys.REWARD_MEAN: 0.5, keys.SECONDS: seconds,
+                keys.GROUPS: 2.0}
+
+    rollouts = merge_rollout_stats([stats(100, 0.5, 1.0), stats(50, math.nan, 2.0)])
+    assert rollouts[keys.SAMPLED_TOKENS] == 150 and rollouts[keys.FOLLOW_RATE] == 0.5 and rollouts[keys.SECONDS] == 3.0
+    ranks = merge_rank_rollout_stats([stats(100, 0.2, 1.0), stats(60, 0.4, 2.0)])
+    assert ranks[keys.SAMPLED_TOKENS] == 160 and ranks[keys.FOLLOW_RATE] == pytest.approx(0.3)
+    assert ranks[keys.SECONDS] == 2.0 and ranks[keys.GROUPS] == 4.0 and ranks[keys.REWARD_MEAN] == 0.5
+    assert math.isnan(merge_rank_rollout_stats([stats(1, math.nan, 1.0), stats(1, math.nan, 1.0)])[keys.FOLLOW_RATE])
