@@ -60,7 +60,7 @@ def test_compare_reproduces_each_runs_results_and_draws_the_plots(multirun, tmp_
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.dumps(json.loads((tmp_path / "report.json").read_text()))
     assert "rollout/reward_mean" in report and '"name": "group"' in report
-    assert '"value": "countdown_easy-tiny_warm"' in report
+    assert '"value": "countdown_pairs-tiny_warm"' in report
 
 
 def test_the_sweep_callback_writes_the_comparison_into_the_sweep_directory(multirun, tmp_path):
