@@ -226,7 +226,7 @@ def test_training_stops_when_the_sampled_token_budget_is_spent(tmp_path, tiny_pa
     """callbacks.sampled_token_budget: the count is the tokens the engine sampled (attempts, reflections,
     retries of every draw), and training stops after the step that reaches the budget."""
     cfg = training_config(tmp_path, "trainer.max_steps=50", "callbacks.sampled_token_budget.max_sampled_tokens=500",
-                          "rollout.on_no_signal=resample")
+                          "rollout.on_no_signal=skip")  # one draw per step: at most 224 tokens
     sampled = []
 
     class Count(L.Callback):
@@ -238,4 +238,15 @@ def test_training_stops_when_the_sampled_token_budget_is_spent(tmp_path, tiny_pa
 
     train(cfg, tiny_path, tokenizer, fresh_vllm, Count())
     assert sum(sampled[:-1]) < 500 <= sum(sampled), sampled
-    assert len(sampled) < 50
+    assert 3 <= len(sampled) < 50
+
+
+def test_a_budget_that_is_not_a_positive_number_of_tokens_is_refused_naming_the_key():
+    from r3exp.errors import ConfigError
+    from r3exp.grpo.token_budget import SampledTokenBudget
+
+    with pytest.raises(ConfigError, match="callbacks.sampled_token_budget.max_sampled_tokens=0"):
+        SampledTokenBudget(0)
+    budget = SampledTokenBudget(1000)
+    budget.load_state_dict({"sampled_tokens": 640})  # a resumed run spends what is left
+    assert budget.state_dict() == {"sampled_tokens": 640}
