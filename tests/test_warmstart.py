@@ -85,8 +85,10 @@ def test_repair_statistics_separate_the_reflection_from_the_retry():
 def test_generated_scripted_episodes_depend_on_neither_the_task_seed_nor_the_split_sizes():
     from tests.conftest import load_task
 
-    other_seed = load_task("countdown", seed=7, split_sizes={"train": 100, "validation": 300, "test": 900})
+    other_seed = load_task("countdown", seed=7, split_sizes={"train": 2500, "validation": 300, "test": 900})
     assert other_seed.scripted_episodes_ignore_splits
+    # a training split smaller than the script's pool caps the pool: then the split sizes do matter
+    assert not load_task("countdown", split_sizes={"train": 100, "validation": 30, "test": 30}).scripted_episodes_ignore_splits
     assert other_seed.scripted_episodes(50, seed=0) == load_task("countdown").scripted_episodes(50, seed=0)
     held_out = {(tuple(sorted(e["nums"])), e["target"]) for split in ("validation", "test")
                 for e in other_seed.examples(split)}
