@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from r3exp.errors import ConfigError
 from r3exp.results.compare import collect_runs, comparison_rows, paired_comparisons, paired_markdown
 from r3exp.results.paired import mcnemar_exact_p, pair, paired_bootstrap_p, paired_test, solved_after_reflection
 from tests.test_compare import write_run
@@ -62,7 +63,7 @@ def test_solved_after_reflection_reads_first_try_or_retry_and_pairs_by_example(t
     assert list(solved_after_reflection(tmp_path / "a.jsonl").values()) == [True, True, False]
     assert list(solved_after_reflection(tmp_path / "a.jsonl", first_try_only=True).values()) == [True, False, False]
     write_episodes(tmp_path / "b.jsonl", [(False, False), (False, False)])
-    with pytest.raises(ValueError, match="same examples"):
+    with pytest.raises(ConfigError, match="same examples"):
         pair(solved_after_reflection(tmp_path / "a.jsonl"), solved_after_reflection(tmp_path / "b.jsonl"))
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from r3exp.errors import ConfigError
+
 Pairs = list[tuple[bool, bool]]  # per example: (a solved it, b solved it)
 
 
@@ -112,9 +114,9 @@ def solved_after_reflection(episodes_path: str | Path, first_try_only: bool = Fa
 
 
 def pair(a: dict[str, bool], b: dict[str, bool], where: str = "") -> Pairs:
-    """The paired outcomes of two evaluations of the same examples, in example-key order (refused when
-    their examples differ)."""
+    """The paired outcomes of two evaluations of the same examples, in example-key order (refused, naming
+    the runs, when their examples differ: e.g. runs of different ``evaluation.limit`` compared seed by seed)."""
     if a.keys() != b.keys():
-        raise ValueError(f"paired evaluations must cover the same examples{where}: "
+        raise ConfigError(f"compare.runs: paired evaluations must cover the same examples{where}: "
                          f"{len(a.keys() - b.keys())} only in one, {len(b.keys() - a.keys())} only in the other")
     return [(a[key], b[key]) for key in sorted(a)]

@@ -8,6 +8,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from r3exp.errors import R3Error
+
 log = logging.getLogger(__name__)
 
 
@@ -25,5 +27,9 @@ class CompareSweep(Callback):
         except FileNotFoundError as err:  # every job failed: Hydra has already said why
             log.warning("no comparison: %s", err)
             return
-        produced = write_comparison(runs, sweep_dir)
+        try:
+            produced = write_comparison(runs, sweep_dir)
+        except R3Error as err:  # the runs cannot be compared as they are (the jobs' own results stand)
+            log.warning("no comparison: %s", err)
+            return
         print(f"\n{len(runs)} runs -> {produced['table']}\n{produced['text']}\nlearning curves: {produced['training_png']}")
