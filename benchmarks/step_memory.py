@@ -58,11 +58,15 @@ def reset_peak_rss() -> bool:
 
 
 def build_policy(args):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from r3exp.models.loading import LoraSpec, prepare_policy, torch_dtype
 
     torch.manual_seed(0)
+    if args.config_from:  # a real model's architecture and every one of its layers, random weights
+        config = AutoConfig.from_pretrained(args.config_from)
+        model = AutoModelForCausalLM.from_config(config).to(dtype=torch_dtype(args.dtype), device=args.device)
+        return prepare_policy(model, LoraSpec() if not args.full else None, args.gradient_checkpointing)
     config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
                          num_key_value_heads=args.kv_heads, tie_word_embeddings=not args.untied,
@@ -129,6 +133,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--untied", action="store_true", help="untied output layer (Qwen2-7B, Llama)")
+    parser.add_argument("--config-from", metavar="MODEL_DIR",
+                        help="a model directory whose config.json gives the architecture and shape (every layer; "
+                             "random weights), e.g. model=smollm2_135m's converted directory; overrides the shape flags")
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--lora", action="store_true", help="LoRA r16 on every projection (default)")
     kind.add_argument("--full", action="store_true", help="full fine-tuning")
@@ -144,6 +151,12 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=1, help="gloo processes, each stepping on its own --rows rows")
     parser.add_argument("--sharded", action="store_true", help="with --ranks: shard the policy (FSDP2, trainer=fsdp)")
     args = parser.parse_args()
+    if args.config_from:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(args.config_from)
+        args.vocab, args.hidden, args.intermediate = config.vocab_size, config.hidden_size, config.intermediate_size
+        args.layers, args.untied = config.num_hidden_layers, not config.tie_word_embeddings
     if args.sharded and args.logprobs != "reflection":
         parser.error("--sharded computes reflection-only log-probs")
     if args.ranks == 1:
@@ -211,7 +224,7 @@ def run_rank(rank: int, args, port: int) -> None:
         return
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     ranks = "" if args.ranks == 1 else f"; {args.ranks} ranks, {'sharded (FSDP2)' if args.sharded else 'replicated'}"
-    print(f"shape: vocab {args.vocab}, hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, "
+    print(f"shape: {args.config_from or 'Qwen2'}: vocab {args.vocab}, hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, "
           f"{'untied' if args.untied else 'tied'}; {'full' if args.full else 'LoRA r16'} ({trainable / 1e6:.1f}M trainable), "
           f"{args.dtype}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
           f"torch threads {torch.get_num_threads()}{ranks}")

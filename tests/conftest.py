@@ -72,13 +72,15 @@ def chat_ids(tokenizer, text: str) -> list[int]:
                                               tokenize=True, return_dict=False))
 
 
-ENGINE_FIXTURES = {"vllm_engine", "fresh_vllm"}
+# a real vLLM engine, or the real pretrained model (converted once from its GGUF file, ~45 s)
+ENGINE_FIXTURES = {"vllm_engine", "fresh_vllm", "smollm2_engine", "smollm2_path", "smollm2_tokenizer"}
 PROCESS_CALLS = ("r3exp(", "subprocess.", "mp.start_processes", "dvc(", "multirun")
 
 
 def pytest_collection_modifyitems(config, items):
     """Tier the suite: a test is ``integration`` when it uses the real vLLM engine or starts processes
-    (the command line, several ranks, DVC, a sweep); ``pytest -m "not integration"`` is the fast unit tier."""
+    (the command line, several ranks, DVC, a sweep) or the real pretrained model; ``pytest -m "not integration"``
+    is the fast unit tier."""
     import inspect
 
     for item in items:

@@ -78,7 +78,7 @@ def resolve_model(cfg: DictConfig) -> tuple[Task, ModelSpec, str]:
     if not distributed.is_main():
         distributed.barrier()  # several ranks: rank 0 builds what the cache lacks, the others then read it
     path = model.resolve(cfg.paths.cache_dir, corpus=tiny_corpus)
-    if model.name_or_path is None and model.warm_start is not None:
+    if model.is_embedded and model.warm_start is not None:
         path = resolve_warm_start(cfg, task, model, path)
     if distributed.is_main():
         distributed.barrier()
@@ -404,7 +404,7 @@ def warmstart_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
     import shutil
 
     parts = ctx.parts
-    if parts.model.name_or_path is not None or parts.model.warm_start is None:
+    if not parts.model.is_embedded or parts.model.warm_start is None:
         print(f"mode=warmstart: model {parts.model.name!r} has no warm start (model.warm_start applies to the "
               "embedded model); nothing to build")
         (ctx.run_dir / "warm_start.json").write_text(json.dumps({"skipped": parts.model.name}))

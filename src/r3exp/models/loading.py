@@ -124,31 +124,45 @@ def _explain(path: str | Path, err: Exception) -> str:
 
 @dataclass
 class ModelSpec:
-    """A policy to train: a hub id or directory (``name_or_path``), or the embedded tiny model.
+    """A policy to train: a hub id or directory (``name_or_path``), a GGUF file shipped in a PyPI package
+    (``gguf``), or the embedded tiny model.
 
     Args:
         name: short name used in run names and tables.
-        name_or_path: hub id (e.g. ``Qwen/Qwen2-1.5B-Instruct``) or local directory; None with ``embedded``.
+        name_or_path: hub id (e.g. ``Qwen/Qwen2-1.5B-Instruct``) or local directory; None with ``embedded``
+            or ``gguf``.
         embedded: a ``TinySpec`` to build the embedded model instead.
+        gguf: a ``GGUFSpec`` (``r3exp.models.gguf``): the package and file of a GGUF model, converted once
+            to a Hugging Face directory under ``paths.cache_dir/models/gguf``.
         dtype: weights dtype (``float32`` on CPU, ``bfloat16`` on GPU).
         lora: LoRA settings (``LoraSpec`` fields) or None for full fine-tuning.
         gradient_checkpointing: trade compute for activation memory.
         warm_start: a ``WarmStartSpec`` (see ``r3exp.warmstart``) for the embedded model: supervised
-            training on the task's scripted episodes before R3. Ignored when ``name_or_path`` is set.
+            training on the task's scripted episodes before R3. Ignored unless the model is embedded.
     """
 
     name: str
     name_or_path: str | None = None
     embedded: Any = None
+    gguf: Any = None
     dtype: str = "float32"
     lora: Any = None
     gradient_checkpointing: bool = False
     warm_start: Any = None
 
+    @property
+    def is_embedded(self) -> bool:
+        """The embedded tiny model (built here, and warm-started when ``warm_start`` is set)."""
+        return self.name_or_path is None and self.gguf is None and self.embedded is not None
+
     def resolve(self, cache_dir: str | Path, corpus=None) -> str:
         """The path or hub id to load; builds the embedded model (from ``corpus()``) if needed."""
         if self.name_or_path:
             return str(self.name_or_path)
+        if self.gguf is not None:
+            from r3exp.models.gguf import ensure_gguf_model
+
+            return str(ensure_gguf_model(self.gguf, Path(cache_dir) / "models"))
         if self.embedded is None:
             raise ModelUnavailable(f"model {self.name!r}: set model.name_or_path (hub id or directory)")
         from r3exp.models.tiny import ensure_tiny_model
