@@ -18,10 +18,14 @@ from r3exp.rollout.engines import Completion
 from r3exp.rollout.episodes import ChatRenderer, Episode
 from tests.conftest import CACHE, CONF, load_task
 
-SMOLLM2 = ["model=smollm2_135m", "task=arithmetic", "evaluation.limit=8", "rollout.examples_per_step=4",
-           "rollout.group_size=4", "rollout.max_draws=2", "rollout.attempt.max_tokens=16",
-           "rollout.reflection.max_tokens=24", "rollout.retry.max_tokens=16", "task.split_sizes.train=64",
-           "task.split_sizes.validation=8", "task.split_sizes.test=8", "callbacks.checkpoint.every_n_train_steps=1"]
+# a few short steps: generation is ~120 tokens/s for this model on 2 cores, so every sampled token counts
+SMOLLM2 = ["model=smollm2_135m", "task=arithmetic", "evaluation.limit=4", "evaluation.controls=[]",
+           "rollout.examples_per_step=4", "rollout.group_size=2", "rollout.max_draws=1", "rollout.attempt.max_tokens=12",
+           "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=12", "task.split_sizes.train=64",
+           "task.split_sizes.validation=4", "task.split_sizes.test=4", "callbacks.checkpoint.every_n_train_steps=1"]
+# a reward this model earns about half the time ("The correct calculation is ..."), so that steps train
+SIGNAL = ["rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains", "~rollout.reward._partial_",
+          "+rollout.reward.text=correct", "rollout.max_draws=3"]
 
 
 def smollm2_spec(**changes) -> GGUFSpec:
@@ -122,10 +126,10 @@ def test_sampled_reflections_end_at_im_end_or_are_cut_at_max_tokens(smollm2_engi
 
     tok, task = smollm2_tokenizer, load_task("arithmetic", train=40, held_out=8)
     greedy = SamplingConfig(max_tokens=16, temperature=0.0)
-    for max_tokens in (64, 4):  # long enough to end the turn, and a cut
+    for max_tokens in (48, 4):  # long enough to end the turn, and a cut
         protocol = R3Protocol(task, smollm2_engine, tok, greedy, SamplingConfig(max_tokens=max_tokens, temperature=1.0),
                               greedy)
-        episodes = [ep for ep in protocol.run(task.examples("train")[:24], group_size=2) if ep.reflections]
+        episodes = [ep for ep in protocol.run(task.examples("train")[:12], group_size=2) if ep.reflections]
         assert episodes, "every first attempt succeeded: no reflection to check"
         reflections = [r for ep in episodes for r in ep.reflections]
         for r in reflections:
@@ -159,13 +163,13 @@ def test_trainer_and_engine_agree_on_the_sampled_tokens(smollm2_engine, smollm2_
     tok, task = smollm2_tokenizer, load_task("arithmetic", train=40, held_out=8)
     protocol = R3Protocol(task, smollm2_engine, tok, SamplingConfig(max_tokens=16, temperature=0.0),
                           SamplingConfig(max_tokens=32, temperature=1.0), SamplingConfig(max_tokens=16, temperature=0.0))
-    batch = build_batch(protocol.run(task.examples("train")[:16], group_size=2), tok.pad_token_id)
+    batch = build_batch(protocol.run(task.examples("train")[:8], group_size=2), tok.pad_token_id)
     policy = load_policy(smollm2_path)
     mask = batch["reflection_mask"][:, 1:]  # aligned on the predicted token, as the loss takes it
     with torch.no_grad():
         trainer = masked_token_logprobs(policy, batch["input_ids"], batch["attention_mask"], mask, temperature=1.0)
     gap = (trainer[mask] - batch["behaviour_logprobs"][:, 1:][mask]).abs().max().item()
-    assert mask.sum() > 50 and gap < 1e-3, gap
+    assert mask.sum() > 30 and gap < 1e-3, gap
 
 
 # --- every mode a user runs, through the real command line ---------------------------------------------
@@ -179,16 +183,16 @@ def test_main_job_with_lora_then_resume(tmp_path):
     from tests.test_cli import r3exp
 
     run_dir = tmp_path / "run"
-    out = r3exp(*SMOLLM2, "trainer.max_steps=2", f"hydra.run.dir={run_dir}")
+    out = r3exp(*SMOLLM2, *SIGNAL, "trainer.max_steps=2", f"hydra.run.dir={run_dir}")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "arithmetic · smollm2_135m · test split" in out.stdout and "| trained | test | 8 |" in out.stdout
+    assert "arithmetic · smollm2_135m · test split" in out.stdout and "| trained | test | 4 |" in out.stdout
     rows = step_rows(run_dir)
     assert [int(r["step"]) for r in rows][-1] == 1  # the rollouts of steps 0 and 1
     trained = [r for r in rows if r["logprob_diff_max"]]
     assert trained and all(float(r["logprob_diff_max"]) < 1e-3 for r in trained)  # on-policy, after each push
     assert (run_dir / "policy" / "adapter" / "adapter_config.json").exists()
     assert (run_dir / "policy" / "merged" / "model.safetensors").exists()
-    out = r3exp(*SMOLLM2, f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_steps=3", "mode=train")
+    out = r3exp(*SMOLLM2, *SIGNAL, f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_steps=3", "mode=train")
     assert out.returncode == 0, out.stderr[-3000:]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
 
@@ -204,8 +208,7 @@ def test_full_finetuning_exports_a_policy_that_vllm_and_transformers_read_alike(
     from tests.test_cli import r3exp
 
     run_dir = tmp_path / "run"
-    out = r3exp(*SMOLLM2, "model.lora=null", "mode=train", "trainer.max_steps=1", "rollout.on_no_signal=resample",
-                "rollout.max_draws=4", f"hydra.run.dir={run_dir}")
+    out = r3exp(*SMOLLM2, *SIGNAL, "model.lora=null", "mode=train", "trainer.max_steps=1", f"hydra.run.dir={run_dir}")
     assert out.returncode == 0, out.stderr[-3000:]
     merged = run_dir / "policy" / "merged"
     trained, base = load_file(merged / "model.safetensors"), load_file(smollm2_path / "model.safetensors")
@@ -231,7 +234,7 @@ def test_full_finetuning_exports_a_policy_that_vllm_and_transformers_read_alike(
 def test_forgetting_check_scores_the_real_model(tmp_path, smollm2_path):
     from tests.test_cli import r3exp
 
-    out = r3exp("model=smollm2_135m", "mode=forgetting", "forgetting.limit=40", f"forgetting.policy={smollm2_path}",
+    out = r3exp("model=smollm2_135m", "mode=forgetting", "forgetting.limit=20", f"forgetting.policy={smollm2_path}",
                 f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-3000:]
     scores = json.loads((tmp_path / "results.json").read_text())["forgetting"]
