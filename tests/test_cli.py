@@ -29,7 +29,8 @@ def test_paper_model_composes_as_on_a_gpu_machine():
     assert "name_or_path: Qwen/Qwen2-1.5B-Instruct" in out.stdout and "dtype: bfloat16" in out.stdout
 
 
-@pytest.mark.parametrize("model", ["qwen2_7b", "qwen2.5_1.5b", "llama3.1_8b", "phi3.5_mini", "tiny", "tiny_warm"])
+@pytest.mark.parametrize("model", ["qwen2_7b", "qwen2.5_1.5b", "llama3.1_8b", "phi3.5_mini", "tiny", "tiny_warm",
+                                   "smollm2_135m"])
 def test_every_model_config_composes(model):
     assert r3exp(f"model={model}", "--cfg", "job").returncode == 0
 
