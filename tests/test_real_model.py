@@ -97,7 +97,7 @@ def test_chatml_template_and_end_of_turn(smollm2_tokenizer):
 
 def test_trained_ids_are_the_sampled_ids_even_where_decode_encode_does_not_round_trip(smollm2_tokenizer):
     tok = smollm2_tokenizer
-    # "hello" sampled one character at a time: the same text as the one-token " hello"... but other ids
+    # "hello" sampled one character at a time: the text re-encodes to fewer, other ids
     sampled = [tok.convert_tokens_to_ids(t) for t in ["h", "e", "l", "l", "o"]] + [tok.eos_token_id]
     text = tok.decode(sampled, skip_special_tokens=True)
     assert text == "hello" and tok.encode(text, add_special_tokens=False) != sampled[:-1]  # no round trip

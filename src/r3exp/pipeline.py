@@ -455,10 +455,10 @@ def main_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
 @mode("forgetting", engine=False)
 def forgetting_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
     """General ability of the configured model (``base``) and of ``forgetting.policy`` (``trained``)."""
-    _, model, path = resolve_model(cfg)
     policy = cfg.forgetting.get("policy")
-    if policy and not (Path(policy) / "config.json").exists():
+    if policy and not (Path(policy) / "config.json").exists():  # before the base model is built or converted
         raise ConfigError(f"forgetting.policy={policy!r}: no model there (a run's <run dir>/policy/merged)")
+    _, model, path = resolve_model(cfg)
     produced = RunResult(ctx.run_dir, forgetting=run_forgetting(cfg, ctx.run_dir, path, policy))
     if distributed.is_main():
         produced.results_path = save_results({}, ctx.run_dir / "results.json", forgetting=forgetting_record(produced))
