@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import re
 from itertools import product
+
 from r3exp.errors import ConfigError
 from r3exp.tasks.base import Example, Task, hash_split
+from r3exp.tasks.countdown import ANSWER_PATTERN as ANSWER_TAG
 
 OPERATIONS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
-ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # an integer, with optional thousands separators ("1,024") or a zero fraction ("56.0"), that is not part of a
 # longer number ("2.5", "7,8"); a sentence's full stop after it is fine ("56.")
 INTEGER = re.compile(r"(?<![\d.,])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.0+)?(?!\d|[.,]\d)")
