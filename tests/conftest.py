@@ -47,19 +47,44 @@ def countdown():
     return load_task("countdown")
 
 
-@pytest.fixture(scope="session")
-def vllm_engine(tiny_path):
-    """One in-process vLLM engine for the session (start-up costs ~20 s)."""
-    from r3exp.rollout.engines.vllm_engine import VLLMEngine
+class EnginePool:
+    """The process's one open vLLM engine (vLLM allows one per process), reopened when a test asks for
+    another model: starting one costs ~20 s, so tests of one model share it."""
 
-    engine = VLLMEngine(str(tiny_path), seed=0, max_model_len=1024)
-    yield engine
-    engine.close()
+    def __init__(self):
+        self.engine = None
+
+    def get(self, model_path):
+        from r3exp.rollout.engines.vllm_engine import VLLMEngine
+
+        if self.engine is not None and self.engine.model_path != str(model_path):
+            self.close()
+        if self.engine is None:
+            self.engine = VLLMEngine(str(model_path), seed=0, max_model_len=1024)
+        return self.engine
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+@pytest.fixture(scope="session")
+def engine_pool():
+    pool = EnginePool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def vllm_engine(engine_pool, tiny_path):
+    """A real in-process vLLM engine on the tiny model (shared by the tests that run one after another)."""
+    return engine_pool.get(tiny_path)
 
 
 @pytest.fixture
 def fresh_vllm(vllm_engine, tiny_path):
-    """The session engine, restored to the initial tiny weights after the test."""
+    """The shared tiny engine, restored to the initial tiny weights after the test."""
     yield vllm_engine
     from safetensors.torch import load_file
 
@@ -73,7 +98,7 @@ def chat_ids(tokenizer, text: str) -> list[int]:
 
 
 # a real vLLM engine, or the real pretrained model (converted once from its GGUF file, ~45 s)
-ENGINE_FIXTURES = {"vllm_engine", "fresh_vllm", "smollm2_engine", "smollm2_path", "smollm2_tokenizer"}
+ENGINE_FIXTURES = {"engine_pool", "vllm_engine", "fresh_vllm", "smollm2_engine", "smollm2_path", "smollm2_tokenizer"}
 PROCESS_CALLS = ("r3exp(", "subprocess.", "mp.start_processes", "dvc(", "multirun")
 
 

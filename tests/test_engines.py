@@ -71,6 +71,23 @@ def test_vllm_is_seeded_per_stream(tiny_path, tokenizer, fresh_vllm):
     assert tokens("training") == second
 
 
+def test_one_vllm_engine_per_process_and_a_closed_engine_lets_the_next_one_run(engine_pool, tiny_path, tokenizer):
+    from r3exp.rollout.engines.vllm_engine import VLLMEngine
+
+    engine = engine_pool.get(tiny_path)
+    prompt = [chat_ids(tokenizer, "hello")]
+    engine.seek("check", 0)
+    before = engine.generate(prompt, 2, SAMPLING, stream="check")[0]
+    with pytest.raises(RuntimeError, match="is open in this process: close it"):
+        VLLMEngine(str(tiny_path), seed=0, max_model_len=1024)
+    engine_pool.close()  # vLLM's shutdown runs now (it tears down the process's parallel groups)
+    engine_pool.close()  # and closing twice is harmless
+    reopened = engine_pool.get(tiny_path)  # rebuilds them: it samples (a stale teardown made this fail in CI)
+    assert reopened is not engine
+    assert [c.token_ids for c in reopened.generate(prompt, 2, SAMPLING, stream="check")[0]] == \
+        [c.token_ids for c in before]
+
+
 def test_hf_engine_logprobs_and_update_weights(tiny_path, tokenizer):
     from r3exp.rollout.engines.hf_engine import HFEngine
 

@@ -111,13 +111,9 @@ def test_trained_ids_are_the_sampled_ids_even_where_decode_encode_does_not_round
     assert batch["behaviour_logprobs"][0][batch["reflection_mask"][0]].tolist() == [-0.5] * len(sampled)
 
 
-@pytest.fixture(scope="module")
-def smollm2_engine(smollm2_path):
-    from r3exp.rollout.engines.vllm_engine import VLLMEngine
-
-    engine = VLLMEngine(str(smollm2_path), seed=0, max_model_len=1024)
-    yield engine
-    engine.close()
+@pytest.fixture
+def smollm2_engine(engine_pool, smollm2_path):
+    return engine_pool.get(smollm2_path)
 
 
 def test_sampled_reflections_end_at_im_end_or_are_cut_at_max_tokens(smollm2_engine, smollm2_tokenizer):
@@ -198,13 +194,12 @@ def test_main_job_with_lora_then_resume(tmp_path):
 
 
 def test_full_finetuning_exports_a_policy_that_vllm_and_transformers_read_alike(tmp_path, smollm2_tokenizer,
-                                                                                smollm2_path):
+                                                                                smollm2_path, engine_pool):
     from safetensors.torch import load_file
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     from r3exp.models import load_policy
-    from r3exp.rollout.engines.vllm_engine import VLLMEngine
     from tests.test_cli import r3exp
 
     run_dir = tmp_path / "run"
@@ -221,12 +216,9 @@ def test_full_finetuning_exports_a_policy_that_vllm_and_transformers_read_alike(
     with torch.no_grad():
         hf = torch.log_softmax(policy(torch.tensor([ids])).logits[0, :-1].float(), -1)
     hf = hf.gather(1, torch.tensor(ids[1:]).unsqueeze(1)).squeeze(1)
-    engine = VLLMEngine(str(merged), seed=0, max_model_len=1024)
-    try:
-        request = engine.llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0),
-                                      use_tqdm=False)[0]
-    finally:
-        engine.close()
+    engine = engine_pool.get(merged)
+    request = engine.llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0),
+                                  use_tqdm=False)[0]
     vllm = torch.tensor([step[token].logprob for step, token in zip(request.prompt_logprobs[1:], ids[1:])])
     assert (hf - vllm).abs().max().item() < 1e-4
 

@@ -9,12 +9,18 @@ Sleep (CUDA): while the trainer steps, the engine sleeps at ``sleep_level`` 2 (w
 freed). The next weight push wakes the weights, loads the new ones, then wakes the KV cache (the order of
 verl's and SkyRL's sharding managers); generating from a deep sleep without a push raises, so a stale
 engine cannot sample (TRL #5312 generated from stale weights by waking in the wrong order).
+
+One engine per process: vLLM keeps its parallel groups in module globals, and shutting any engine down
+tears them down for every engine of the process (a second engine then fails with "pipeline model parallel
+group is not initialized"). So a second engine is refused while one is open, and ``close`` shuts the
+engine down at once rather than whenever the garbage collector reaches it.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
-from typing import Iterable, Iterator, Mapping
+from typing import ClassVar, Iterable, Iterator, Mapping
 
 import torch
 
@@ -51,6 +57,8 @@ class VLLMEngine(GenerationEngine):
             CPU engines never sleep (vLLM's sleep mode needs the CUDA allocator).
     """
 
+    _open: ClassVar["VLLMEngine | None"] = None  # the process's one open engine
+
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, max_model_len: int = 1024,
                  gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1, cpu_kv_cache_gib: int = 1,
                  enforce_eager: bool | None = None, sleep_level: int | None = 2):
@@ -61,6 +69,9 @@ class VLLMEngine(GenerationEngine):
                               "runs r3exp (python -m r3exp declares them)")
         if sleep_level not in (None, 1, 2):
             raise ConfigError(f"engine.sleep_level={sleep_level!r}; expected 1, 2 or null")
+        if VLLMEngine._open is not None:
+            raise RuntimeError(f"a vLLM engine for {VLLMEngine._open.model_path!r} is open in this process: close it "
+                               "before starting another (vLLM's parallel state is per process)")
         on_gpu = torch.cuda.is_available()
         configure_environment(on_gpu, cpu_kv_cache_gib)
         self.sleep_level = sleep_level if on_gpu else None
@@ -70,6 +81,9 @@ class VLLMEngine(GenerationEngine):
         # several ranks on GPUs, or several ranks per engine: the engine joins the torch.distributed world the
         # trainer started (vLLM's external_launcher, TRL's colocate mode); one process per engine on CPUs: uni
         external = distributed.world_size() > 1 and (on_gpu or tensor_parallel_size > 1)
+        # vLLM's shutdown destroys the default process group: only an engine that created it may shut down
+        self.model_path = str(model_path)
+        self._joined_process_group = torch.distributed.is_available() and torch.distributed.is_initialized()
         if external:
             distributed.vllm_rank_environment()
         try:
@@ -89,6 +103,7 @@ class VLLMEngine(GenerationEngine):
                                                           or isinstance(err, OSError)):
                 raise ModelUnavailable(f"vLLM cannot reach the weights of {model_path!r}: {str(err).splitlines()[0][:200]}") from None
             raise
+        VLLMEngine._open = self
 
     @property
     def _tied_embeddings(self) -> bool:
@@ -146,9 +161,18 @@ class VLLMEngine(GenerationEngine):
     def holds_weights(self) -> bool:
         return not self._weights_discarded
 
-    def close(self) -> None:  # idempotent: the main job closes it before lm-eval starts an engine of its own
-        if hasattr(self, "llm"):
-            del self.llm
+    def close(self) -> None:
+        """Shut the engine down now (idempotent); another engine may start after it. An engine that joined
+        the trainer's process group (several ranks) is only released: vLLM's shutdown would destroy that
+        group too, so its teardown waits for the end of the process."""
+        if not hasattr(self, "llm"):
+            return
+        if not self._joined_process_group:
+            self.llm.llm_engine.engine_core.shutdown()  # vLLM's own teardown: workers, parallel groups, caches
+        del self.llm
+        gc.collect()
+        if VLLMEngine._open is self:
+            VLLMEngine._open = None
 
 
 def tied_lm_head(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
