@@ -35,7 +35,8 @@ def causal_lm(tied: bool, lora: bool, seed: int = 0):
 
 def rollout(generator: torch.Generator, groups: int, group_size: int) -> dict:
     """A rollout batch of the shape ``rollout.batching.build_batch`` gives: right-padded rows of context ‖
-    reflection, 0/1 rewards in groups, behaviour log-probs near the policy's (random)."""
+    reflection, 0/1 rewards in groups, behaviour log-probs near the policy's (random). Both kinds of rows,
+    as ``rollout.protocol=r3_grpo`` makes: the odd groups train attempts."""
     n = groups * group_size
     context = torch.randint(3, 12, (n,), generator=generator)
     reflection = torch.randint(1, 9, (n,), generator=generator)
@@ -52,6 +53,7 @@ def rollout(generator: torch.Generator, groups: int, group_size: int) -> dict:
         "behaviour_logprobs": torch.where(mask, -2.0 + torch.rand(n, total, generator=generator), 0.0),
         "rewards": rewards,
         "group_ids": torch.arange(groups).repeat_interleave(group_size),
+        "row_kinds": (torch.arange(groups) % 2).repeat_interleave(group_size),
         "policy_version": torch.zeros(n, dtype=torch.long),
     }
 
@@ -69,7 +71,10 @@ def one_batch_loss(policy, reference, rollouts, settings: LossSettings, scale_re
                                                                     "behaviour_logprobs")}
     rewards = torch.cat([r["rewards"] for r in rollouts])
     groups = torch.cat([r["group_ids"] + 1000 * i for i, r in enumerate(rollouts)])
-    advantages = F.group_advantages(rewards, groups, scale_rewards)
+    kinds = torch.cat([r["row_kinds"] for r in rollouts])
+    advantages = torch.zeros_like(rewards)
+    for kind in kinds.unique():  # each kind of row on its own
+        advantages[kinds == kind] = F.group_advantages(rewards[kinds == kind], groups[kinds == kind], scale_rewards)
     mask = batch["reflection_mask"][:, 1:]
     logprobs = full_logits_logprobs(policy, batch, settings.temperature)
     ref = None
@@ -191,3 +196,24 @@ def test_gradient_checkpointing_is_on_and_changes_no_gradient(lora):
     assert results[False][0] == 1 and results[True][0] == 2
     for name, grad in results[False][1].items():
         torch.testing.assert_close(results[True][1][name], grad, **CLOSE)
+
+
+def test_each_kind_of_row_has_its_own_advantages():
+    """rollout.protocol=r3_grpo trains attempts and reflections in one step: groups never mix kinds, and
+    ``batch`` scaling divides each kind by the std of its own rewards (not one std over both)."""
+    from r3exp.grpo.step import kind_advantages
+
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    kinds = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    for scale in ("group", "none"):
+        assert torch.equal(kind_advantages(rewards, groups, kinds, scale), F.group_advantages(rewards, groups, scale))
+    both = kind_advantages(rewards, groups, kinds, "batch")
+    for kind in (0, 1):
+        chosen = kinds == kind
+        assert torch.allclose(both[chosen], F.group_advantages(rewards[chosen], groups[chosen], "batch"))
+    assert not torch.allclose(both, F.group_advantages(rewards, groups, "batch"))
+    # several ranks: each kind's moments are summed over ranks, in one call
+    calls = []
+    kind_advantages(rewards, groups, kinds, "batch", lambda moments: calls.append(moments) or moments)
+    assert calls == [[6.0, 4.0, 4.0, 4.0, 1.0, 1.0]]  # (count, sum, sum of squares) of reflections, attempts

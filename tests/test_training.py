@@ -44,9 +44,10 @@ def train(cfg, tiny_path, tokenizer, engine, recorder):
     return run_training(cfg, parts, logger=False, extra_callbacks=[recorder])
 
 
-def test_every_batch_is_sampled_with_the_latest_weights(tmp_path, tiny_path, tokenizer, fresh_vllm):
+@pytest.mark.parametrize("protocol", ["r3", "r3_grpo"])
+def test_every_batch_is_sampled_with_the_latest_weights(tmp_path, tiny_path, tokenizer, fresh_vllm, protocol):
     # two rollouts per optimizer step, trained in micro-batches of at most 160 padded tokens
-    cfg = training_config(tmp_path, "trainer.max_steps=4", "optimizer.optimizer.lr=3e-3",
+    cfg = training_config(tmp_path, "trainer.max_steps=4", "optimizer.optimizer.lr=3e-3", f"rollout.protocol={protocol}",
                           "rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains",
                           "~rollout.reward._partial_", "+rollout.reward.text=a", "rollout.on_no_signal=resample",
                           "rollout.group_size=8", "rollout.examples_per_step=2", "grpo.rollouts_per_step=2",
@@ -60,9 +61,13 @@ def test_every_batch_is_sampled_with_the_latest_weights(tmp_path, tiny_path, tok
         assert row["versions"] <= {row["step"]}  # generated after exactly `step` optimizer updates
         assert row["rollouts"] == 2
     for row in trained:
-        # the trainer's log-probs of the sampled reflections equal the engine's: same weights
+        # the trainer's log-probs of the sampled reflections (and attempts) equal the engine's: same weights
         assert row["train/logprob_diff_max"] < 1e-3, row
         assert row["train/micro_batches"] >= 2
+    if protocol == "r3_grpo":  # every example is an attempt group; the metrics come by kind of row too
+        assert all(r["rollout/attempt/groups"] >= 4 and "rollout/reflection/reward_mean" in r for r in recorder.rows)
+        assert all(r["rollout/groups"] == r["rollout/attempt/groups"] + r["rollout/reflection/groups"]
+                   for r in recorder.rows)
     assert fresh_vllm.policy_version == 4  # the final weights were pushed for evaluation
 
 
@@ -222,23 +227,90 @@ def test_grpo_baseline_reward_rises_on_a_learnable_toy(tmp_path, tiny_path, toke
     assert last > first + 0.25, rewards
 
 
-def test_training_stops_when_the_sampled_token_budget_is_spent(tmp_path, tiny_path, tokenizer, fresh_vllm):
+@pytest.mark.parametrize("protocol, budget", [("r3", 500), ("r3_grpo", 1500)])
+def test_training_stops_when_the_sampled_token_budget_is_spent(tmp_path, tiny_path, tokenizer, fresh_vllm, protocol,
+                                                               budget):
     """callbacks.sampled_token_budget: the count is the tokens the engine sampled (attempts, reflections,
-    retries of every draw), and training stops after the step that reaches the budget."""
-    cfg = training_config(tmp_path, "trainer.max_steps=50", "callbacks.sampled_token_budget.max_sampled_tokens=500",
-                          "rollout.on_no_signal=skip")  # one draw per step: at most 224 tokens
+    retries of every draw; r3_grpo's G attempts per example too), and training stops after the step that
+    reaches the budget."""
+    cfg = training_config(tmp_path, "trainer.max_steps=50", f"callbacks.sampled_token_budget.max_sampled_tokens={budget}",
+                          "rollout.on_no_signal=skip", f"rollout.protocol={protocol}")  # one draw per step
     sampled = []
 
     class Count(L.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             episodes = [ep for rollout in module.last_step.rollouts for ep in rollout["episodes"]]
-            completions = [c for ep in episodes for c in [ep.attempt, *ep.reflections, *ep.retries]]
-            assert module.last_step.rollout_stats["rollout/sampled_tokens"] == sum(len(c.token_ids) for c in completions)
+            # every sampled completion once (r3_grpo reflects on an attempt of an attempt group)
+            completions = {id(c): c for ep in episodes for c in [ep.attempt, *ep.reflections, *ep.retries]}
+            assert module.last_step.rollout_stats["rollout/sampled_tokens"] == \
+                sum(len(c.token_ids) for c in completions.values())
             sampled.append(module.last_step.rollout_stats["rollout/sampled_tokens"])
 
     train(cfg, tiny_path, tokenizer, fresh_vllm, Count())
-    assert sum(sampled[:-1]) < 500 <= sum(sampled), sampled
+    assert sum(sampled[:-1]) < budget <= sum(sampled), sampled
     assert 3 <= len(sampled) < 50
+
+
+def test_r3_grpo_draws_attempt_groups_and_reflection_groups_on_their_failures(tmp_path, tokenizer, fresh_vllm):
+    """rollout.protocol=r3_grpo: per example, G sampled attempts rewarded by the validator (one group); for
+    each example with a failed attempt, G reflections on its first failed attempt and a retry each (another
+    group); the rows of both, each kind's trained tokens exactly under the mask."""
+    from r3exp import keys
+    from r3exp.rollout.batching import batch_rows
+    from r3exp.rollout.episodes import ROW_KINDS, ChatRenderer
+
+    cfg = training_config(tmp_path, "rollout.protocol=r3_grpo", "rollout.examples_per_step=3", "rollout.group_size=4",
+                          "rollout.on_no_signal=skip")
+    task = instantiate(cfg.task)
+    fresh_vllm.seek("training", 0)
+    batch = instantiate(cfg.rollout)(task=task, engine=fresh_vllm, tokenizer=tokenizer).next_batch()
+    attempts = [ep for ep in batch["episodes"] if ep.kind == "attempt"]
+    reflections = [ep for ep in batch["episodes"] if ep.kind == "reflection"]
+    assert len(attempts) == 3 and all(len(ep.reflections) == 4 for ep in attempts)
+    for ep in attempts:
+        assert ep.rewards == [float(task.validate(ep.example, c.text)) for c in ep.reflections]
+    failed = [ep for ep in attempts if not all(ep.retry_successes)]
+    assert failed and [ep.example for ep in reflections] == [ep.example for ep in failed]
+    render = ChatRenderer(tokenizer)
+    for r3, grpo in zip(reflections, failed):
+        assert r3.attempt is grpo.reflections[grpo.retry_successes.index(False)]  # its first failed attempt
+        assert grpo.reflection_prompt_ids == render.for_task(task, grpo.example, task.first_attempt_messages(grpo.example))
+        assert r3.reflection_prompt_ids == render.for_task(
+            task, r3.example, task.reflection_messages(r3.example, r3.attempt.text))
+        assert len(r3.reflections) == len(r3.retries) == 4
+        assert r3.rewards == [float(task.validate(r3.example, c.text)) for c in r3.retries]
+    rows = batch_rows(batch["episodes"])
+    assert batch["row_kinds"].tolist() == [ROW_KINDS.index(ep.kind) for ep, _, _ in rows]
+    assert len(rows) == 4 * (len(attempts) + len(reflections))
+    for group in batch["group_ids"].unique():  # a group never mixes attempts and reflections
+        assert batch["row_kinds"][batch["group_ids"] == group].unique().numel() == 1
+    for b, (ep, _, j) in enumerate(rows):  # context, then exactly the trained completion under the mask
+        assert batch["input_ids"][b, :len(ep.reflection_prompt_ids)].tolist() == ep.reflection_prompt_ids
+        assert batch["input_ids"][b][batch["reflection_mask"][b]].tolist() == ep.reflections[j].token_ids
+    stats = batch["stats"]
+    assert stats["rollout/attempt/groups"] == 3 and stats["rollout/reflection/groups"] == len(reflections)
+    assert stats[keys.GROUPS] == 3 + len(reflections)
+    assert stats["rollout/attempt/reward_mean"] == pytest.approx(
+        sum(r for ep in attempts for r in ep.rewards) / 12)
+    assert stats[keys.FIRST_TRY_SUCCESS] == sum(ep.first_try_success for ep in attempts) / 3
+    assert keys.FOLLOW_RATE in stats
+
+
+def test_a_reflection_reward_is_refused_by_the_protocol_without_reflections():
+    """rollout.reward judges a reflection by its retry: rollout.protocol=grpo rewards attempts by the validator,
+    so it refuses another reward in one line rather than ignoring it; r3 and r3_grpo use it."""
+    from r3exp.errors import ConfigError
+    from r3exp.rollout.datamodule import ReflectionRolloutDataModule
+    from r3exp.rollout.episodes import ReflectionContains
+
+    sampling = SamplingConfig()
+    with pytest.raises(ConfigError, match=r"rollout.reward=r3exp.rollout.episodes.ReflectionContains rewards "
+                                          r"reflections; rollout.protocol=grpo trains no reflection"):
+        ReflectionRolloutDataModule(None, None, None, sampling, sampling, sampling, reward=ReflectionContains("a"),
+                                    protocol="grpo")
+    with pytest.raises(ConfigError, match="rollout.protocol=r3_grpo samples first attempts"):
+        ReflectionRolloutDataModule(None, None, None, sampling, sampling, sampling, protocol="r3_grpo",
+                                    source="failures", failures_path="x.jsonl")
 
 
 def test_a_budget_that_is_not_a_positive_number_of_tokens_is_refused_naming_the_key():

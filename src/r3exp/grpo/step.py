@@ -17,6 +17,7 @@ from r3exp.grpo.logprobs import ReflectionLogprobs, masked_token_logprobs
 from r3exp.grpo.micro_batches import select_rows, token_budget_micro_batches
 from r3exp.models.export import is_peft
 from r3exp.rollout.batching import RolloutBatch, concat_batches
+from r3exp.rollout.episodes import ROW_KINDS
 
 
 @dataclass
@@ -53,18 +54,39 @@ def step_rows(rollouts: Sequence[RolloutBatch], scale_rewards: str, beta: float,
     """Merge the step's rollouts, compute group advantages over all of them, and keep the rows that move
     the loss: with ``beta`` = 0 a row whose advantage is 0 adds exactly 0 to the loss and its gradient
     (``-min(ρ·0, clip(ρ)·0)``), so it is left out of the forward; it still counts in the step's size.
-    ``reward_moments`` sums (count, sum, sum of squares) of the rewards over ranks, for ``batch`` scaling."""
+    Each kind of row (``row_kinds``: reflections, attempts) has its own advantages (:func:`kind_advantages`).
+    ``reward_moments`` sums the (count, sum, sum of squares) of each kind's rewards over ranks, for ``batch``
+    scaling."""
     batch = concat_batches(rollouts)
-    rewards = batch["rewards"].double()
-    batch_std = None
-    if scale_rewards == "batch":
-        batch_std = F.pooled_std(*reward_moments([len(rewards), rewards.sum().item(), (rewards**2).sum().item()]))
-    advantages = F.group_advantages(batch["rewards"], batch["group_ids"], scale_rewards, batch_std=batch_std)
+    advantages = kind_advantages(batch["rewards"], batch["group_ids"], batch["row_kinds"], scale_rewards,
+                                 reward_moments)
     size = F.StepSize.of(batch["reflection_mask"][:, 1:])
     keep = torch.ones_like(advantages, dtype=torch.bool) if beta != 0.0 else advantages.ne(0)
     rows = keep.nonzero().squeeze(-1).tolist()
     moving = select_rows({**batch, "advantages": advantages}, rows)
     return StepRows(moving, size, advantages)
+
+
+def kind_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, row_kinds: torch.Tensor, scale_rewards: str,
+                    reward_moments: Callable[[list[float]], list[float]] = lambda moments: moments) -> torch.Tensor:
+    """(N,) group advantages computed for each kind of row on its own: groups never mix kinds, so only
+    ``batch`` scaling differs from one computation over all rows (each kind is divided by the std of its
+    own rewards; an attempt's reward and a reflection's measure different things). ``reward_moments`` is
+    called once, on every rank alike, with 3 moments per kind of ``ROW_KINDS``."""
+    advantages = torch.zeros_like(rewards)
+    selections = [row_kinds == kind for kind in range(len(ROW_KINDS))]
+    stds: list[float | None] = [None] * len(ROW_KINDS)
+    if scale_rewards == "batch":
+        moments = []
+        for chosen in selections:
+            values = rewards[chosen].double()
+            moments += [float(len(values)), values.sum().item(), (values**2).sum().item()]
+        moments = reward_moments(moments)
+        stds = [F.pooled_std(*moments[3 * k:3 * k + 3]) for k in range(len(ROW_KINDS))]
+    for chosen, std in zip(selections, stds):
+        if chosen.any():
+            advantages[chosen] = F.group_advantages(rewards[chosen], group_ids[chosen], scale_rewards, batch_std=std)
+    return advantages
 
 
 def micro_batch_loss(policy, micro: dict, settings: LossSettings, size: F.StepSize,

@@ -5,7 +5,7 @@ from typing import Sequence, TypedDict
 
 import torch
 
-from r3exp.rollout.episodes import Episode
+from r3exp.rollout.episodes import ROW_KINDS, Episode
 
 
 class RolloutBatch(TypedDict, total=False):
@@ -18,7 +18,8 @@ class RolloutBatch(TypedDict, total=False):
     reflection_mask: torch.Tensor  # (N, T) bool: exactly the reflection tokens (reflection_mask())
     behaviour_logprobs: torch.Tensor  # (N, T): the engine's log-prob of each reflection token, 0 elsewhere
     rewards: torch.Tensor  # (N,)
-    group_ids: torch.Tensor  # (N,): one group per failed example
+    group_ids: torch.Tensor  # (N,): one group per failed example (R3) or per example (GRPO's attempts)
+    row_kinds: torch.Tensor  # (N,): what the row trains, an index into episodes.ROW_KINDS
     policy_version: torch.Tensor  # (N,): the weights that sampled the row
     stats: dict[str, float]  # rollout metrics (r3exp.keys)
     has_signal: bool  # some group's rewards differ
@@ -41,7 +42,8 @@ def reflection_mask(context_lengths: torch.Tensor, reflection_lengths: torch.Ten
 
 def batch_rows(episodes: Sequence[Episode]) -> list[tuple[Episode, int, int]]:
     """The batch's rows in order: (episode, group id, reflection index), one per reflection of every
-    failed episode. Everything that pairs rows with episodes (batches, sample tables) goes through here."""
+    failed episode (or sampled attempt of a GRPO group): one group per episode, so a group never mixes
+    kinds of rows. Everything that pairs rows with episodes (batches, sample tables) goes through here."""
     failed = [ep for ep in episodes if ep.reflections]
     return [(ep, group, j) for group, ep in enumerate(failed) for j in range(len(ep.reflections))]
 
@@ -52,7 +54,7 @@ def build_batch(episodes: Sequence[Episode], pad_id: int) -> RolloutBatch:
     Returns tensors: ``input_ids`` (B, T) context ‖ reflection, right-padded with ``pad_id``;
     ``attention_mask`` (B, T); ``reflection_mask`` (B, T); ``behaviour_logprobs`` (B, T), the engine's
     log-prob of each reflection token at its own position (0 elsewhere); ``rewards`` (B,);
-    ``group_ids`` (B,), one group per failed example; ``policy_version`` (B,).
+    ``group_ids`` (B,), one group per episode; ``row_kinds`` (B,); ``policy_version`` (B,).
     """
     rows = batch_rows(episodes)
     if not rows:
@@ -77,6 +79,7 @@ def build_batch(episodes: Sequence[Episode], pad_id: int) -> RolloutBatch:
         "behaviour_logprobs": behaviour,
         "rewards": torch.tensor([ep.rewards[j] for ep, _, j in rows], dtype=torch.float32),
         "group_ids": torch.tensor([g for _, g, _ in rows]),
+        "row_kinds": torch.tensor([ROW_KINDS.index(ep.kind) for ep, _, _ in rows]),
         "policy_version": torch.tensor([ep.policy_version for ep, _, _ in rows]),
     }
 
@@ -98,6 +101,7 @@ def empty_batch() -> RolloutBatch:
         "behaviour_logprobs": torch.zeros((0, 0)),
         "rewards": torch.zeros(0),
         "group_ids": torch.zeros(0, dtype=torch.long),
+        "row_kinds": torch.zeros(0, dtype=torch.long),
         "policy_version": torch.zeros(0, dtype=torch.long),
     }
 

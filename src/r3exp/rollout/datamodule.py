@@ -21,28 +21,49 @@ from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.rollout.batching import rollout_batch
 from r3exp.rollout.engines.base import GenerationEngine, SamplingConfig
-from r3exp.rollout.episodes import Episode, R3Protocol, RewardFn, retry_succeeds
+from r3exp.rollout.episodes import ATTEMPT, REFLECTION, Episode, R3Protocol, RewardFn, retry_succeeds
 from r3exp.tasks.base import Task
 
 log = logging.getLogger(__name__)
 ON_NO_SIGNAL = ("skip", "resample")
-PROTOCOLS = ("r3", "grpo")
+PROTOCOLS = {"r3": (REFLECTION,), "grpo": (ATTEMPT,), "r3_grpo": (ATTEMPT, REFLECTION)}  # the kinds of rows each trains
 ROLLOUT_STREAM = "training"  # the engine's sampling stream of the training rollouts
 
 
 def rollout_stats(episodes: list[Episode], seconds: float, generated_tokens: int,
-                  followed: list[bool | None] | None = None) -> dict[str, float]:
+                  followed: list[bool | None] | None = None, kinds: tuple[str, ...] = (REFLECTION,),
+                  ) -> dict[str, float]:
     """Per-step rollout metrics (plain floats). ``followed``: for every sampled reflection, whether its retry
     did what it proposed (None where the task cannot read a proposal); the follow rate is NaN when no
-    reflection proposed anything readable, and absent when ``followed`` is None (plain GRPO)."""
-    failed = [ep for ep in episodes if ep.reflections]  # the rows: R3's failures, or every GRPO group
+    reflection proposed anything readable, and absent when ``followed`` is None (plain GRPO). The reward
+    metrics cover every row; with several ``kinds`` of rows (``r3_grpo``) they are also given per kind,
+    as ``rollout/<kind>/...``. The first-try success is that of the episodes that start from the task
+    prompt (GRPO's first sample, when there are attempt groups)."""
+    attempts = [ep for ep in episodes if ep.kind == ATTEMPT]
+    first_tries = attempts or episodes
+    stats = {
+        keys.FIRST_TRY_SUCCESS: sum(ep.first_try_success for ep in first_tries) / max(len(first_tries), 1),
+        "rollout/failure_fraction": sum(not ep.first_try_success for ep in first_tries) / max(len(first_tries), 1),
+        **row_stats(episodes),
+        keys.SECONDS: seconds,
+        keys.GENERATED_TOKENS_PER_SECOND: generated_tokens / seconds if seconds > 0 else 0.0,
+        keys.SAMPLED_TOKENS: float(generated_tokens),
+    }
+    if len(kinds) > 1:
+        for kind in kinds:
+            mine = row_stats([ep for ep in episodes if ep.kind == kind])
+            stats.update({key.replace("rollout/", f"rollout/{kind}/", 1): value for key, value in mine.items()})
+    return stats | ({} if followed is None else {keys.FOLLOW_RATE: follow_rate(followed)})
+
+
+def row_stats(episodes: list[Episode]) -> dict[str, float]:
+    """Reward, group and length metrics of the rows of ``episodes`` (R3's failures, GRPO's groups)."""
+    failed = [ep for ep in episodes if ep.reflections]
     rewards = [r for ep in failed for r in ep.rewards]
     groups = [ep.rewards for ep in failed if ep.rewards]
     lengths = [len(f.token_ids) for ep in failed for f in ep.reflections]
     tensor = torch.tensor(rewards) if rewards else torch.zeros(0)
     return {
-        keys.FIRST_TRY_SUCCESS: sum(ep.first_try_success for ep in episodes) / max(len(episodes), 1),
-        "rollout/failure_fraction": sum(not ep.first_try_success for ep in episodes) / max(len(episodes), 1),
         keys.RETRY_SUCCESS: sum(s for ep in failed for s in ep.retry_successes) / max(len(rewards), 1),
         keys.REWARD_MEAN: tensor.mean().item() if rewards else 0.0,
         "rollout/reward_std": tensor.std().item() if len(rewards) > 1 else 0.0,
@@ -50,10 +71,15 @@ def rollout_stats(episodes: list[Episode], seconds: float, generated_tokens: int
         keys.REFLECTION_LENGTH: sum(lengths) / max(len(lengths), 1),
         keys.REFLECTIONS_TRUNCATED: sum(not f.finished for ep in failed for f in ep.reflections) / max(len(lengths), 1),
         keys.GROUPS: float(len(groups)),
-        keys.SECONDS: seconds,
-        keys.GENERATED_TOKENS_PER_SECOND: generated_tokens / seconds if seconds > 0 else 0.0,
-        keys.SAMPLED_TOKENS: float(generated_tokens),
-    } | ({} if followed is None else {keys.FOLLOW_RATE: follow_rate(followed)})
+    }
+
+
+def reward_name(reward) -> str:
+    """How a reward function is named in an error: its class or function, as a config's ``_target_``."""
+    target = getattr(reward, "func", reward)  # a partial's function
+    if not hasattr(target, "__qualname__"):  # an instance (ReflectionContains(text=...)): its class
+        target = type(target)
+    return f"{target.__module__}.{target.__qualname__}"
 
 
 def follow_rate(followed: list[bool | None]) -> float:
@@ -98,9 +124,12 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
             still counts) or ``resample`` (draw new examples, at most ``max_draws`` times).
         reward: the reward function (default: the retry passes the validator).
         seed: order in which training examples are drawn.
-        protocol: ``r3`` (reflect on failures, reward the reflection by its retry) or ``grpo``, the baseline:
+        protocol: ``r3`` (reflect on failures, reward the reflection by its retry); ``grpo``, the baseline:
             G sampled first attempts per example, each rewarded by the validator, the attempt trained
-            (``reflection`` sampling's temperature, ``attempt``'s length).
+            (``reflection`` sampling's temperature, ``attempt``'s length); ``r3_grpo``: both in one step,
+            GRPO's attempt groups, and R3's reflection group on each example's first failed attempt (one
+            optimizer step over both kinds of rows, advantages within each kind).
+            ``reward`` rewards reflections: ``grpo`` rewards attempts by the validator and refuses another.
     """
 
     def __init__(self, task: Task, engine: GenerationEngine, tokenizer, attempt: SamplingConfig,
@@ -110,9 +139,12 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
                  seed: int = 0, protocol: str = "r3"):
         super().__init__()
         if protocol not in PROTOCOLS:
-            raise ConfigError(f"rollout.protocol={protocol!r}; expected one of {PROTOCOLS}")
-        if protocol == "grpo" and source != "online":
-            raise ConfigError("rollout.protocol=grpo samples first attempts: it needs rollout.source=online")
+            raise ConfigError(f"rollout.protocol={protocol!r}; expected one of {tuple(PROTOCOLS)}")
+        if ATTEMPT in PROTOCOLS[protocol] and source != "online":
+            raise ConfigError(f"rollout.protocol={protocol} samples first attempts: it needs rollout.source=online")
+        if REFLECTION not in PROTOCOLS[protocol] and getattr(reward, "func", reward) is not retry_succeeds:
+            raise ConfigError(f"rollout.reward={reward_name(reward)} rewards reflections; rollout.protocol={protocol} "
+                              "trains no reflection (its attempts are rewarded by the task's validator): remove it")
         if on_no_signal not in ON_NO_SIGNAL:
             raise ConfigError(f"rollout.on_no_signal={on_no_signal!r}; expected one of {ON_NO_SIGNAL}")
         if source not in ("online", "failures"):
@@ -158,6 +190,8 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
             drawn = self._draw()
             if self.protocol_name == "grpo":
                 episodes += self.protocol.attempt_groups(drawn, self.group_size)
+            elif self.protocol_name == "r3_grpo":
+                episodes += self.protocol.attempt_and_reflection_groups(drawn, self.group_size)
             elif self.source == "online":
                 episodes += self.protocol.run(drawn, self.group_size)
             else:
@@ -165,8 +199,10 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
             if has_signal(episodes):
                 break
         self.last_episodes = episodes
-        followed = follow_verdicts(self.task, episodes) if self.protocol_name == "r3" else None
-        stats = rollout_stats(episodes, self.protocol.timing.seconds, self.protocol.timing.generated_tokens, followed)
+        kinds = PROTOCOLS[self.protocol_name]
+        followed = follow_verdicts(self.task, episodes) if REFLECTION in kinds else None
+        stats = rollout_stats(episodes, self.protocol.timing.seconds, self.protocol.timing.generated_tokens, followed,
+                              kinds)
         stats["rollout/draws"] = len(episodes) / self.examples_per_step
         stats[keys.WALL_SECONDS] = time.perf_counter() - start
         return rollout_batch(episodes, self.pad_id, stats, has_signal(episodes))

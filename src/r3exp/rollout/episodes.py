@@ -2,7 +2,8 @@
 
 Used by both training (``group_size`` G reflections per failure) and evaluation (one reflection).
 Knows nothing of Lightning: it returns plain :class:`Episode` records; ``batching`` turns them into
-training tensors.
+training tensors. The training protocols (``rollout.protocol``): ``r3`` (:meth:`R3Protocol.run`), ``grpo``
+(:meth:`R3Protocol.attempt_groups`) and ``r3_grpo`` (:meth:`R3Protocol.attempt_and_reflection_groups`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from r3exp.rollout.engines.base import Completion, GenerationEngine, SamplingCon
 from r3exp.tasks.base import Example, Message, Task
 
 RewardFn = Callable[[Task, Example, Completion, Completion], float]
+# what an episode's rows train: reflections (R3, rewarded by their retry) or first attempts (GRPO, rewarded
+# by the validator); the order is the ``row_kinds`` index of a batch
+REFLECTION, ATTEMPT = "reflection", "attempt"
+ROW_KINDS = (REFLECTION, ATTEMPT)
 
 
 def retry_succeeds(task: Task, example: Example, reflection: Completion, retry: Completion) -> float:
@@ -39,7 +44,8 @@ class ReflectionContains:
 @dataclass
 class Episode:
     """One example's journey through R3. ``reflections``/``retries``/``rewards`` are empty when the first
-    attempt succeeded."""
+    attempt succeeded. ``kind`` ``attempt``: a GRPO group, whose trained completions (in ``reflections``,
+    after ``reflection_prompt_ids`` = the task prompt) are sampled first attempts."""
 
     example: Example
     attempt: Completion
@@ -50,6 +56,7 @@ class Episode:
     rewards: list[float] = field(default_factory=list)
     retry_successes: list[bool] = field(default_factory=list)
     policy_version: int = 0
+    kind: str = REFLECTION
 
 
 @dataclass
@@ -155,8 +162,22 @@ class R3Protocol:
             successes = [self.task.validate(ex, c.text) for c in group]
             episodes.append(Episode(ex, group[0], successes[0], reflection_prompt_ids=prompt, reflections=list(group),
                                     rewards=[float(x) for x in successes], retry_successes=successes,
-                                    policy_version=self.engine.policy_version))
+                                    policy_version=self.engine.policy_version, kind=ATTEMPT))
         return episodes
+
+    def attempt_and_reflection_groups(self, examples: Sequence[Example], group_size: int) -> list[Episode]:
+        """R3 with GRPO: GRPO's group of ``group_size`` sampled attempts per example (:meth:`attempt_groups`),
+        then R3's group for every example with a failed attempt: ``group_size`` reflections on its first
+        failed attempt, one retry each, rewarded by ``reward``. One failure per example, not every failed
+        attempt: G failures x G reflections would cost G times more than R3's rows. Returns the attempt
+        groups, then the reflection groups."""
+        attempt_groups = self.attempt_groups(examples, group_size)
+        failures = []
+        for ep in attempt_groups:
+            failed = next((c for c, ok in zip(ep.reflections, ep.retry_successes) if not ok), None)
+            if failed is not None:
+                failures.append(Episode(ep.example, failed, False, policy_version=ep.policy_version))
+        return attempt_groups + self.reflect_and_retry(failures, group_size)
 
     def retries_with(self, pairs: Sequence[tuple[Episode, str]]) -> list[Completion]:
         """One retry per ``(episode, reflection text)``, with that text in place of the episode's own
