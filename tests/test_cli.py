@@ -135,13 +135,14 @@ def test_paper_experiments_compose(experiment, source):
 
 
 
-def test_the_demo_is_a_multirun_of_r3_and_grpo_over_seeds_at_one_token_budget():
-    """experiment=r3_demo composes into the six jobs it promises (its results are docs/results.md's)."""
+def test_the_demo_is_a_multirun_of_three_arms_over_seeds_at_one_token_budget():
+    """experiment=r3_demo composes into the nine jobs it promises: R3, GRPO and R3+GRPO for three seeds
+    (its results are docs/results.md's)."""
     out = r3exp("experiment=r3_demo", "--cfg", "hydra")
     assert out.returncode == 0, out.stderr
     hydra_cfg = out.stdout
     assert "mode: MULTIRUN" in hydra_cfg and "r3exp.results.sweep_callback.CompareSweep" in hydra_cfg
-    assert "seed: 0,1,2" in hydra_cfg and "rollout.protocol: r3,grpo" in hydra_cfg
+    assert "seed: 0,1,2" in hydra_cfg and "rollout.protocol: r3,grpo,r3_grpo" in hydra_cfg
     job = r3exp("experiment=r3_demo", "--cfg", "job").stdout
     assert "name: countdown_pairs" in job and "max_sampled_tokens: 400000" in job
     assert "reflection_ends_with_answer: true" in job and "reflection_analysis: false" in job

@@ -67,11 +67,12 @@ def test_solved_after_reflection_reads_first_try_or_retry_and_pairs_by_example(t
         pair(solved_after_reflection(tmp_path / "a.jsonl"), solved_after_reflection(tmp_path / "b.jsonl"))
 
 
-def test_compare_tests_trained_vs_base_and_r3_vs_grpo_seed_by_seed(tmp_path):
+def test_compare_tests_trained_vs_base_and_every_pair_of_arms_seed_by_seed(tmp_path):
     base = [(False, False)] * 10
     for seed in (0, 1):
         for protocol, trained in (("r3", [(False, True)] * 4 + [(False, False)] * 6),
-                                  ("grpo", [(True, None)] * 1 + [(False, False)] * 9)):
+                                  ("grpo", [(True, None)] * 1 + [(False, False)] * 9),
+                                  ("r3_grpo", [(True, None)] * 2 + [(False, True)] * 3 + [(False, False)] * 5)):
             run = tmp_path / f"{protocol}{seed}"
             write_run(run, seed, [f"seed={seed}", f"rollout.protocol={protocol}"], (0, 0), (0, 0))
             write_episodes(run / "eval_base_episodes.jsonl", base)
@@ -84,11 +85,19 @@ def test_compare_tests_trained_vs_base_and_r3_vs_grpo_seed_by_seed(tmp_path):
         ("rollout.protocol=grpo trained", "rollout.protocol=grpo base", "after reflection"),
         ("rollout.protocol=grpo trained", "rollout.protocol=grpo base", "first try"),
         ("rollout.protocol=r3 trained", "rollout.protocol=grpo trained", "after reflection"),
-        ("rollout.protocol=r3 trained", "rollout.protocol=grpo trained", "first try")}
+        ("rollout.protocol=r3 trained", "rollout.protocol=grpo trained", "first try"),
+        *[(f"rollout.protocol=r3_grpo {model}", f"rollout.protocol=r3_grpo {base}", measure)
+          for model, base in (("trained", "base"),) for measure in ("after reflection", "first try")],
+        *[("rollout.protocol=r3_grpo trained", f"rollout.protocol={other} trained", measure)
+          for other in ("r3", "grpo") for measure in ("after reflection", "first try")]}
     r3_vs_base = found[("rollout.protocol=r3 trained", "rollout.protocol=r3 base", "after reflection")]
     assert r3_vs_base.gains == [0.4, 0.4] and (r3_vs_base.a_only, r3_vs_base.b_only) == (8, 0)
     r3_vs_grpo = found[("rollout.protocol=r3 trained", "rollout.protocol=grpo trained", "first try")]
     assert r3_vs_grpo.gains == [-0.1, -0.1] and (r3_vs_grpo.a_only, r3_vs_grpo.b_only) == (0, 2)
+    both_vs_grpo = found[("rollout.protocol=r3_grpo trained", "rollout.protocol=grpo trained", "after reflection")]
+    assert both_vs_grpo.gains == [0.4, 0.4] and (both_vs_grpo.a_only, both_vs_grpo.b_only) == (8, 0)
+    both_vs_r3 = found[("rollout.protocol=r3_grpo trained", "rollout.protocol=r3 trained", "first try")]
+    assert both_vs_r3.gains == [0.2, 0.2]
     table = paired_markdown(paired_comparisons(rows))
     assert "| rollout.protocol=r3 trained | rollout.protocol=r3 base | after reflection | +40.0, +40.0 | +40.0 | 8 / 0 | 20 |" \
         in table

@@ -196,7 +196,9 @@ def write_csv(rows: list[ComparisonRow], path: str | Path) -> Path:
     return path
 
 
-GRPO_PROTOCOL = "rollout.protocol=grpo"
+PROTOCOL_KEY = "rollout.protocol="
+# the arms compared with each other, each with the ones after it ("a" is the earlier)
+ARMS = ("r3_grpo", "r3", "grpo")
 MEASURES = {"after reflection": False, "first try": True}  # measure: first_try_only
 
 
@@ -226,9 +228,16 @@ def _paired(a_runs: list[RunResult], a_label: str, b_runs: list[RunResult], b_la
     return paired_test(pairs) if pairs else None
 
 
+def arm_of(setting: str) -> tuple[str, str]:
+    """``(protocol, the other overrides)`` of a row's setting; no ``rollout.protocol`` override is ``r3``."""
+    options = setting.split()
+    protocol = next((o[len(PROTOCOL_KEY):] for o in options if o.startswith(PROTOCOL_KEY)), "r3")
+    return protocol, " ".join(o for o in options if not o.startswith(PROTOCOL_KEY))
+
+
 def paired_comparisons(rows: list[ComparisonRow]) -> list[PairedComparison]:
-    """Per row: trained vs base. And for every row trained with ``rollout.protocol=grpo`` whose other
-    settings match a row's: that row's trained model (R3) vs the GRPO-trained one, seed by seed."""
+    """Per row: trained vs base. And for every two rows whose settings differ only in ``rollout.protocol``
+    (R3, GRPO, R3+GRPO: ``ARMS``): the earlier arm's trained model vs the other's, seed by seed."""
     found = []
     names = {id(row): row.setting or "default" for row in rows}
     for row in rows:
@@ -236,18 +245,16 @@ def paired_comparisons(rows: list[ComparisonRow]) -> list[PairedComparison]:
             test = _paired(row.runs, keys.TRAINED, row.runs, keys.BASE, measure)
             if test:
                 found.append(PairedComparison(f"{names[id(row)]} trained", f"{names[id(row)]} base", measure, test))
-    for grpo in rows:
-        if GRPO_PROTOCOL not in grpo.setting.split():
-            continue
-        rest = " ".join(o for o in grpo.setting.split() if o != GRPO_PROTOCOL)
-        for r3 in rows:
-            if (r3.task, r3.model) == (grpo.task, grpo.model) and " ".join(
-                    o for o in r3.setting.split() if not o.startswith("rollout.protocol=")) == rest and r3 is not grpo:
-                for measure in MEASURES:
-                    test = _paired(r3.runs, keys.TRAINED, grpo.runs, keys.TRAINED, measure)
-                    if test:
-                        found.append(PairedComparison(f"{names[id(r3)]} trained", f"{names[id(grpo)]} trained",
-                                                      measure, test))
+    arms = [(row, *arm_of(row.setting)) for row in rows]
+    for a, a_protocol, a_rest in arms:
+        for b, b_protocol, b_rest in arms:
+            if a_protocol not in ARMS or b_protocol not in ARMS or ARMS.index(a_protocol) >= ARMS.index(b_protocol) \
+                    or (a.task, a.model, a_rest) != (b.task, b.model, b_rest):
+                continue
+            for measure in MEASURES:
+                test = _paired(a.runs, keys.TRAINED, b.runs, keys.TRAINED, measure)
+                if test:
+                    found.append(PairedComparison(f"{names[id(a)]} trained", f"{names[id(b)]} trained", measure, test))
     return found
 
 
