@@ -149,6 +149,17 @@ def test_the_demo_is_a_multirun_of_three_arms_over_seeds_at_one_token_budget():
     assert "steps: 1600" in job  # the longer warm start the effect needs (docs/results.md)
 
 
+def test_the_real_model_experiment_is_nine_jobs_on_smollm2_at_one_token_budget():
+    """experiment=r3_smollm2: the three arms for three seeds on SmolLM2 and task=arithmetic, one test split,
+    one budget of sampled tokens, the forgetting check on (its results are the README's)."""
+    hydra_cfg = r3exp("experiment=r3_smollm2", "--cfg", "hydra").stdout
+    assert "seed: 0,1,2" in hydra_cfg and "rollout.protocol: r3,grpo,r3_grpo" in hydra_cfg
+    assert "r3exp.results.sweep_callback.CompareSweep" in hydra_cfg
+    job = r3exp("experiment=r3_smollm2", "--cfg", "job").stdout
+    assert "name: smollm2_135m" in job and "name: arithmetic" in job and "max_sampled_tokens: " in job
+    assert "  enabled: true\n  tasks:\n  - r3exp_arithmetic\n" in job  # the forgetting check
+
+
 PALINDROMES = '''
 from r3exp.tasks.base import Task
 
