@@ -26,7 +26,8 @@ from r3exp.tasks.base import Task
 
 log = logging.getLogger(__name__)
 ON_NO_SIGNAL = ("skip", "resample")
-PROTOCOLS = {"r3": (REFLECTION,), "grpo": (ATTEMPT,), "r3_grpo": (ATTEMPT, REFLECTION)}  # the kinds of rows each trains
+# rollout.protocol: the kinds of rows each trains
+PROTOCOLS = {"r3": (REFLECTION,), "grpo": (ATTEMPT,), "r3_grpo": (ATTEMPT, REFLECTION)}
 ROLLOUT_STREAM = "training"  # the engine's sampling stream of the training rollouts
 
 
@@ -186,7 +187,7 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         """Generate one batch with the engine's current weights (called by the training step)."""
         start, self.protocol.timing.seconds, self.protocol.timing.generated_tokens = time.perf_counter(), 0.0, 0
         episodes: list[Episode] = []
-        for _ in range(self.max_draws if self.on_no_signal == "resample" else 1):
+        for draws in range(1, (self.max_draws if self.on_no_signal == "resample" else 1) + 1):
             drawn = self._draw()
             if self.protocol_name == "grpo":
                 episodes += self.protocol.attempt_groups(drawn, self.group_size)
@@ -203,7 +204,7 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         followed = follow_verdicts(self.task, episodes) if REFLECTION in kinds else None
         stats = rollout_stats(episodes, self.protocol.timing.seconds, self.protocol.timing.generated_tokens, followed,
                               kinds)
-        stats["rollout/draws"] = len(episodes) / self.examples_per_step
+        stats["rollout/draws"] = float(draws)
         stats[keys.WALL_SECONDS] = time.perf_counter() - start
         return rollout_batch(episodes, self.pad_id, stats, has_signal(episodes))
 
