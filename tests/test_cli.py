@@ -57,7 +57,10 @@ def test_main_job_end_to_end_then_resume(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| base | test | 16 |" in out.stdout and "| trained | test | 16 |" in out.stdout
     results = json.loads((run_dir / "results.json").read_text())
-    assert set(results) == {"base", "trained"} and results["trained"]["total"] == 16
+    assert set(results) == {"base", "trained", "phases"} and results["trained"]["total"] == 16
+    assert list(results["phases"]) == ["model build", "warm start", "engine start", "base evaluation", "training",
+                                       "export", "trained evaluation"]  # where the time went, in order
+    assert all(seconds > 0 for seconds in results["phases"].values()) and "where the time went" in out.stdout
     for name in ("base", "trained"):  # the controls ran: retries with another failure's and an empty reflection
         failures = 16 - results[name]["first_try_correct"]
         assert 0 <= results[name]["shuffled_reflection_fixed"] <= failures

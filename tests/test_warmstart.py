@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +171,58 @@ def test_warm_start_lands_in_the_accuracy_band(tmp_path):
     assert result["split"] == "validation" and result["total"] == 200
     assert 0.30 <= result["first_try_accuracy"] <= 0.85
     assert result["after_reflection_accuracy"] >= result["first_try_accuracy"]
+
+
+def test_the_shipped_demo_warm_start_lands_in_the_accuracy_band(tmp_path):
+    """experiment=r3_demo starts from the shipped warm start, and it solves part of the validation split
+    on the first try and more after reflection (the demo's setting; its measured base: README)."""
+    from r3exp.warmstart import SHIPPED
+    from tests.test_cli import r3exp
+
+    out = r3exp("experiment=r3_demo", "hydra.mode=RUN", "mode=evaluate", "evaluation.split=validation",
+                f"hydra.run.dir={tmp_path}", "logger=none")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert Path(json.loads((tmp_path / "provenance.json").read_text())["model_path"]).parent == SHIPPED
+    result = json.loads((tmp_path / "results.json").read_text())["tiny_warm"]
+    assert result["split"] == "validation"
+    assert 0.30 <= result["first_try_accuracy"] <= 0.85
+    assert result["after_reflection_accuracy"] >= result["first_try_accuracy"]
+
+
+def test_a_shipped_warm_start_comes_before_the_cache_and_none_means_rebuild(countdown, tiny_path, tmp_path):
+    spec = WarmStartSpec(episodes=16, steps=2, batch_size=4)
+    built = ensure_warm_start(str(tiny_path), countdown, {"seed": 0}, spec, tmp_path / "first")
+    shipped_root = tmp_path / "shipped"
+    shutil.copytree(built, shipped_root / built.name)
+    cache = tmp_path / "cache"
+    assert ensure_warm_start(str(tiny_path), countdown, {"seed": 0}, spec, cache, shipped_root) == shipped_root / built.name
+    assert not cache.exists()  # nothing built
+    other = ensure_warm_start(str(tiny_path), countdown, {"seed": 1}, spec, cache, shipped_root)
+    assert other.parent == cache  # another key: built into the cache
+    rebuilt = ensure_warm_start(str(tiny_path), countdown, {"seed": 0}, spec, cache, shipped=None)
+    assert rebuilt == cache / built.name and (rebuilt / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("overrides", [["experiment=r3_demo", "hydra.mode=RUN"]], ids=["r3_demo"])
+def test_the_demo_warm_start_ships_with_the_package(overrides):
+    """Their recipe and settings give the key of a shipped warm start, built by that recipe (its report). A
+    change to either changes the key: rebuild with mode=warmstart and ship the result (README, "Warm start")."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from r3exp.embedded import tiny_corpus
+    from r3exp.pipeline import warm_start_task_settings
+    from r3exp.warmstart import SHIPPED, warm_start_key
+    from tests.conftest import CACHE, CONF
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    task, model = instantiate(cfg.task), instantiate(cfg.model)
+    base = model.resolve(CACHE, corpus=tiny_corpus)  # the embedded base model (built once, seconds)
+    key = warm_start_key(base, warm_start_task_settings(cfg, task), model.warm_start)
+    shipped = SHIPPED / key
+    assert (shipped / "model.safetensors").exists(), (
+        f"no shipped warm start {key}: python -m r3exp mode=warmstart {' '.join(overrides)} and copy "
+        f"<paths.cache_dir>/warmstart/{key} to {SHIPPED}")
+    report = json.loads((shipped / "warm_start.json").read_text())
+    assert report["task"] == task.name and report["spec"] == asdict(model.warm_start)

@@ -27,6 +27,7 @@ from r3exp.rollout.episodes import R3Protocol
 from r3exp.rollout.failures import collect_failures, write_failures
 from r3exp.tasks.base import SPLITS, Task
 from r3exp.tasks.hub import write_jsonl
+from r3exp.timing import PhaseTimes, install_seconds
 from r3exp.tracking.provenance import collect_provenance, write_provenance
 from r3exp.tracking.wandb_run import (backfill_history, log_dataset_artifact, log_evaluation, log_forgetting,
                                      log_policy_artifact, log_provenance)
@@ -60,35 +61,50 @@ class Components:
     engine: Any
 
 
-def build_components(cfg: DictConfig) -> Components:
-    task, model, path = resolve_model(cfg)
-    tokenizer = load_tokenizer(path)  # fails fast, in one line, when the hub is unreachable
-    # each engine samples its own stream (its seed); the first engine's equals a single process's
-    engine = instantiate(cfg.engine)(model_path=path, seed=cfg.seed + distributed.data_rank())
+def build_components(cfg: DictConfig, phases: PhaseTimes | None = None) -> Components:
+    phases = phases or PhaseTimes()
+    task, model, path = resolve_model(cfg, phases)
+    with phases("engine start"):
+        tokenizer = load_tokenizer(path)  # fails fast, in one line, when the hub is unreachable
+        # each engine samples its own stream (its seed); the first engine's equals a single process's
+        engine = instantiate(cfg.engine)(model_path=path, seed=cfg.seed + distributed.data_rank())
     return Components(task, model, path, tokenizer, engine)
 
 
-def resolve_model(cfg: DictConfig) -> tuple[Task, ModelSpec, str]:
+def resolve_model(cfg: DictConfig, phases: PhaseTimes | None = None) -> tuple[Task, ModelSpec, str]:
     """The task, the model spec and the model's directory (or hub id): the embedded model is built, and
     warm-started, on first use."""
     from r3exp.embedded import tiny_corpus
 
+    phases = phases or PhaseTimes()
     task = instantiate(cfg.task)
     model: ModelSpec = instantiate(cfg.model)
     if not distributed.is_main():
         distributed.barrier()  # several ranks: rank 0 builds what the cache lacks, the others then read it
-    path = model.resolve(cfg.paths.cache_dir, corpus=tiny_corpus)
+    with phases("model build"):
+        path = model.resolve(cfg.paths.cache_dir, corpus=tiny_corpus)
     if model.is_embedded and model.warm_start is not None:
-        path = resolve_warm_start(cfg, task, model, path)
+        with phases("warm start"):
+            path = resolve_warm_start(cfg, task, model, path)
     if distributed.is_main():
         distributed.barrier()
     return task, model, path
 
 
+def warm_start_task_settings(cfg: DictConfig, task: Task) -> dict:
+    """The task settings a warm start depends on (part of its key)."""
+    settings = OmegaConf.to_container(cfg.task, resolve=True)
+    if task.scripted_episodes_ignore_splits:  # one warm start for every seed and split size
+        settings.pop("seed", None)
+        settings.pop("split_sizes", None)
+    return settings
+
+
 def resolve_warm_start(cfg: DictConfig, task: Task, model: ModelSpec, base_path: str) -> str:
     """The warm-started embedded model: from ``warm_start_path`` (``mode=warmstart``'s output, e.g. the
-    DVC stage) when set, else built once and cached under ``paths.cache_dir/warmstart``."""
-    from r3exp.warmstart import ensure_warm_start
+    DVC stage) when set, else the one shipped with the package for these inputs, else built once and cached
+    under ``paths.cache_dir/warmstart``."""
+    from r3exp.warmstart import SHIPPED, ensure_warm_start
 
     if cfg.get("warm_start_path"):
         built = Path(cfg.warm_start_path) / "model"
@@ -99,11 +115,10 @@ def resolve_warm_start(cfg: DictConfig, task: Task, model: ModelSpec, base_path:
         log.warning("task %r has no scripted episodes (Task.scripted_episodes): no warm start, the embedded "
                     "model starts untrained", task.name)
         return base_path
-    settings = OmegaConf.to_container(cfg.task, resolve=True)
-    if task.scripted_episodes_ignore_splits:  # one warm start for every seed and split size
-        settings.pop("seed", None)
-        settings.pop("split_sizes", None)
-    return str(ensure_warm_start(base_path, task, settings, model.warm_start, Path(cfg.paths.cache_dir) / "warmstart"))
+    settings = warm_start_task_settings(cfg, task)
+    shipped = None if cfg.get("mode") == "warmstart" else SHIPPED  # mode=warmstart rebuilds (into the cache)
+    return str(ensure_warm_start(base_path, task, settings, model.warm_start, Path(cfg.paths.cache_dir) / "warmstart",
+                                 shipped))
 
 
 def run_evaluation(cfg: DictConfig, parts: Components, label: str, split: str | None = None,
@@ -228,7 +243,8 @@ def check_trainer_config(cfg: DictConfig) -> None:
                               f"token-budget micro-batches; use {ours}")
 
 
-def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: list | None = None) -> dict[str, Path]:
+def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: list | None = None,
+                 phases: PhaseTimes | None = None) -> dict[str, Path]:
     check_trainer_config(cfg)
     policy = parts.model.load(parts.model_path)
     optimizer = instantiate(cfg.optimizer.optimizer)
@@ -247,8 +263,11 @@ def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: li
         backfilled = backfill_history(logger, output_dir(cfg), checkpoint_step(ckpt_path))
         if backfilled:
             log.info("W&B history: steps %s restored from %s", backfilled, "train_metrics.csv")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    return module.export_policy(parts.tokenizer, output_dir(cfg) / "policy")
+    phases = phases or PhaseTimes()
+    with phases("training"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with phases("export"):
+        return module.export_policy(parts.tokenizer, output_dir(cfg) / "policy")
 
 
 def instantiate_callback(cfg: DictConfig, run_dir: Path):
@@ -332,6 +351,7 @@ class RunContext:
     run_dir: Path
     provenance: dict
     parts: Components | None = None  # task, model, tokenizer, engine (modes with ``engine=True``)
+    phases: PhaseTimes = field(default_factory=PhaseTimes)  # seconds per phase (results.json, the table)
 
 
 @dataclass(frozen=True)
@@ -373,9 +393,13 @@ def run(cfg: DictConfig) -> RunResult:
         write_provenance(provenance, run_dir)
     if not selected.engine:
         return selected.run(cfg, RunContext(run_dir, provenance))
-    parts = build_components(cfg)
+    phases = PhaseTimes()
+    parts = build_components(cfg, phases)
+    provenance["model_path"] = parts.model_path  # the weights the run started from (hub id, cache, shipped)
+    if distributed.is_main():
+        write_provenance(provenance, run_dir)
     try:
-        return selected.run(cfg, RunContext(run_dir, provenance, parts))
+        return selected.run(cfg, RunContext(run_dir, provenance, parts, phases))
     finally:
         parts.engine.close()
         finish_wandb()
@@ -442,13 +466,16 @@ def main_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
                               "mode=forgetting forgetting.policy=<run dir>/policy/merged after the job")
         check_general_ability(instantiate(cfg.forgetting))  # before training, not after
     logger = build_logger(cfg, ctx.provenance) if distributed.is_main() else False
-    base, base_samples = run_evaluation(cfg, ctx.parts, keys.BASE)
+    with ctx.phases("base evaluation"):
+        base, base_samples = run_evaluation(cfg, ctx.parts, keys.BASE)
     policy = train_and_record(cfg, ctx, logger)
-    trained, trained_samples = run_evaluation(cfg, ctx.parts, keys.TRAINED)
+    with ctx.phases("trained evaluation"):
+        trained, trained_samples = run_evaluation(cfg, ctx.parts, keys.TRAINED)
     produced = RunResult(ctx.run_dir, results={keys.BASE: base, keys.TRAINED: trained}, policy=policy)
     if cfg.forgetting.enabled and distributed.is_main():
         ctx.parts.engine.close()  # its memory goes to lm-eval's own model
-        produced.forgetting = run_forgetting(cfg, ctx.run_dir, ctx.parts.model_path, policy["merged"])
+        with ctx.phases("forgetting check"):
+            produced.forgetting = run_forgetting(cfg, ctx.run_dir, ctx.parts.model_path, policy["merged"])
     return publish_results(cfg, ctx, produced, {keys.BASE: base_samples, keys.TRAINED: trained_samples}, logger)
 
 
@@ -487,7 +514,7 @@ def train_and_record(cfg: DictConfig, ctx: RunContext, logger) -> dict[str, Path
     parts = ctx.parts
     log_dataset_artifact(logger, parts.task.name, str(cfg.task.get("source")),
                          OmegaConf.to_container(cfg.task, resolve=True))
-    policy = run_training(cfg, parts, logger)
+    policy = run_training(cfg, parts, logger, phases=ctx.phases)
     log_policy_artifact(logger, f"{cfg.run_name}-policy", ctx.run_dir / "policy",
                         {"model": parts.model.name, "task": parts.task.name, "seed": cfg.seed})
     return policy
@@ -500,11 +527,12 @@ def publish_results(cfg: DictConfig, ctx: RunContext, produced: RunResult, sampl
     if not distributed.is_main():
         return produced
     produced.results_path = save_results(produced.results, ctx.run_dir / "results.json",
-                                         forgetting=forgetting_record(produced))
+                                         forgetting=forgetting_record(produced), phases=ctx.phases.to_dict())
     split = next(iter(produced.results.values())).split
     print(f"\n{ctx.parts.task.name} · {ctx.parts.model.name} · {split} split\n{format_table(produced.results)}")
     if produced.forgetting:
         print(f"\ngeneral ability (lm-eval)\n{forgetting_table(produced.forgetting)}")
+    print(f"\nwhere the time went\n{ctx.phases.table(install_seconds())}")
     if logger:
         logger.log_metrics({keys.eval_key(name, key): value for name, r in produced.results.items()
                             for key, value in r.to_dict().items() if isinstance(value, (int, float))})

@@ -7,7 +7,9 @@ Two kinds of sequences, built with the model's chat template exactly as the roll
   reflection (loss) -> retry prompt -> the right answer (loss).
 
 The result is a Hugging Face model directory, cached under a key of its inputs (base model, task
-settings, warm-start settings), so the main job builds it once and later runs reuse it.
+settings, warm-start settings), so the main job builds it once and later runs reuse it. The warm starts of
+the default main job and of ``experiment=r3_demo`` ship inside the package (``r3exp/warmstarts/<key>``,
+2 MB each): a run whose key matches one starts from it at once; ``mode=warmstart`` always rebuilds.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from r3exp.errors import ConfigError
 from r3exp.rollout.episodes import ChatRenderer
 from r3exp.tasks.base import Task
 
-BUILD_VERSION = 2  # bump when the procedure changes, to invalidate cached warm starts
+BUILD_VERSION = 2  # bump when the procedure changes, to invalidate cached (and shipped) warm starts
+SHIPPED = Path(__file__).parent / "warmstarts"  # built by this recipe, keyed like the cache
 IGNORE = -100
 
 
@@ -169,9 +172,13 @@ def build_warm_start(base_path: str, task: Task, spec: WarmStartSpec, out_dir: s
 
 
 def ensure_warm_start(base_path: str, task: Task, task_settings: dict, spec: WarmStartSpec,
-                      cache_root: str | os.PathLike) -> Path:
-    """The cached warm start for these inputs, building it on first use (a few minutes on 2 CPU cores)."""
-    target = Path(cache_root) / warm_start_key(base_path, task_settings, spec)
+                      cache_root: str | os.PathLike, shipped: str | os.PathLike | None = SHIPPED) -> Path:
+    """The warm start for these inputs: the one shipped with the package under the same key (unless
+    ``shipped`` is None), else the cached one, building it on first use (5-15 minutes on 2 CPU cores)."""
+    key = warm_start_key(base_path, task_settings, spec)
+    if shipped is not None and (Path(shipped) / key / "config.json").exists():
+        return Path(shipped) / key
+    target = Path(cache_root) / key
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -133,13 +133,17 @@ def _share(count: int | None, total: int | None) -> str:
     return f"{100 * count / total:.1f}% ({count}/{total})"
 
 
-def save_results(results: dict[str, EvalResult], path: str | Path, forgetting: dict | None = None) -> Path:
+def save_results(results: dict[str, EvalResult], path: str | Path, forgetting: dict | None = None,
+                 phases: dict[str, float] | None = None) -> Path:
     """``results.json``: each evaluated model's counts and accuracies under its label, and, when the
-    forgetting check ran, ``forgetting``: lm-eval scores by label and ``difference`` (trained - base)."""
+    forgetting check ran, ``forgetting``: lm-eval scores by label and ``difference`` (trained - base);
+    ``phases``: the run's wall-clock seconds per phase (``r3exp.timing``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {name: r.to_dict() for name, r in results.items()}
     if forgetting:
         record["forgetting"] = forgetting
+    if phases:
+        record["phases"] = phases
     path.write_text(json.dumps(record, indent=2))
     return path

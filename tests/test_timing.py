@@ -1,0 +1,46 @@
+"""Where a run's time goes: phases add up, keep their order, and the install's record is read back."""
+from __future__ import annotations
+
+import time
+
+from r3exp.timing import INSTALL_RECORD, PhaseTimes, install_seconds
+
+
+def test_phases_keep_their_order_and_a_phase_entered_twice_adds_up():
+    phases = PhaseTimes()
+    with phases("evaluation"):
+        time.sleep(0.02)
+    with phases("training"):
+        time.sleep(0.01)
+    with phases("evaluation"):
+        time.sleep(0.02)
+    assert list(phases.seconds) == ["evaluation", "training"]
+    assert phases.seconds["evaluation"] >= 0.04 and 0.01 <= phases.seconds["training"] < phases.seconds["evaluation"]
+
+
+def test_a_phase_that_raises_is_still_timed():
+    phases = PhaseTimes()
+    try:
+        with phases("training"):
+            raise RuntimeError("preempted")
+    except RuntimeError:
+        pass
+    assert "training" in phases.seconds
+
+
+def test_the_table_lists_every_phase_its_share_and_the_install_when_recorded():
+    phases = PhaseTimes()
+    phases.seconds.update({"warm start": 30.0, "training": 90.0})
+    table = phases.table(install_seconds=120.0)
+    assert "| install (scripts/install.sh, once) | 120 | - |" in table
+    assert "| warm start | 30.0 | 25% |" in table and "| training | 90.0 | 75% |" in table
+    assert "| **total of these phases** | **120.0** | 100% |" in table
+    assert "install" not in phases.table()
+
+
+def test_the_install_record_is_read_back_and_a_missing_or_broken_one_is_none(tmp_path):
+    assert install_seconds(tmp_path) is None
+    (tmp_path / INSTALL_RECORD).write_text('{"seconds": 131, "extras": "cpu,smollm2"}')
+    assert install_seconds(tmp_path) == 131.0
+    (tmp_path / INSTALL_RECORD).write_text("{not json")
+    assert install_seconds(tmp_path) is None
