@@ -175,3 +175,43 @@ def test_gradients_at_non_reflection_positions_are_exactly_zero(loss_type):
     predicts_reflection[:, :-1] = mask
     assert torch.all(logits.grad[~predicts_reflection] == 0)
     assert torch.all(logits.grad[predicts_reflection].abs().sum(-1) > 0)
+
+
+def test_importance_weights_truncate_mask_or_leave_the_engine_trainer_ratio():
+    # ratios pi_trainer / pi_engine on the masked tokens: 1, 3, 0.25, 1.5; the last position is off-mask
+    trainer = torch.log(torch.tensor([[1.0, 3.0, 0.25], [1.5, 0.1, 0.1]]))
+    engine = torch.zeros(2, 3)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    weights, metrics = F.importance_weights(trainer, engine, mask, "truncate", cap=2.0)
+    torch.testing.assert_close(weights, torch.tensor([[1.0, 2.0, 0.25], [1.5, 1.0, 1.0]]))
+    assert metrics["correction_share"] == pytest.approx(1 / 4)  # only the 3 was truncated
+    assert metrics["engine_gap_mean"] == pytest.approx((0 + math.log(3) + math.log(4) + math.log(1.5)) / 4)
+    assert metrics["engine_gap_max"] == pytest.approx(math.log(4))  # |log 0.25|; off-mask 0.1 ignored
+    assert metrics["engine_ratio_min"] == pytest.approx(0.25) and metrics["engine_ratio_max"] == pytest.approx(3.0)
+    weights, metrics = F.importance_weights(trainer, engine, mask, "mask", cap=2.0, low=0.5)
+    torch.testing.assert_close(weights, torch.tensor([[1.0, 0.0, 0.0], [1.5, 1.0, 1.0]]))  # 3 and 0.25 leave
+    assert metrics["correction_share"] == pytest.approx(2 / 4)
+    weights, metrics = F.importance_weights(trainer, engine, mask, "none")
+    assert torch.equal(weights, torch.ones(2, 3)) and metrics["correction_share"] == 0.0
+    with pytest.raises(ValueError, match="correction='clip'"):
+        F.importance_weights(trainer, engine, mask, "clip")
+
+
+def test_importance_weights_scale_the_policy_gradient_term_and_not_the_kl():
+    # on-policy ratio 1, advantage 1: per-token surrogate -1; weights 2 and 0.5 -> dapo mean (-2 - 0.5) / 2
+    lp = torch.tensor([[-1.0, -2.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    weights = torch.tensor([[2.0, 0.5]])
+    loss, _ = F.grpo_loss(lp, lp.clone(), torch.tensor([1.0]), mask, epsilon=0.2, epsilon_high=0.2,
+                          loss_type="dapo", is_weights=weights)
+    assert loss.item() == pytest.approx(-1.25)
+    # with beta: the k3 KL of ref = lp - 1 on each token is e^-1 + 1 - 1 = e^-1, added unweighted
+    loss, _ = F.grpo_loss(lp, lp.clone(), torch.tensor([1.0]), mask, epsilon=0.2, epsilon_high=0.2,
+                          loss_type="dapo", is_weights=weights, beta=0.1, ref_logprobs=lp - 1.0)
+    assert loss.item() == pytest.approx(-1.25 + 0.1 * math.exp(-1))
+
+
+def test_merge_metrics_takes_minima_and_ignores_extremes_of_empty_micro_batches():
+    merged = F.merge_metrics([({"ratio_min": 0.9, "ratio_max": 1.1}, 3.0), ({"ratio_min": 1.0, "ratio_max": 1.0}, 0.0),
+                              ({"ratio_min": 0.95, "ratio_max": 1.05}, 1.0)])
+    assert merged == {"ratio_min": 0.9, "ratio_max": 1.1}

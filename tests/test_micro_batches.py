@@ -11,7 +11,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from r3exp.grpo import functions as F
 from r3exp.grpo.logprobs import decoder_and_output_layer, masked_token_logprobs
 from r3exp.grpo.micro_batches import token_budget_micro_batches
-from r3exp.grpo.step import LossSettings, accumulate_gradients, reference_logprobs, step_rows
+from r3exp.grpo.module import GRPOLoss
+from r3exp.grpo.step import LossSettings, accumulate_gradients, correct_for_engine, reference_logprobs, step_rows
 from r3exp.rollout.batching import reflection_mask
 
 VOCAB = 97
@@ -63,8 +64,11 @@ def full_logits_logprobs(model, batch, temperature):
     return F.token_logprobs(logits, batch["input_ids"][:, 1:], temperature)
 
 
-def one_batch_loss(policy, reference, rollouts, settings: LossSettings, scale_rewards: str):
-    """The simple computation: every row in one forward, full-vocabulary logits at every position."""
+def one_batch_loss(policy, reference, rollouts, settings: LossSettings, scale_rewards: str,
+                   correction: tuple[str, torch.Tensor] | None = None):
+    """The simple computation: every row in one forward, full-vocabulary logits at every position.
+    ``correction``: (behaviour, the trainer's log-probs before the first update, full logits) for the
+    engine/trainer correction of ``grpo.loss`` (``correction`` ``truncate``, cap 2)."""
     width = max(r["input_ids"].shape[1] for r in rollouts)
     pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
     batch = {k: torch.cat([pad(r[k]) for r in rollouts]) for k in ("input_ids", "attention_mask", "reflection_mask",
@@ -85,9 +89,15 @@ def one_batch_loss(policy, reference, rollouts, settings: LossSettings, scale_re
                     ref = full_logits_logprobs(policy, batch, settings.temperature)
             else:
                 ref = full_logits_logprobs(reference, batch, settings.temperature)
-    loss, _ = F.grpo_loss(logprobs, batch["behaviour_logprobs"][:, 1:], advantages, mask,
+    behaviour, weights = batch["behaviour_logprobs"][:, 1:], None
+    if correction is not None:
+        mode, old = correction
+        weights = torch.exp(old - behaviour).clamp(max=2.0).where(mask, torch.ones_like(old))
+        behaviour = old if mode == "trainer" else behaviour
+    loss, _ = F.grpo_loss(logprobs, behaviour, advantages, mask,
                           epsilon=settings.epsilon, epsilon_high=settings.epsilon_high, loss_type=settings.loss_type,
-                          beta=settings.beta, ref_logprobs=ref, max_tokens=settings.max_reflection_tokens)
+                          beta=settings.beta, ref_logprobs=ref, max_tokens=settings.max_reflection_tokens,
+                          is_weights=weights)
     return loss
 
 
@@ -217,3 +227,40 @@ def test_each_kind_of_row_has_its_own_advantages():
     calls = []
     kind_advantages(rewards, groups, kinds, "batch", lambda moments: calls.append(moments) or moments)
     assert calls == [[6.0, 4.0, 4.0, 4.0, 1.0, 1.0]]  # (count, sum, sum of squares) of reflections, attempts
+
+
+@pytest.mark.parametrize("behaviour", ["engine", "trainer"])
+@pytest.mark.parametrize("loss_type", sorted(F.AGGREGATIONS))
+def test_micro_batched_step_equals_one_batch_with_the_engine_correction(loss_type, behaviour):
+    """Truncated importance weights (the fixture's engine log-probs are far from the policy's, so many
+    are truncated) and, with behaviour=trainer, the ratio against the trainer's own log-probs taken before
+    the first update: two optimizer steps on the same rows, micro-batched = one batch."""
+    generator = torch.Generator().manual_seed(11)
+    rollouts = [rollout(generator, groups=3, group_size=4)]
+    mask = rollouts[0]["reflection_mask"]  # engine log-probs around the policy's (~log 1/97): ratios 0.2-4
+    rollouts[0]["behaviour_logprobs"] = torch.where(mask, -6.0 + 3.0 * torch.rand(mask.shape, generator=generator), 0.0)
+    simple = causal_lm(tied=False, lora=False)
+    chunked = copy.deepcopy(simple)
+    settings = LossSettings(epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_type=loss_type, temperature=0.7,
+                            max_reflection_tokens=8, max_tokens_per_micro_batch=40, logprob_chunk_size=5)
+    rows = step_rows(rollouts, "group", 0.0)
+    metrics = correct_for_engine(chunked, rows.batch, settings, GRPOLoss(correction="truncate", behaviour=behaviour))
+    assert 0 < metrics["correction_share"] < 1 and metrics["engine_ratio_max"] > 2.0
+    with torch.no_grad():
+        old = full_logits_logprobs(simple, rollouts[0], settings.temperature)
+    for _ in range(2):
+        for model in (simple, chunked):
+            model.zero_grad(set_to_none=True)
+        expected = one_batch_loss(simple, None, rollouts, settings, "group", correction=(behaviour, old))
+        expected.backward()
+        got_metrics = accumulate_gradients(chunked, rows, settings)
+        assert got_metrics["micro_batches"] >= 2
+        assert got_metrics["loss"] == pytest.approx(expected.item(), abs=1e-5)
+        want, got = gradients(simple), gradients(chunked)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], **CLOSE, msg=name)
+        with torch.no_grad():
+            for model in (simple, chunked):
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p -= 0.5 * p.grad

@@ -44,10 +44,14 @@ def train(cfg, tiny_path, tokenizer, engine, recorder):
     return run_training(cfg, parts, logger=False, extra_callbacks=[recorder])
 
 
-@pytest.mark.parametrize("protocol", ["r3", "r3_grpo"])
-def test_every_batch_is_sampled_with_the_latest_weights(tmp_path, tiny_path, tokenizer, fresh_vllm, protocol):
-    # two rollouts per optimizer step, trained in micro-batches of at most 160 padded tokens
+@pytest.mark.parametrize("protocol, behaviour", [("r3", "engine"), ("r3_grpo", "trainer")])
+def test_every_batch_is_sampled_with_the_latest_weights(tmp_path, tiny_path, tokenizer, fresh_vllm, protocol,
+                                                        behaviour):
+    # two rollouts per optimizer step, trained in micro-batches of at most 160 padded tokens; r3_grpo with the
+    # trainer's own pass before the first update and the truncated correction
+    correction = "truncate" if behaviour == "trainer" else "none"
     cfg = training_config(tmp_path, "trainer.max_steps=4", "optimizer.optimizer.lr=3e-3", f"rollout.protocol={protocol}",
+                          f"grpo.loss.behaviour={behaviour}", f"grpo.loss.correction={correction}",
                           "rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains",
                           "~rollout.reward._partial_", "+rollout.reward.text=a", "rollout.on_no_signal=resample",
                           "rollout.group_size=8", "rollout.examples_per_step=2", "grpo.rollouts_per_step=2",
@@ -64,6 +68,11 @@ def test_every_batch_is_sampled_with_the_latest_weights(tmp_path, tiny_path, tok
         # the trainer's log-probs of the sampled reflections (and attempts) equal the engine's: same weights
         assert row["train/logprob_diff_max"] < 1e-3, row
         assert row["train/micro_batches"] >= 2
+        if behaviour == "trainer":  # the trainer's no-grad pass equals the engine's log-probs in fp32
+            assert row["train/engine_gap_max"] < 1e-4 and row["train/correction_share"] == 0.0, row
+            assert row["train/ratio_min"] == pytest.approx(1.0, abs=1e-5) == row["train/ratio_max"]
+        else:
+            assert "train/engine_gap_max" not in row  # no trainer pass by default
     if protocol == "r3_grpo":  # every example is an attempt group; the metrics come by kind of row too
         assert all(r["rollout/attempt/groups"] >= 4 and "rollout/reflection/reward_mean" in r for r in recorder.rows)
         assert all(r["rollout/groups"] == r["rollout/attempt/groups"] + r["rollout/reflection/groups"]

@@ -6,7 +6,9 @@ Shapes: ``N`` rows (one per reflection), ``T`` token positions, ``V`` vocabulary
 References: GRPO (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300); clip-higher and token-level
 aggregation from DAPO (Yu et al. 2025, arXiv 2503.14476); Dr. GRPO (Liu et al. 2025, arXiv 2503.20783);
 the k3 KL estimator (Schulman 2020, "Approximating KL divergence"). Aggregation names and formulas
-follow TRL's ``GRPOTrainer`` (``loss_type``).
+follow TRL's ``GRPOTrainer`` (``loss_type``). The engine/trainer correction is truncated importance
+sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"), as
+TRL's ``vllm_importance_sampling_correction`` (``token_truncate``, ``token_mask``) computes it.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Callable
 import torch
 
 SCALE_REWARDS = ("group", "batch", "none")
+CORRECTIONS = ("none", "truncate", "mask")
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_rewards: str = "group",
@@ -99,6 +102,44 @@ def clipped_surrogate(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, 
     return -torch.minimum(unclipped, clipped), ratio
 
 
+def importance_weights(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor,
+                       correction: str, cap: float = 2.0, low: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+    """(N, T) per-token weights that correct for the engine sampling from a slightly different policy than
+    the trainer computes (other kernels, another precision), and their metrics.
+
+    ``w = π_trainer(y) / π_engine(y)`` on each sampled token, from the trainer's log-probs under the
+    sampling weights and the engine's. ``correction``: ``none`` (every weight 1), ``truncate``
+    (``min(w, cap)``: truncated importance sampling), ``mask`` (``w`` inside ``[low, cap]``, 0 outside: the
+    token leaves the loss, still counted by its normaliser). Off-mask positions weigh 1. Metrics (masked
+    over this batch's tokens): ``engine_gap_mean`` / ``engine_gap_max`` (``|log π_trainer - log π_engine|``),
+    ``engine_ratio_min`` / ``engine_ratio_max`` (``w``), and ``correction_share``: the share of tokens
+    whose weight the correction changed (truncated, or masked).
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction={correction!r}; expected one of {CORRECTIONS}")
+    gap = torch.where(mask, trainer_logprobs - engine_logprobs, torch.zeros_like(trainer_logprobs))
+    ratio = torch.exp(gap)
+    if correction == "truncate":
+        changed = mask & (ratio > cap)
+        weights = ratio.clamp(max=cap)
+    elif correction == "mask":
+        changed = mask & ((ratio < low) | (ratio > cap))
+        weights = torch.where(changed, torch.zeros_like(ratio), ratio)
+    else:
+        changed = torch.zeros_like(mask)
+        weights = torch.ones_like(ratio)
+    weights = torch.where(mask, weights, torch.ones_like(weights))
+    any_token = bool(mask.any())
+    metrics = {
+        "engine_gap_mean": masked_mean(gap.abs(), mask).item(),
+        "engine_gap_max": gap.abs().max().item() if any_token else 0.0,
+        "engine_ratio_min": ratio[mask].min().item() if any_token else 1.0,
+        "engine_ratio_max": ratio[mask].max().item() if any_token else 1.0,
+        "correction_share": masked_mean(changed.float(), mask).item(),
+    }
+    return weights.detach(), metrics
+
+
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(N, T) k3 estimator of KL(π‖π_ref): ``exp(ref - lp) - (ref - lp) - 1`` (≥ 0, unbiased); 0 off-mask."""
     delta = torch.where(mask, ref_logprobs - logprobs, torch.zeros_like(logprobs))
@@ -147,17 +188,21 @@ AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
 def grpo_loss(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, advantages: torch.Tensor,
               mask: torch.Tensor, *, epsilon: float, epsilon_high: float, loss_type: str, beta: float = 0.0,
               ref_logprobs: torch.Tensor | None = None, max_tokens: int = 1, step: StepSize | None = None,
-              ) -> tuple[torch.Tensor, dict[str, float]]:
+              is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The masked clipped GRPO objective (+ ``beta`` · k3 KL to the reference). Returns (loss, metrics).
 
     All (N, T) inputs are aligned on the predicted token; ``advantages`` is (N,). ``step`` is the size of
     the whole optimizer step when these rows are one micro-batch of it (default: these rows alone); the
     losses of a step's micro-batches then sum to the loss of the step in one batch. Metrics are masked
     means over this batch's tokens (``logprob_diff_max`` a max): :func:`merge_metrics` combines them.
+    ``is_weights``: (N, T) per-token weights of the policy-gradient term (:func:`importance_weights`),
+    applied before the KL term is added (as TRL).
     """
     if loss_type not in AGGREGATIONS:
         raise ValueError(f"loss_type={loss_type!r}; expected one of {sorted(AGGREGATIONS)}")
     per_token, ratio = clipped_surrogate(logprobs, behaviour_logprobs, advantages, mask, epsilon, epsilon_high)
+    if is_weights is not None:
+        per_token = per_token * is_weights
     metrics: dict[str, float] = {}
     if beta != 0.0:
         if ref_logprobs is None:
@@ -174,6 +219,8 @@ def grpo_loss(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, advantag
         metrics["clip_ratio/high"] = masked_mean(high.float(), mask).item()
         metrics["clip_ratio/region"] = masked_mean((low | high).float(), mask).item()
         metrics["ratio_mean"] = masked_mean(ratio, mask).item()
+        metrics["ratio_min"] = ratio[mask].min().item() if mask.any() else 1.0
+        metrics["ratio_max"] = ratio[mask].max().item() if mask.any() else 1.0
         # 0 up to numerics when the batch is on-policy (first of the mu updates): a staleness detector
         diff = torch.where(mask, (logprobs - behaviour_logprobs).abs(), torch.zeros_like(logprobs))
         metrics["logprob_diff_max"] = diff.max().item() if diff.numel() else 0.0
@@ -182,14 +229,17 @@ def grpo_loss(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, advantag
 
 def merge_metrics(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
     """Metrics of a whole step from its micro-batches' ``(metrics, reflection tokens)``: keys ending in
-    ``_max`` take the max, the others (masked means) the token-weighted mean, which equals the masked mean
-    over all the step's tokens."""
+    ``_max`` take the max, ``_min`` the min, the others (masked means) the token-weighted mean, which equals
+    the masked mean over all the step's tokens. A micro-batch without tokens has no min or max to give."""
     merged: dict[str, float] = {}
     total = sum(weight for _, weight in parts)
     for key in {k for metrics, _ in parts for k in metrics}:
         values = [(metrics[key], weight) for metrics, weight in parts if key in metrics]
+        extreme = [v for v, w in values if w > 0] or [v for v, _ in values]
         if key.endswith("_max"):
-            merged[key] = max(v for v, _ in values)
+            merged[key] = max(extreme)
+        elif key.endswith("_min"):
+            merged[key] = min(extreme)
         else:
             merged[key] = sum(v * w for v, w in values) / total if total else 0.0
     return merged

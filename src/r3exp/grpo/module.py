@@ -17,10 +17,13 @@ import torch
 from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
-from r3exp.grpo.step import (LossSettings, StepRows, accumulate_gradients, micro_batch_count, reference_logprobs,
-                             share_of_engine, step_rows)
+from r3exp.grpo.step import (LossSettings, StepRows, accumulate_gradients, correct_for_engine, micro_batch_count,
+                             reference_logprobs, share_of_engine, step_rows)
 from r3exp.models.export import hf_state_dict, is_peft, merged_lora, save_policy, save_weights
 from r3exp.records import StepRecord
+
+
+BEHAVIOURS = ("engine", "trainer")
 
 
 @dataclass
@@ -33,6 +36,12 @@ class GRPOLoss:
     loss_type: ``grpo`` (per-sequence mean), ``dr_grpo`` (constant normaliser), ``dapo`` (token mean).
     scale_rewards: ``group``, ``batch`` or ``none`` (see ``group_advantages``).
     temperature: the rollout sampling temperature, applied to the trainer's logits too.
+    behaviour: whose log-probs of the sampled tokens the clipped ratio is taken against: ``engine`` (the
+        engine's, returned with the samples) or ``trainer`` (one no-grad pass of the trainer over the step's
+        rows before its first update; the ratio then measures only the policy's own change).
+    correction: weight each token by the engine/trainer mismatch ``w = π_trainer / π_engine`` of the
+        sampled token: ``none``, ``truncate`` (``min(w, correction_cap)``) or ``mask`` (tokens with ``w``
+        outside ``[correction_low, correction_cap]`` leave the loss). Needs the trainer's pass too.
     """
 
     epsilon: float = 0.2
@@ -41,6 +50,10 @@ class GRPOLoss:
     loss_type: str = "dapo"
     scale_rewards: str = "group"
     temperature: float = 1.0
+    behaviour: str = "engine"
+    correction: str = "none"
+    correction_cap: float = 2.0
+    correction_low: float = 0.5
 
     def __post_init__(self):
         if self.loss_type not in F.AGGREGATIONS:
@@ -49,6 +62,18 @@ class GRPOLoss:
             raise ConfigError(f"grpo.loss.scale_rewards={self.scale_rewards!r}; expected one of {F.SCALE_REWARDS}")
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon
+        if self.behaviour not in BEHAVIOURS:
+            raise ConfigError(f"grpo.loss.behaviour={self.behaviour!r}; expected one of {BEHAVIOURS}")
+        if self.correction not in F.CORRECTIONS:
+            raise ConfigError(f"grpo.loss.correction={self.correction!r}; expected one of {F.CORRECTIONS}")
+        if not 0 < self.correction_low <= 1 <= self.correction_cap:
+            raise ConfigError(f"grpo.loss.correction_low={self.correction_low}, correction_cap={self.correction_cap}: "
+                              "expected 0 < correction_low <= 1 <= correction_cap")
+
+    @property
+    def needs_trainer_pass(self) -> bool:
+        """The step's rows go through the trainer once, without gradients, before the first update."""
+        return self.behaviour == "trainer" or self.correction != "none"
 
 
 class R3GRPOModule(L.LightningModule):
@@ -215,6 +240,13 @@ class R3GRPOModule(L.LightningModule):
             reference = self.sharded.reference if self.sharded.policy is not None else self.reference
             self.rows.batch["ref_logprobs"] = reference_logprobs(self.trained_model, reference, self.rows.batch,
                                                                  self.settings, self.device, self._pad_to())
+        if self.loss_cfg.needs_trainer_pass and self.step_has_signal:
+            # the trainer's log-probs under the sampling weights, before the first of the mu updates
+            metrics = correct_for_engine(self.trained_model, self.rows.batch, self.settings, self.loss_cfg,
+                                         self.device, self._pad_to())
+            metrics = F.merge_metrics(distributed.gather_objects(
+                (metrics, float(self.rows.batch["reflection_mask"][:, 1:].sum()))))
+            self._log({f"train/{key}": value for key, value in metrics.items()})
         mine = merge_rollout_stats([r["stats"] for r in self.rollouts])
         self.last_batch_stats = merge_rank_rollout_stats(distributed.gather_objects(mine)[::distributed.engine_ranks()])
 

@@ -96,9 +96,11 @@ def micro_batch_loss(policy, micro: dict, settings: LossSettings, size: F.StepSi
     logprobs = masked_token_logprobs(policy, micro["input_ids"], micro["attention_mask"], mask,
                                      settings.temperature, settings.logprob_chunk_size)
     ref = micro["ref_logprobs"][:, 1:] if settings.beta else None
+    weights = micro["is_weights"][:, 1:] if "is_weights" in micro else None
     return F.grpo_loss(logprobs, micro["behaviour_logprobs"][:, 1:], micro["advantages"], mask,
                        epsilon=settings.epsilon, epsilon_high=settings.epsilon_high, loss_type=settings.loss_type,
-                       beta=settings.beta, ref_logprobs=ref, max_tokens=settings.max_reflection_tokens, step=size)
+                       beta=settings.beta, ref_logprobs=ref, max_tokens=settings.max_reflection_tokens, step=size,
+                       is_weights=weights)
 
 
 def share_of_engine(rows: StepRows, engine_rank: int, engine_ranks: int) -> StepRows:
@@ -171,6 +173,31 @@ def reference_logprobs(policy, reference, batch: RolloutBatch, settings: LossSet
         with inner.disable_adapter():
             return _logprobs_without_grad(policy, batch, settings, device, pad_to)
     return _logprobs_without_grad(reference, batch, settings, device, pad_to)
+
+
+def correct_for_engine(policy, batch: RolloutBatch, settings: LossSettings, loss, device: torch.device | str = "cpu",
+                       pad_to: int | None = None) -> dict[str, float]:
+    """One no-grad pass of the trainer over ``batch`` (micro-batched, reflection tokens only) before the
+    step's first update: the trainer's log-probs of the sampled tokens under the sampling weights. In place:
+    ``batch["is_weights"]`` (per-token engine/trainer correction, ``loss.correction``) and, with
+    ``loss.behaviour == "trainer"``, ``batch["behaviour_logprobs"]`` become the trainer's. Returns the
+    mismatch metrics of :func:`~r3exp.grpo.functions.importance_weights` over these rows."""
+    trainer = trainer_logprobs(policy, batch, settings, device, pad_to)
+    mask = batch["reflection_mask"][:, 1:]
+    weights, metrics = F.importance_weights(trainer[:, 1:], batch["behaviour_logprobs"][:, 1:], mask,
+                                            loss.correction, loss.correction_cap, loss.correction_low)
+    if loss.correction != "none":
+        batch["is_weights"] = torch.cat([torch.ones_like(weights[:, :1]), weights], dim=1)
+    if loss.behaviour == "trainer":
+        batch["behaviour_logprobs"] = trainer
+    return metrics
+
+
+def trainer_logprobs(policy, batch: RolloutBatch, settings: LossSettings, device: torch.device | str = "cpu",
+                     pad_to: int | None = None) -> torch.Tensor:
+    """(N, T) log-prob of each reflection token under ``policy`` now, without gradients, at the token's own
+    position (as ``behaviour_logprobs``), 0 elsewhere."""
+    return _logprobs_without_grad(policy, batch, settings, device, pad_to)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ class RolloutBatch(TypedDict, total=False):
     attention_mask: torch.Tensor  # (N, T)
     reflection_mask: torch.Tensor  # (N, T) bool: exactly the reflection tokens (reflection_mask())
     behaviour_logprobs: torch.Tensor  # (N, T): the engine's log-prob of each reflection token, 0 elsewhere
+    # (the trainer's own, with grpo.loss.behaviour=trainer, replaced before the first update)
     rewards: torch.Tensor  # (N,)
     group_ids: torch.Tensor  # (N,): one group per failed example (R3) or per example (GRPO's attempts)
     row_kinds: torch.Tensor  # (N,): what the row trains, an index into episodes.ROW_KINDS
@@ -26,6 +27,7 @@ class RolloutBatch(TypedDict, total=False):
     episodes: list[Episode]  # the episodes the rows come from, in batch_rows() order
     advantages: torch.Tensor  # (N,), added by the trainer
     ref_logprobs: torch.Tensor  # (N, T), added by the trainer when beta > 0
+    is_weights: torch.Tensor  # (N, T), added by the trainer with grpo.loss.correction (engine/trainer weights)
 
 
 def reflection_mask(context_lengths: torch.Tensor, reflection_lengths: torch.Tensor, total: int) -> torch.Tensor:
