@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from pathlib import Path
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -15,7 +17,16 @@ log = logging.getLogger(__name__)
 
 class CompareSweep(Callback):
     """After a multirun: ``mode=compare`` over its directory, written into it (``comparison.md``,
-    ``paired.json``, ``accuracy.png``, ``training.png``...)."""
+    ``paired.json``, ``accuracy.png``, ``training.png``...). A job that fails is reported when it ends, with
+    its traceback (Hydra's launcher keeps the exception until the whole sweep is over)."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        if job_return.status != JobStatus.FAILED:
+            return
+        error = job_return._return_value  # the exception; .return_value would raise it here
+        overrides = " ".join(job_return.overrides or [])
+        log.error("job failed (%s): %s\n%s", overrides, error,
+                  "".join(traceback.format_exception(type(error), error, error.__traceback__)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from r3exp.results.compare import collect_runs
