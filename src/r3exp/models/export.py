@@ -53,8 +53,8 @@ def save_policy(model, tokenizer, out_dir: str | Path) -> dict[str, Path]:
         paths["adapter"] = out_dir / "adapter"
         model.save_pretrained(paths["adapter"])
         tokenizer.save_pretrained(paths["adapter"])
-        with merged_lora(model):
-            state = hf_state_dict(model)
+        with merged_lora(model):  # copies: the unmerge on leaving changes the weights back in place
+            state = {name: tensor.clone() for name, tensor in hf_state_dict(model).items()}
         base = model.get_base_model()
         base.save_pretrained(paths["merged"], state_dict=state, safe_serialization=True)
     else:
