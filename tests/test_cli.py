@@ -280,3 +280,44 @@ def test_killed_run_resumes_into_the_same_wandb_run_with_continuous_history(tmp_
     # train_metrics.csv, written at every step), then the resumed run's from the checkpoint on
     assert sorted({s for s in killed if s < step} | set(resumed)) == list(range(step + 2))
     assert resumed[-2:] == [step, step + 1] and resumed[:-2] == [s for s in range(step) if s not in killed]
+
+
+def test_a_run_sent_sigterm_saves_its_step_and_resumes_with_nothing_lost_or_repeated(tmp_path):
+    """SIGTERM mid-training (what a scheduler sends before its time limit): the run finishes the optimizer
+    step it is in, saves last.ckpt at that step and exits 143; ckpt_path=last goes on from the next step,
+    optimizer state included, and train_metrics.csv holds every step once."""
+    import csv
+    import signal
+    import time
+
+    import torch
+
+    run_dir = tmp_path / "run"
+    short = [arg for arg in SHORT if not arg.startswith("callbacks.checkpoint.")]
+    args = [*short, "mode=train", "logger=none", "callbacks.checkpoint.every_n_train_steps=50", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "R3EXP_CACHE_DIR": str(CACHE), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    log = (tmp_path / "stderr.log").open("w")  # files, not pipes: nothing blocks on a full pipe buffer
+    process = subprocess.Popen([sys.executable, "-m", "r3exp", *args, "trainer.max_steps=200"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=log, text=True)
+    metrics = run_dir / "train_metrics.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) > 3:  # header and 3 steps
+            break
+        time.sleep(0.5)
+    assert process.poll() is None, (tmp_path / "stderr.log").read_text()[-3000:]
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=300)
+    log.close()
+    stderr = (tmp_path / "stderr.log").read_text()
+    assert process.returncode == 143, stderr[-3000:]
+    assert "ckpt_path=last" in stderr
+    steps = [int(row["step"]) for row in csv.DictReader(metrics.open())]
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert 3 <= saved["global_step"] < 50  # not a periodic checkpoint: the one the signal asked for
+    assert steps == list(range(saved["global_step"]))  # every step done was saved
+    assert len(saved["optimizer_states"]) == 1 and saved["lr_schedulers"]  # the optimizer and schedule travel with it
+    out = r3exp(*args, f"trainer.max_steps={saved['global_step'] + 2}", "ckpt_path=last")
+    assert out.returncode == 0, out.stderr[-3000:]
+    steps = [int(row["step"]) for row in csv.DictReader(metrics.open())]
+    assert steps == list(range(saved["global_step"] + 2))  # continued: nothing lost, nothing repeated

@@ -19,8 +19,10 @@ OmegaConf.register_new_resolver("truncate", lambda text, n: str(text)[: int(n)],
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")  # the packaged configs
 def app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from r3exp.pipeline import run
+    from r3exp.tracking.preemption import EXIT_CODE
 
     if cfg.paths.get("output_dir") is None:
         cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
@@ -37,6 +39,11 @@ def app(cfg: DictConfig) -> float | None:
         print(f"error: {err}", file=sys.stderr)
         finish_ranks(failed=True)
         sys.exit(2)
+    except SIGTERMException:  # r3exp.tracking.preemption saved the step's checkpoint
+        print("stopped by SIGTERM after an optimizer step; its checkpoint is last.ckpt: rerun with ckpt_path=last "
+              "to continue", file=sys.stderr)
+        finish_ranks(failed=True)
+        sys.exit(EXIT_CODE)
     except BaseException:
         finish_ranks(failed=True)
         raise
