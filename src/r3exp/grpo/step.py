@@ -182,7 +182,7 @@ def correct_for_engine(policy, batch: RolloutBatch, settings: LossSettings, loss
     ``batch["is_weights"]`` (per-token engine/trainer correction, ``loss.correction``) and, with
     ``loss.behaviour == "trainer"``, ``batch["behaviour_logprobs"]`` become the trainer's. Returns the
     mismatch metrics of :func:`~r3exp.grpo.functions.importance_weights` over these rows."""
-    trainer = trainer_logprobs(policy, batch, settings, device, pad_to)
+    trainer = _logprobs_without_grad(policy, batch, settings, device, pad_to)
     mask = batch["reflection_mask"][:, 1:]
     weights, metrics = F.importance_weights(trainer[:, 1:], batch["behaviour_logprobs"][:, 1:], mask,
                                             loss.correction, loss.correction_cap, loss.correction_low)
@@ -191,13 +191,6 @@ def correct_for_engine(policy, batch: RolloutBatch, settings: LossSettings, loss
     if loss.behaviour == "trainer":
         batch["behaviour_logprobs"] = trainer
     return metrics
-
-
-def trainer_logprobs(policy, batch: RolloutBatch, settings: LossSettings, device: torch.device | str = "cpu",
-                     pad_to: int | None = None) -> torch.Tensor:
-    """(N, T) log-prob of each reflection token under ``policy`` now, without gradients, at the token's own
-    position (as ``behaviour_logprobs``), 0 elsewhere."""
-    return _logprobs_without_grad(policy, batch, settings, device, pad_to)
 
 
 @torch.no_grad()
