@@ -53,7 +53,8 @@ def test_unreachable_hub_model_fails_with_one_line(tmp_path):
 def test_main_job_end_to_end_then_resume(tmp_path):
     """Base eval, training (W&B offline, checkpoints), export, trained eval, table; then resume."""
     run_dir = tmp_path / "run"
-    out = r3exp(*SHORT, "callbacks.reflection_samples.every_n_steps=1", f"hydra.run.dir={run_dir}")
+    out = r3exp(*SHORT, "callbacks.reflection_samples.every_n_steps=1", f"hydra.run.dir={run_dir}",
+                f"paths.results_cache={tmp_path / 'results'}")  # evaluates the base model (none to reuse)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| base | test | 16 |" in out.stdout and "| trained | test | 16 |" in out.stdout
     results = json.loads((run_dir / "results.json").read_text())

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +22,9 @@ from r3exp.errors import ConfigError
 from r3exp.evaluation import EvalResult, evaluate, format_table, save_results
 from r3exp.evaluation.accuracy import control_reflections, episodes_result, follow_counts
 from r3exp.evaluation.general_ability import check as check_general_ability
-from r3exp.evaluation.general_ability import differences, forgetting_table, score_model
+from r3exp.evaluation.general_ability import (SHIPPED_TASKS, GeneralAbility, differences, forgetting_table,
+                                              score_model)
+from r3exp.evaluation.reuse import ResultStore, code_identity, library_versions, model_fingerprint
 from r3exp.models import ModelSpec, load_tokenizer
 from r3exp.records import episode_record
 from r3exp.rollout.episodes import R3Protocol
@@ -144,6 +148,48 @@ def run_evaluation(cfg: DictConfig, parts: Components, label: str, split: str | 
     if distributed.is_main():
         write_jsonl(rows, output_dir(cfg) / f"eval_{label}_episodes.jsonl")
     return result, rows
+
+
+def evaluation_inputs(cfg: DictConfig, model_path: str) -> dict:
+    """Everything an evaluation's episodes depend on (the key under which ``evaluation.reuse_base`` keeps
+    them): the weights, the task and its split, the evaluation and engine settings, the ranks, the code and
+    library versions; the seed only when something is sampled at a temperature above 0 (greedy ignores it)."""
+    ev = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    ev.pop("label", None)
+    ev.pop("reuse_base", None)
+    sampled = any(float(ev[turn].get("temperature") or 0.0) > 0.0 for turn in ("attempt", "reflection", "retry"))
+    return {"model": model_fingerprint(model_path), "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+            "task": OmegaConf.to_container(cfg.task, resolve=True),
+            "evaluation": ev, "engine": OmegaConf.to_container(cfg.engine, resolve=True),
+            "ranks": distributed.world_size(), "seed": cfg.seed if sampled else None,
+            "code": code_identity(CODE_DIR), "versions": library_versions()}
+
+
+def run_base_evaluation(cfg: DictConfig, parts: Components) -> tuple[EvalResult, list[dict], bool]:
+    """The base model's evaluation, and whether it was reused: with ``evaluation.reuse_base`` an earlier
+    run's, stored under ``paths.results_cache`` for the same inputs (:func:`evaluation_inputs`), else
+    evaluated now (and stored for the next run)."""
+    if not cfg.evaluation.get("reuse_base"):
+        return (*run_evaluation(cfg, parts, keys.BASE), False)
+    store = ResultStore(cfg.paths.results_cache, "evaluations")
+    inputs = evaluation_inputs(cfg, parts.model_path)
+    entry = store.load(inputs)
+    if distributed.any_rank(entry is None):  # every rank evaluates, or none does
+        result, rows = run_evaluation(cfg, parts, keys.BASE)
+        if distributed.is_main():
+            def fill(directory: Path) -> None:
+                (directory / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+                write_jsonl(rows, directory / "episodes.jsonl")
+
+            log.info("base evaluation stored for reuse: %s", store.save(inputs, fill))
+        return result, rows, False
+    result = EvalResult.from_dict(json.loads((entry / "result.json").read_text()))
+    rows = [json.loads(line) for line in (entry / "episodes.jsonl").read_text().splitlines() if line]
+    if distributed.is_main():
+        write_jsonl(rows, output_dir(cfg) / f"eval_{keys.BASE}_episodes.jsonl")
+        print(f"base evaluation reused from {entry} (same weights, task, evaluation and engine settings; "
+              "evaluation.reuse_base=false evaluates again)", flush=True)
+    return result, rows, True
 
 
 def build_logger(cfg: DictConfig, provenance: dict):
@@ -466,8 +512,9 @@ def main_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
                               "mode=forgetting forgetting.policy=<run dir>/policy/merged after the job")
         check_general_ability(instantiate(cfg.forgetting))  # before training, not after
     logger = build_logger(cfg, ctx.provenance) if distributed.is_main() else False
-    with ctx.phases("base evaluation"):
-        base, base_samples = run_evaluation(cfg, ctx.parts, keys.BASE)
+    started = time.perf_counter()
+    base, base_samples, reused = run_base_evaluation(cfg, ctx.parts)
+    ctx.phases.add("base evaluation (reused)" if reused else "base evaluation", time.perf_counter() - started)
     policy = train_and_record(cfg, ctx, logger)
     with ctx.phases("trained evaluation"):
         trained, trained_samples = run_evaluation(cfg, ctx.parts, keys.TRAINED)
@@ -498,10 +545,39 @@ def run_forgetting(cfg: DictConfig, run_dir: Path, base_path: str, policy_path: 
     """lm-eval scores of the base model and (when given) the trained policy, identical settings; lm-eval's
     own output files under ``<run dir>/lm_eval/<label>/``."""
     spec = instantiate(cfg.forgetting)
-    scores = {keys.BASE: score_model(base_path, keys.BASE, spec, run_dir / "lm_eval", cfg.seed)}
+    scores = {keys.BASE: base_general_ability(cfg, spec, run_dir, base_path)}
     if policy_path:
         scores[keys.TRAINED] = score_model(policy_path, keys.TRAINED, spec, run_dir / "lm_eval", cfg.seed)
     return scores
+
+
+def base_general_ability(cfg: DictConfig, spec: GeneralAbility, run_dir: Path, base_path: str,
+                         ) -> dict[str, float]:
+    """The base model's lm-eval scores: with ``forgetting.reuse_base`` an earlier run's for the same weights,
+    lm-eval settings, seed, code and versions (lm-eval's files copied into this run), else scored now."""
+    out = run_dir / "lm_eval"
+    if not spec.reuse_base:
+        return score_model(base_path, keys.BASE, spec, out, cfg.seed)
+    settings = {key: value for key, value in asdict(spec).items()
+                if key not in ("enabled", "policy", "reuse_base")}
+    include = [spec.include_path] if isinstance(spec.include_path, str) else list(spec.include_path or [])
+    task_files = [model_fingerprint(path) for path in [SHIPPED_TASKS, *include]]  # task YAMLs and their data
+    inputs = {"model": model_fingerprint(base_path), "forgetting": settings, "task_files": task_files,
+              "seed": cfg.seed, "code": code_identity(CODE_DIR), "versions": library_versions()}
+    store = ResultStore(cfg.paths.results_cache, "general_ability")
+    entry = store.load(inputs)
+    if entry is None:
+        scores = score_model(base_path, keys.BASE, spec, out, cfg.seed)
+
+        def fill(directory: Path) -> None:
+            (directory / "scores.json").write_text(json.dumps(scores, indent=2))
+            shutil.copytree(out / keys.BASE, directory / "lm_eval")
+
+        log.info("base lm-eval scores stored for reuse: %s", store.save(inputs, fill))
+        return scores
+    shutil.copytree(entry / "lm_eval", out / keys.BASE, dirs_exist_ok=True)
+    print(f"base lm-eval scores reused from {entry} (forgetting.reuse_base=false scores it again)", flush=True)
+    return json.loads((entry / "scores.json").read_text())
 
 
 def forgetting_record(produced: RunResult) -> dict:

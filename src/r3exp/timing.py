@@ -27,7 +27,11 @@ class PhaseTimes:
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Record a phase timed elsewhere (its name known only at its end)."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     def to_dict(self) -> dict[str, float]:
         return {name: round(seconds, 2) for name, seconds in self.seconds.items()}

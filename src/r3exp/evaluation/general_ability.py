@@ -35,6 +35,8 @@ class GeneralAbility:
         gpu_memory_utilization: lm-eval's vLLM engine's share of the GPU.
         policy: mode=forgetting: the trained policy to score beside the base model (a model directory,
             e.g. ``<run>/policy/merged``); None: the base model only.
+        reuse_base: the base model's scores are kept under ``paths.results_cache`` and reused by a later
+            run with the same weights, settings and seed (``r3exp.evaluation.reuse``).
     """
 
     enabled: bool = False
@@ -48,6 +50,7 @@ class GeneralAbility:
     dtype: str = "auto"
     gpu_memory_utilization: float = 0.5
     policy: str | None = None
+    reuse_base: bool = True
 
     def __post_init__(self):
         if self.backend not in ("auto", "hf", "vllm"):
