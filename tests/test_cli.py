@@ -226,6 +226,7 @@ def test_installed_wheel_runs_from_any_directory_with_a_users_own_task(tmp_path)
     ("optimizer.scheduler.decay=exponential", "optimizer.scheduler.decay='exponential'"),
     ("trainer.max_steps=-1", "trainer.max_steps=-1"),
     ("model.name_or_path=/nonexistent/models/qwen", "model.name_or_path='/nonexistent/models/qwen': no such directory"),
+    ("callbacks.preemption.signals=[SIGFOO]", "callbacks.preemption.signals: unknown signal 'SIGFOO'"),
 ])
 def test_bad_settings_fail_with_one_line_naming_the_key(override, says, tmp_path):
     out = r3exp(override, f"hydra.run.dir={tmp_path}")
@@ -322,3 +323,69 @@ def test_a_run_sent_sigterm_saves_its_step_and_resumes_with_nothing_lost_or_repe
     assert out.returncode == 0, out.stderr[-3000:]
     steps = [int(row["step"]) for row in csv.DictReader(metrics.open())]
     assert steps == list(range(saved["global_step"] + 2))  # continued: nothing lost, nothing repeated
+
+
+SCHEDULER = """
+import json, signal, sys
+from pathlib import Path
+
+import torch
+
+run_dir = Path(sys.argv[1])
+
+
+def requeue(signum, frame):  # as submitit's handler: requeue the job (here: note what was saved), then exit
+    last = run_dir / "checkpoints" / "last.ckpt"
+    step = torch.load(last, weights_only=False, map_location="cpu")["global_step"] if last.exists() else None
+    (run_dir / "requeued.json").write_text(json.dumps({"signal": signum, "saved_step": step}))
+    sys.exit(-1)
+
+
+signal.signal(signal.SIGUSR2, requeue)
+sys.argv = ["r3exp", *sys.argv[2:]]
+from r3exp.cli import main
+
+main()
+"""
+
+
+def test_a_slurm_requeue_signal_checkpoints_the_step_then_requeues_and_ckpt_path_auto_resumes(tmp_path):
+    """SIGUSR2 (what submitit has SLURM send before a time limit) under a scheduler's own handler: the run
+    finishes its step and saves it, and only then the scheduler's handler runs (submitit: requeue and exit);
+    the requeued job, with ckpt_path=auto as under sweeps/slurm.yaml, continues: nothing lost or repeated."""
+    import csv
+    import signal
+    import time
+
+    import torch
+
+    run_dir = tmp_path / "run"
+    short = [arg for arg in SHORT if not arg.startswith("callbacks.checkpoint.")]
+    args = [*short, "mode=train", "logger=none", "callbacks.checkpoint.every_n_train_steps=50", "ckpt_path=auto",
+            f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "R3EXP_CACHE_DIR": str(CACHE), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    log = (tmp_path / "stderr.log").open("w")
+    process = subprocess.Popen([sys.executable, "-c", SCHEDULER, str(run_dir), *args, "trainer.max_steps=200"],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    metrics = run_dir / "train_metrics.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) > 3:  # header and 3 steps
+            break
+        time.sleep(0.5)
+    assert process.poll() is None, (tmp_path / "stderr.log").read_text()[-3000:]
+    process.send_signal(signal.SIGUSR2)
+    process.wait(timeout=300)
+    log.close()
+    stderr = (tmp_path / "stderr.log").read_text()
+    assert process.returncode == 255, stderr[-3000:]  # the scheduler's handler ended it (sys.exit(-1))
+    requeued = json.loads((run_dir / "requeued.json").read_text())
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert requeued == {"signal": signal.SIGUSR2, "saved_step": saved["global_step"]}  # saved before the handover
+    assert 3 <= saved["global_step"] < 50
+    steps = [int(row["step"]) for row in csv.DictReader(metrics.open())]
+    assert steps == list(range(saved["global_step"]))
+    out = r3exp(*args, f"trainer.max_steps={saved['global_step'] + 2}")  # the requeued job: the same command
+    assert out.returncode == 0, out.stderr[-3000:]
+    steps = [int(row["step"]) for row in csv.DictReader(metrics.open())]
+    assert steps == list(range(saved["global_step"] + 2))

@@ -40,8 +40,8 @@ def app(cfg: DictConfig) -> float | None:
         finish_ranks(failed=True)
         sys.exit(2)
     except SIGTERMException:  # r3exp.tracking.preemption saved the step's checkpoint
-        print("stopped by SIGTERM after an optimizer step; its checkpoint is last.ckpt: rerun with ckpt_path=last "
-              "to continue", file=sys.stderr)
+        print("stopped by a scheduler's signal after an optimizer step; its checkpoint is last.ckpt: rerun with "
+              "ckpt_path=last to continue", file=sys.stderr)
         finish_ranks(failed=True)
         sys.exit(EXIT_CODE)
     except BaseException:

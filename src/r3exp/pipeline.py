@@ -244,9 +244,14 @@ def run_data(cfg: DictConfig) -> Path:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path``: None (start), a path, ``last`` (the run directory's last.ckpt, which must exist) or
+    ``auto`` (it when it exists, else start: a requeued job resumes, a new one starts)."""
     if cfg.ckpt_path is None:
         return None
-    path = output_dir(cfg) / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+    last = output_dir(cfg) / "checkpoints" / "last.ckpt"
+    if cfg.ckpt_path == "auto":
+        return str(last) if last.exists() else None
+    path = last if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
     if not path.exists():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no checkpoint at {path}")
     return str(path)

@@ -1,14 +1,23 @@
-"""Preemption-safe training: a run told to stop (SIGTERM, which SLURM and most schedulers send before they
-kill a job) finishes its current optimizer step, saves ``<run dir>/checkpoints/last.ckpt`` and exits with
-code 143; ``ckpt_path=last`` then continues from the next step, none lost and none repeated.
+"""Preemption-safe training: a run told to stop finishes its current optimizer step, saves
+``<run dir>/checkpoints/last.ckpt`` and stops; ``ckpt_path=last`` (or ``auto``) then continues from the next
+step, none lost and none repeated.
 
-Lightning's own handler only notes the signal and stops after the step (``SIGTERMException``); without
-this callback the steps since the last periodic checkpoint were lost.
+Two kinds of notice:
+- SIGTERM, which SLURM and most schedulers send before they kill a job: the run exits with code 143.
+  Lightning's own handler only notes the signal and stops after the step (``SIGTERMException``); without
+  this callback the steps since the last periodic checkpoint were lost.
+- the requeue signal (``signals``, default SIGUSR2: what submitit, and so ``sweeps/slurm.yaml``, has SLURM
+  send ``signal_delay_s`` before the time limit, and on preemption). Whoever handled it before the run
+  started (submitit: requeue the job, then exit) is called once the checkpoint is saved, not mid-step; the
+  requeued job starts in the same run directory and ``ckpt_path: auto`` resumes it. With no such handler
+  the run stops as on SIGTERM.
 """
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
+from typing import Sequence
 
 import lightning as L
 
@@ -17,21 +26,64 @@ EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a job the signal ende
 
 
 class CheckpointOnSignal(L.Callback):
-    """At the end of every optimizer step: if any rank received SIGTERM, save the last checkpoint (every
-    rank takes part, as in any checkpoint), then let Lightning stop the run (it broadcasts rank 0's signal
-    to the other ranks itself)."""
+    """At the end of every optimizer step: if any rank received SIGTERM or one of ``signals``, save the last
+    checkpoint (every rank takes part, as in any checkpoint), then stop the run (SIGTERM: Lightning stops it,
+    broadcasting rank 0's signal to the other ranks itself) or hand the signal to its earlier handler.
+
+    Args:
+        signals: names of the signals that ask for a checkpoint and a requeue (``SIGUSR2``: submitit's).
+    """
+
+    def __init__(self, signals: Sequence[str] = ("SIGUSR2",)):
+        unknown = [name for name in signals if not isinstance(getattr(signal, str(name), None), signal.Signals)]
+        if unknown:
+            from r3exp.errors import ConfigError
+
+            raise ConfigError(f"callbacks.preemption.signals: unknown signal {unknown[0]!r} (e.g. SIGUSR2, SIGUSR1)")
+        self.signals = [getattr(signal, name) for name in signals]
+        self.received: signal.Signals | None = None
+        self._earlier: dict[signal.Signals, object] = {}
+
+    def on_train_start(self, trainer: L.Trainer, module) -> None:
+        for signum in self.signals:
+            self._earlier[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._note)
+
+    def on_train_end(self, trainer: L.Trainer, module) -> None:
+        self._restore()
+
+    def _note(self, signum: int, frame) -> None:  # a signal handler: note it, act at the step's end
+        self.received = signal.Signals(signum)
+
+    def _restore(self) -> None:
+        for signum, handler in self._earlier.items():
+            signal.signal(signum, handler)
+        self._earlier = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx) -> None:
-        stopping = bool(getattr(trainer, "received_sigterm", False))
+        sigterm = bool(getattr(trainer, "received_sigterm", False))
+        requeue = self.received is not None
         if trainer.world_size > 1:  # one rank may have been signalled: all save, or none
-            stopping = trainer.strategy.reduce_boolean_decision(stopping, all=False)
-        if not stopping:
+            sigterm = trainer.strategy.reduce_boolean_decision(sigterm, all=False)
+            requeue = trainer.strategy.reduce_boolean_decision(requeue, all=False)
+        if not (sigterm or requeue):
             return
+        name = "SIGTERM" if sigterm else (self.received or self.signals[0]).name
         checkpoint = trainer.checkpoint_callback
         if checkpoint is None or checkpoint.dirpath is None:
-            log.warning("SIGTERM after step %d: no checkpoint callback configured, nothing saved", trainer.global_step)
-            return
-        path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
-        trainer.save_checkpoint(path)
-        log.warning("SIGTERM: stopped after step %d, checkpoint saved to %s; continue with ckpt_path=last",
-                    trainer.global_step, path)
+            log.warning("%s after step %d: no checkpoint callback configured, nothing saved", name, trainer.global_step)
+        else:
+            path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+            trainer.save_checkpoint(path)
+            log.warning("%s: stopped after step %d, checkpoint saved to %s; continue with ckpt_path=last (or auto)",
+                        name, trainer.global_step, path)
+        if sigterm:
+            return  # Lightning raises SIGTERMException after this step
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        earlier = self._earlier.get(self.received) if self.received is not None else None
+        self._restore()
+        if callable(earlier):  # the scheduler's own handler (submitit: requeue the job and exit)
+            log.warning("%s: handing over to %s", name, getattr(earlier, "__qualname__", earlier))
+            earlier(self.received, None)
+        raise SIGTERMException  # no handler that ends the run (or it returned, as on submitit's other ranks)
