@@ -22,7 +22,7 @@ def app(cfg: DictConfig) -> float | None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from r3exp.pipeline import run
-    from r3exp.tracking.preemption import EXIT_CODE
+    from r3exp.tracking.preemption import EXIT_CODE, hand_over
 
     if cfg.paths.get("output_dir") is None:
         cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
@@ -43,6 +43,7 @@ def app(cfg: DictConfig) -> float | None:
         print("stopped by a scheduler's signal after an optimizer step; its checkpoint is last.ckpt: rerun with "
               "ckpt_path=last to continue", file=sys.stderr)
         finish_ranks(failed=True)
+        hand_over()  # a requeue signal: the scheduler's own handler (submitit requeues the job and exits)
         sys.exit(EXIT_CODE)
     except BaseException:
         finish_ranks(failed=True)

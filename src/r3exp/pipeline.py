@@ -32,6 +32,7 @@ from r3exp.rollout.failures import collect_failures, write_failures
 from r3exp.tasks.base import SPLITS, Task
 from r3exp.tasks.hub import write_jsonl
 from r3exp.timing import PhaseTimes, install_seconds
+from r3exp.tracking.preemption import signal_numbers
 from r3exp.tracking.provenance import collect_provenance, write_provenance
 from r3exp.tracking.wandb_run import (backfill_history, log_dataset_artifact, log_evaluation, log_forgetting,
                                      log_policy_artifact, log_provenance)
@@ -292,6 +293,8 @@ def check_trainer_config(cfg: DictConfig) -> None:
         if cfg.trainer.get(key) not in (None, 1 if key == "accumulate_grad_batches" else None):
             raise ConfigError(f"trainer.{key}={cfg.trainer.get(key)}: r3exp steps the optimizer itself over "
                               f"token-budget micro-batches; use {ours}")
+    preemption = (cfg.get("callbacks") or {}).get("preemption") or {}
+    signal_numbers(preemption.get("signals") or [])
 
 
 def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: list | None = None,

@@ -25,6 +25,16 @@ log = logging.getLogger(__name__)
 EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a job the signal ended
 
 
+def signal_numbers(names: Sequence[str]) -> list[signal.Signals]:
+    """The signals named (``SIGUSR2``, ...); an unknown name is a config error naming the key."""
+    unknown = [name for name in names if not isinstance(getattr(signal, str(name), None), signal.Signals)]
+    if unknown:
+        from r3exp.errors import ConfigError
+
+        raise ConfigError(f"callbacks.preemption.signals: unknown signal {unknown[0]!r} (e.g. SIGUSR2, SIGUSR1)")
+    return [getattr(signal, name) for name in names]
+
+
 class CheckpointOnSignal(L.Callback):
     """At the end of every optimizer step: if any rank received SIGTERM or one of ``signals``, save the last
     checkpoint (every rank takes part, as in any checkpoint), then stop the run (SIGTERM: Lightning stops it,
@@ -35,12 +45,7 @@ class CheckpointOnSignal(L.Callback):
     """
 
     def __init__(self, signals: Sequence[str] = ("SIGUSR2",)):
-        unknown = [name for name in signals if not isinstance(getattr(signal, str(name), None), signal.Signals)]
-        if unknown:
-            from r3exp.errors import ConfigError
-
-            raise ConfigError(f"callbacks.preemption.signals: unknown signal {unknown[0]!r} (e.g. SIGUSR2, SIGUSR1)")
-        self.signals = [getattr(signal, name) for name in signals]
+        self.signals = signal_numbers(signals)
         self.received: signal.Signals | None = None
         self._earlier: dict[signal.Signals, object] = {}
 
@@ -78,12 +83,27 @@ class CheckpointOnSignal(L.Callback):
             log.warning("%s: stopped after step %d, checkpoint saved to %s; continue with ckpt_path=last (or auto)",
                         name, trainer.global_step, path)
         if sigterm:
-            return  # Lightning raises SIGTERMException after this step
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
+            return  # Lightning raises SIGTERMException after this step's callbacks and logging
+        global _handover
         earlier = self._earlier.get(self.received) if self.received is not None else None
         self._restore()
-        if callable(earlier):  # the scheduler's own handler (submitit: requeue the job and exit)
-            log.warning("%s: handing over to %s", name, getattr(earlier, "__qualname__", earlier))
-            earlier(self.received, None)
-        raise SIGTERMException  # no handler that ends the run (or it returned, as on submitit's other ranks)
+        _handover = (earlier, self.received) if callable(earlier) else None
+        # stop as on SIGTERM, once this step's other callbacks and loggers have run (Lightning's own flag);
+        # the entry point then calls hand_over()
+        trainer._signal_connector.received_sigterm = True
+
+
+_handover: tuple | None = None  # (the scheduler's handler, the signal), set when a requeue signal stopped the run
+
+
+def hand_over() -> None:
+    """After a run stopped on a requeue signal (its checkpoint saved, W&B closed): call the handler that
+    held the signal before the run started (submitit: requeue the job, then exit). Nothing otherwise, or
+    when that handler returns (submitit on ranks other than 0)."""
+    global _handover
+    if _handover is None:
+        return
+    handler, signum = _handover
+    _handover = None
+    log.warning("%s: handing over to %s", signum.name, getattr(handler, "__qualname__", handler))
+    handler(signum, None)
