@@ -284,22 +284,21 @@ def test_killed_run_resumes_into_the_same_wandb_run_with_continuous_history(tmp_
     assert resumed[-2:] == [step, step + 1] and resumed[:-2] == [s for s in range(step) if s not in killed]
 
 
-def test_a_run_sent_sigterm_saves_its_step_and_resumes_with_nothing_lost_or_repeated(tmp_path):
-    """SIGTERM mid-training (what a scheduler sends before its time limit): the run finishes the optimizer
-    step it is in, saves last.ckpt at that step and exits 143; ckpt_path=last goes on from the next step,
-    optimizer state included, and train_metrics.csv holds every step once."""
-    import csv
-    import signal
+def signalled_training_run(tmp_path, launcher: list[str], signum: int, *extra: str):
+    """A training run (checkpoints every 50 steps) started with ``launcher``, sent ``signum`` after its third
+    step; returns (the arguments, its exit code, its stderr, the checkpoint's step, the steps in
+    train_metrics.csv)."""
     import time
 
     import torch
 
     run_dir = tmp_path / "run"
     short = [arg for arg in SHORT if not arg.startswith("callbacks.checkpoint.")]
-    args = [*short, "mode=train", "logger=none", "callbacks.checkpoint.every_n_train_steps=50", f"hydra.run.dir={run_dir}"]
+    args = [*short, "mode=train", "logger=none", "callbacks.checkpoint.every_n_train_steps=50", *extra,
+            f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "R3EXP_CACHE_DIR": str(CACHE), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     log = (tmp_path / "stderr.log").open("w")  # files, not pipes: nothing blocks on a full pipe buffer
-    process = subprocess.Popen([sys.executable, "-m", "r3exp", *args, "trainer.max_steps=200"], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, *launcher, *args, "trainer.max_steps=200"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=log, text=True)
     metrics = run_dir / "train_metrics.csv"
     deadline = time.monotonic() + 300
@@ -308,21 +307,34 @@ def test_a_run_sent_sigterm_saves_its_step_and_resumes_with_nothing_lost_or_repe
             break
         time.sleep(0.5)
     assert process.poll() is None, (tmp_path / "stderr.log").read_text()[-3000:]
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     process.wait(timeout=300)
     log.close()
-    stderr = (tmp_path / "stderr.log").read_text()
-    assert process.returncode == 143, stderr[-3000:]
-    assert "ckpt_path=last" in stderr
-    steps = [int(row["step"]) for row in csv.DictReader(metrics.open())]
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    return args, process.returncode, (tmp_path / "stderr.log").read_text(), saved, metric_steps(run_dir)
+
+
+def metric_steps(run_dir) -> list[int]:
+    import csv
+
+    return [int(row["step"]) for row in csv.DictReader((run_dir / "train_metrics.csv").open())]
+
+
+def test_a_run_sent_sigterm_saves_its_step_and_resumes_with_nothing_lost_or_repeated(tmp_path):
+    """SIGTERM mid-training (what a scheduler sends before its time limit): the run finishes the optimizer
+    step it is in, saves last.ckpt at that step and exits 143; ckpt_path=last goes on from the next step,
+    optimizer state included, and train_metrics.csv holds every step once."""
+    import signal
+
+    args, code, stderr, saved, steps = signalled_training_run(tmp_path, ["-m", "r3exp"], signal.SIGTERM)
+    assert code == 143, stderr[-3000:]
+    assert "ckpt_path=last" in stderr
     assert 3 <= saved["global_step"] < 50  # not a periodic checkpoint: the one the signal asked for
     assert steps == list(range(saved["global_step"]))  # every step done was saved
     assert len(saved["optimizer_states"]) == 1 and saved["lr_schedulers"]  # the optimizer and schedule travel with it
     out = r3exp(*args, f"trainer.max_steps={saved['global_step'] + 2}", "ckpt_path=last")
     assert out.returncode == 0, out.stderr[-3000:]
-    steps = [int(row["step"]) for row in csv.DictReader(metrics.open())]
-    assert steps == list(range(saved["global_step"] + 2))  # continued: nothing lost, nothing repeated
+    assert metric_steps(tmp_path / "run") == list(range(saved["global_step"] + 2))  # nothing lost or repeated
 
 
 SCHEDULER = """
@@ -353,39 +365,15 @@ def test_a_slurm_requeue_signal_checkpoints_the_step_then_requeues_and_ckpt_path
     """SIGUSR2 (what submitit has SLURM send before a time limit) under a scheduler's own handler: the run
     finishes its step and saves it, and only then the scheduler's handler runs (submitit: requeue and exit);
     the requeued job, with ckpt_path=auto as under sweeps/slurm.yaml, continues: nothing lost or repeated."""
-    import csv
     import signal
-    import time
 
-    import torch
-
-    run_dir = tmp_path / "run"
-    short = [arg for arg in SHORT if not arg.startswith("callbacks.checkpoint.")]
-    args = [*short, "mode=train", "logger=none", "callbacks.checkpoint.every_n_train_steps=50", "ckpt_path=auto",
-            f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "R3EXP_CACHE_DIR": str(CACHE), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    log = (tmp_path / "stderr.log").open("w")
-    process = subprocess.Popen([sys.executable, "-c", SCHEDULER, str(run_dir), *args, "trainer.max_steps=200"],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
-    metrics = run_dir / "train_metrics.csv"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) > 3:  # header and 3 steps
-            break
-        time.sleep(0.5)
-    assert process.poll() is None, (tmp_path / "stderr.log").read_text()[-3000:]
-    process.send_signal(signal.SIGUSR2)
-    process.wait(timeout=300)
-    log.close()
-    stderr = (tmp_path / "stderr.log").read_text()
-    assert process.returncode == 255, stderr[-3000:]  # the scheduler's handler ended it (sys.exit(-1))
-    requeued = json.loads((run_dir / "requeued.json").read_text())
-    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    args, code, stderr, saved, steps = signalled_training_run(
+        tmp_path, ["-c", SCHEDULER, str(tmp_path / "run")], signal.SIGUSR2, "ckpt_path=auto")
+    assert code == 255, stderr[-3000:]  # the scheduler's handler ended it (sys.exit(-1))
+    requeued = json.loads((tmp_path / "run" / "requeued.json").read_text())
     assert requeued == {"signal": signal.SIGUSR2, "saved_step": saved["global_step"]}  # saved before the handover
     assert 3 <= saved["global_step"] < 50
-    steps = [int(row["step"]) for row in csv.DictReader(metrics.open())]
     assert steps == list(range(saved["global_step"]))
     out = r3exp(*args, f"trainer.max_steps={saved['global_step'] + 2}")  # the requeued job: the same command
     assert out.returncode == 0, out.stderr[-3000:]
-    steps = [int(row["step"]) for row in csv.DictReader(metrics.open())]
-    assert steps == list(range(saved["global_step"] + 2))
+    assert metric_steps(tmp_path / "run") == list(range(saved["global_step"] + 2))
