@@ -318,7 +318,8 @@ def paper_step(report: Report, memory: Memory, policy, trainable, optimizer, set
             optimizer.zero_grad(set_to_none=True)
             trained[0] = int(metrics["trained_tokens"])
         report.check("paper-scale step fits", math.isfinite(metrics["loss"]),
-                     f"{int(metrics['micro_batches'])} micro-batches of <= {settings.max_tokens_per_micro_batch} tokens")
+                     f"{int(metrics['micro_batches'])} micro-batches of <= "
+                     f"{settings.max_tokens_per_micro_batch} tokens")
     except torch.OutOfMemoryError as err:
         report.check("paper-scale step fits", False, f"out of memory: {str(err).splitlines()[0][:160]}")
 

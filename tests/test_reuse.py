@@ -9,7 +9,7 @@ import os
 import pytest
 from hydra import compose, initialize_config_dir
 
-from r3exp.evaluation.reuse import ResultStore, inputs_key, model_fingerprint
+from r3exp.evaluation.reuse import ResultStore, inputs_key, path_fingerprint
 from r3exp.pipeline import evaluation_inputs
 from tests.conftest import CONF
 from tests.test_cli import SHORT, r3exp
@@ -38,12 +38,12 @@ def test_the_key_ignores_what_greedy_evaluation_ignores_and_follows_what_it_does
     assert key_of(tmp_path) != base
 
 
-def test_a_model_directory_is_fingerprinted_by_its_files(tmp_path):
+def test_a_model_directory_and_a_data_file_are_fingerprinted_by_their_files(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    before = model_fingerprint(tmp_path)
+    before, file_before = path_fingerprint(tmp_path), path_fingerprint(tmp_path / "config.json")
     os.utime(tmp_path / "config.json", ns=(1, 1))
-    assert model_fingerprint(tmp_path) != before
-    assert model_fingerprint("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert path_fingerprint(tmp_path) != before and path_fingerprint(tmp_path / "config.json") != file_before
+    assert path_fingerprint("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def test_the_store_reads_only_complete_entries_and_keeps_the_first_of_two(tmp_path):

@@ -24,7 +24,7 @@ from r3exp.evaluation.accuracy import control_reflections, episodes_result, foll
 from r3exp.evaluation.general_ability import check as check_general_ability
 from r3exp.evaluation.general_ability import (SHIPPED_TASKS, GeneralAbility, differences, forgetting_table,
                                               score_model)
-from r3exp.evaluation.reuse import ResultStore, code_identity, library_versions, model_fingerprint
+from r3exp.evaluation.reuse import ResultStore, code_identity, library_versions, path_fingerprint
 from r3exp.models import ModelSpec, load_tokenizer
 from r3exp.records import episode_record
 from r3exp.rollout.episodes import R3Protocol
@@ -153,14 +153,16 @@ def run_evaluation(cfg: DictConfig, parts: Components, label: str, split: str | 
 
 def evaluation_inputs(cfg: DictConfig, model_path: str) -> dict:
     """Everything an evaluation's episodes depend on (the key under which ``evaluation.reuse_base`` keeps
-    them): the weights, the task and its split, the evaluation and engine settings, the ranks, the code and
-    library versions; the seed only when something is sampled at a temperature above 0 (greedy ignores it)."""
+    them): the weights, the task, its split and local data files, the evaluation and engine settings, the
+    ranks, the code and library versions; the seed only when something is sampled at a temperature above 0
+    (greedy decoding ignores it)."""
     ev = OmegaConf.to_container(cfg.evaluation, resolve=True)
     ev.pop("label", None)
     ev.pop("reuse_base", None)
     sampled = any(float(ev[turn].get("temperature") or 0.0) > 0.0 for turn in ("attempt", "reflection", "retry"))
-    return {"model": model_fingerprint(model_path), "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+    return {"model": path_fingerprint(model_path), "model_config": OmegaConf.to_container(cfg.model, resolve=True),
             "task": OmegaConf.to_container(cfg.task, resolve=True),
+            "data": [path_fingerprint(path) for path in local_data_paths(cfg)],
             "evaluation": ev, "engine": OmegaConf.to_container(cfg.engine, resolve=True),
             "ranks": distributed.world_size(), "seed": cfg.seed if sampled else None,
             "code": code_identity(CODE_DIR), "versions": library_versions()}
@@ -569,8 +571,8 @@ def base_general_ability(cfg: DictConfig, spec: GeneralAbility, run_dir: Path, b
     settings = {key: value for key, value in asdict(spec).items()
                 if key not in ("enabled", "policy", "reuse_base")}
     include = [spec.include_path] if isinstance(spec.include_path, str) else list(spec.include_path or [])
-    task_files = [model_fingerprint(path) for path in [SHIPPED_TASKS, *include]]  # task YAMLs and their data
-    inputs = {"model": model_fingerprint(base_path), "forgetting": settings, "task_files": task_files,
+    task_files = [path_fingerprint(path) for path in [SHIPPED_TASKS, *include]]  # task YAMLs and their data
+    inputs = {"model": path_fingerprint(base_path), "forgetting": settings, "task_files": task_files,
               "seed": cfg.seed, "code": code_identity(CODE_DIR), "versions": library_versions()}
     store = ResultStore(cfg.paths.results_cache, "general_ability")
     entry = store.load(inputs)

@@ -3,7 +3,7 @@
 In a sweep, every job evaluates the same base model on the same test split with the same greedy
 settings (``experiment=r3_smollm2``: nine jobs, byte-identical ``eval_base_episodes.jsonl`` and lm-eval
 scores), 2-3 minutes of each job on a CPU. A :class:`ResultStore` keeps such a result under a key of
-everything it was computed from (:func:`inputs_key`): the model's files (:func:`model_fingerprint`), the
+everything it was computed from (:func:`inputs_key`): the model's files and local data (:func:`path_fingerprint`), the
 task, the evaluation and engine settings, the number of ranks, the code (:func:`code_identity`) and
 library versions, and the seed when anything is sampled at a temperature above 0. A run whose inputs
 have the same key reads the stored result instead of computing it again; any change of input gives
@@ -51,14 +51,17 @@ def code_identity(directory: str | Path) -> dict[str, str] | None:
         return None
 
 
-def model_fingerprint(path: str | Path) -> list | str:
-    """What identifies a model's weights without reading them: a local directory's absolute path and each
-    file's name, size and modification time; anything else (a hub id) as given."""
-    directory = Path(path)
-    if not directory.is_dir():
+def path_fingerprint(path: str | Path) -> list | str:
+    """What identifies a model's weights or a data file without reading them: a local file's absolute path,
+    size and modification time, a local directory's path and each of its files' (name, size, modification
+    time, one level down); anything else (a hub id) as given."""
+    local = Path(path)
+    if local.is_file():
+        return [str(local.resolve()), local.stat().st_size, local.stat().st_mtime_ns]
+    if not local.is_dir():
         return str(path)
-    files = sorted(f for f in directory.iterdir() if f.is_file())
-    return [str(directory.resolve()), *([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files)]
+    files = sorted(f for f in local.iterdir() if f.is_file())
+    return [str(local.resolve()), *([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files)]
 
 
 def inputs_key(inputs: dict) -> str:
