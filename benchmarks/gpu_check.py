@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "src"))  # the checkout's r3exp, installed or not
 from r3exp.grpo.step import LossSettings, accumulate_gradients, correct_for_engine, step_rows  # noqa: E402
 from r3exp.models.export import hf_state_dict, merged_lora  # noqa: E402
 from r3exp.models.loading import LoraSpec, prepare_policy  # noqa: E402
-from r3exp.rollout.batching import build_batch  # noqa: E402
+from r3exp.rollout.batching import build_batch, reflection_mask  # noqa: E402
 from r3exp.rollout.engines.base import SamplingConfig  # noqa: E402
 from r3exp.rollout.engines.hf_engine import HFEngine  # noqa: E402
 from r3exp.rollout.episodes import R3Protocol  # noqa: E402
@@ -255,7 +255,7 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
             asleep_before = memory.allocated_gib()
             engine.sleep()
             freed = asleep_before - memory.allocated_gib()
-            if step == 0 and device.type == "cuda":
+            if device.type == "cuda" and not any(what.startswith("engine sleep") for what, _, _ in report.checks):
                 weights = sum(t.numel() * t.element_size() for t in engine.model.state_dict().values()) / GIB
                 report.check("engine sleep frees its weights", freed >= 0.9 * weights,
                              f"{freed:.2f} GiB freed of {weights:.2f} GiB of weights")
@@ -274,8 +274,8 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
                 with merged_lora(policy):
                     state = hf_state_dict(policy)
                     engine.update_weights(state)
-                    name_, tensor = next((k, v) for k, v in state.items() if k.endswith("q_proj.weight"))
-                    pushed &= torch.equal(engine.model.state_dict()[name_].to(tensor.device), tensor)
+                    key, tensor = next((k, v) for k, v in state.items() if k.endswith("q_proj.weight"))
+                    pushed &= torch.equal(engine.model.state_dict()[key].to(tensor.device), tensor)
         report.check("reflection groups carry a reward", signal_steps > 0,
                      f"{signal_steps} of {args.steps} steps had a group with signal")
         report.check("training steps are finite", losses and all(map(math.isfinite, losses + norms))
@@ -297,8 +297,6 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
 def paper_step(report: Report, memory: Memory, policy, trainable, optimizer, settings: LossSettings,
                vocab: int, args, device) -> None:
     """One training step on ``--paper-rows`` rows of 600 + 256 tokens, every row trained."""
-    from r3exp.rollout.batching import reflection_mask
-
     n, context, reflection = args.paper_rows, args.paper_context, args.paper_reflection
     total = context + reflection
     mask = reflection_mask(torch.full((n,), context), torch.full((n,), reflection), total)
