@@ -122,6 +122,7 @@ def run_r3exp(model: str, lora: bool, steps: int, bf16: bool, extra: list[str]) 
                 "trained_rows": sum(int(r["advantages"].ne(0).sum()) for r in rollouts),
                 "sampled_tokens": sum(len(c.token_ids) for r in rollouts for ep in r["episodes"] for c in ep.reflections),
                 "prompt_tokens": statistics.mean(len(p) for p in prompts)})
+            print(f"[r3exp] step {trainer.global_step} done", flush=True)
 
     setup_environment()
     with tempfile.TemporaryDirectory() as out:
@@ -168,6 +169,7 @@ def run_trl(model: str, lora: bool, steps: int, bf16: bool, extra: list[str]) ->
             row["step"] = state.global_step
             row["seconds"] = time.perf_counter() - self.start
             row["train_seconds"] = row["seconds"] - row["generation_seconds"]
+            print(f"[trl] step {state.global_step}: {row['seconds']:.1f} s", flush=True)
 
     def reward(completions, **_):
         return [float(parity_reward(c[0]["content"] if isinstance(c, list) else c)) for c in completions]

@@ -9,8 +9,9 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from r3exp.grpo import functions as F
-from r3exp.grpo.logprobs import decoder_and_output_layer, masked_token_logprobs
-from r3exp.grpo.micro_batches import token_budget_micro_batches
+from r3exp.grpo.logprobs import (can_share_prompts, decoder_and_output_layer, masked_token_logprobs, prompt_groups,
+                                 shared_prompt_logprobs)
+from r3exp.grpo.micro_batches import shared_prompt_micro_batches, token_budget_micro_batches
 from r3exp.grpo.module import GRPOLoss
 from r3exp.grpo.step import LossSettings, accumulate_gradients, correct_for_engine, reference_logprobs, step_rows
 from r3exp.rollout.batching import reflection_mask
@@ -34,21 +35,28 @@ def causal_lm(tied: bool, lora: bool, seed: int = 0):
     return model.train()
 
 
-def rollout(generator: torch.Generator, groups: int, group_size: int) -> dict:
+def rollout(generator: torch.Generator, groups: int, group_size: int, shared_prompts: bool = False) -> dict:
     """A rollout batch of the shape ``rollout.batching.build_batch`` gives: right-padded rows of context ‖
     reflection, 0/1 rewards in groups, behaviour log-probs near the policy's (random). Both kinds of rows,
-    as ``rollout.protocol=r3_grpo`` makes: the odd groups train attempts."""
+    as ``rollout.protocol=r3_grpo`` makes: the odd groups train attempts. ``shared_prompts``: the rows of
+    a group share their context, as real groups do (G samples after one prompt)."""
     n = groups * group_size
     context = torch.randint(3, 12, (n,), generator=generator)
     reflection = torch.randint(1, 9, (n,), generator=generator)
+    if shared_prompts:
+        context = context[::group_size].repeat_interleave(group_size)
     total = int((context + reflection).max())
     positions = torch.arange(total).unsqueeze(0)
     attention = (positions < (context + reflection).unsqueeze(1)).long()
     mask = reflection_mask(context, reflection, total)
     rewards = torch.randint(0, 2, (n,), generator=generator).float()
     rewards[::group_size] = 1.0 - rewards[1::group_size]  # every group has signal
+    input_ids = torch.randint(0, VOCAB, (n, total), generator=generator)
+    if shared_prompts:
+        first = input_ids[::group_size].repeat_interleave(group_size, dim=0)
+        input_ids = torch.where(positions < context.unsqueeze(1), first, input_ids)
     return {
-        "input_ids": torch.randint(0, VOCAB, (n, total), generator=generator) * attention,
+        "input_ids": input_ids * attention,
         "attention_mask": attention,
         "reflection_mask": mask,
         "behaviour_logprobs": torch.where(mask, -2.0 + torch.rand(n, total, generator=generator), 0.0),
@@ -105,20 +113,25 @@ def gradients(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
 
 
+@pytest.mark.parametrize("share_prompts", [False, True], ids=["whole_rows", "shared_prompts"])
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("rollouts_per_step", [1, 2], ids=["accumulate1", "accumulate2"])
 @pytest.mark.parametrize("mu", [1, 2], ids=["mu1", "mu2"])
 @pytest.mark.parametrize("beta", [0.0, 0.04], ids=["beta0", "beta0.04"])
 @pytest.mark.parametrize("loss_type", sorted(F.AGGREGATIONS))
-def test_micro_batched_step_equals_one_batch(loss_type, beta, mu, rollouts_per_step, lora):
+def test_micro_batched_step_equals_one_batch(loss_type, beta, mu, rollouts_per_step, lora, share_prompts):
+    """Micro-batches (and, with ``share_prompts``, each group's prompt run once) give the loss and the
+    gradients of the whole step in one batch of whole rows."""
     generator = torch.Generator().manual_seed(7)
-    rollouts = [rollout(generator, groups=3, group_size=4) for _ in range(rollouts_per_step)]
+    rollouts = [rollout(generator, groups=3, group_size=4, shared_prompts=share_prompts)
+                for _ in range(rollouts_per_step)]
     rollouts[0]["rewards"][4:8] = 1.0  # one group without signal: left out of the forward when beta = 0
     simple = causal_lm(tied=lora, lora=lora)
     chunked = copy.deepcopy(simple)
     reference = None if lora or not beta else copy.deepcopy(simple).eval().requires_grad_(False)
     settings = LossSettings(epsilon=0.2, epsilon_high=0.28, beta=beta, loss_type=loss_type, temperature=0.7,
-                            max_reflection_tokens=8, max_tokens_per_micro_batch=40, logprob_chunk_size=5)
+                            max_reflection_tokens=8, max_tokens_per_micro_batch=40, logprob_chunk_size=5,
+                            share_prompts=share_prompts)
     rows = step_rows(rollouts, "group", beta)
     if beta:
         rows.batch["ref_logprobs"] = reference_logprobs(chunked, reference, rows.batch, settings)
@@ -264,3 +277,55 @@ def test_micro_batched_step_equals_one_batch_with_the_engine_correction(loss_typ
                 for p in model.parameters():
                     if p.grad is not None:
                         p -= 0.5 * p.grad
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_shared_prompt_logprobs_equal_whole_rows_values_and_gradients(tied, lora):
+    """Each group's prompt runs once and its rows continue from the prompt's key/value cache: the same
+    log-probs and the same gradients as running every row whole, for groups of different prompt lengths,
+    rows of different lengths (right-padded) and a row with nothing scored."""
+    batch = rollout(torch.Generator().manual_seed(5), groups=3, group_size=4, shared_prompts=True)
+    mask = batch["reflection_mask"][:, 1:].clone()
+    mask[5] = False  # a row with nothing scored: zeros, no forward
+    assert len(prompt_groups(batch["input_ids"], mask)) == 3
+    whole = causal_lm(tied, lora)
+    shared = copy.deepcopy(whole)
+    expected = masked_token_logprobs(whole, batch["input_ids"], batch["attention_mask"], mask, 0.7, chunk_size=4)
+    got = shared_prompt_logprobs(shared, batch["input_ids"], batch["attention_mask"], mask, 0.7, chunk_size=4)
+    torch.testing.assert_close(got, expected, **CLOSE)
+    assert torch.all(got[~mask] == 0)
+    weights = torch.randn(mask.shape)
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+    want, have = gradients(whole), gradients(shared)
+    assert want.keys() == have.keys() and want
+    for name in want:
+        torch.testing.assert_close(have[name], want[name], **CLOSE, msg=name)
+
+
+def test_prompt_groups_are_rows_with_the_same_tokens_before_their_first_scored_token():
+    ids = torch.tensor([[1, 2, 3, 4, 0], [1, 2, 3, 5, 6], [1, 2, 9, 4, 0], [1, 2, 3, 7, 0], [1, 2, 3, 4, 5]])
+    mask = torch.zeros(5, 4, dtype=torch.bool)  # aligned on the predicted token: mask[:, t] scores ids[:, t + 1]
+    mask[0, 2:3] = mask[1, 2:4] = mask[2, 1:3] = mask[3, 2:3] = True  # row 4 scores nothing
+    assert prompt_groups(ids, mask) == [(3, [0, 1, 3]), (2, [2])]
+
+
+def test_shared_prompt_micro_batches_keep_groups_together_within_the_budget():
+    lengths = [10, 12, 11, 30, 31, 6]
+    groups = [(8, [0, 1, 2]), (20, [3, 4]), (0, [5])]  # costs: 8 + 3 x 4 = 20, 20 + 2 x 11 = 42, 6
+    assert shared_prompt_micro_batches(groups, lengths, None) == [[1, 2, 0, 4, 3, 5]]  # longest rows first
+    assert shared_prompt_micro_batches(groups, lengths, 64) == [[4, 3, 1, 2, 0], [5]]  # 42 + 20 = 62 <= 64
+    batches = shared_prompt_micro_batches(groups, lengths, 30)  # the second group splits: 20 + 11 = 31 > 30
+    assert sorted(row for batch in batches for row in batch) == list(range(6))
+    assert [4] in batches and [3] in batches  # one row each, over the budget alone (31 > 30, 30 <= 30)
+    assert any(set(batch) >= {0, 1, 2} for batch in batches)  # the first group stays whole (20 <= 30)
+    with pytest.raises(ValueError):
+        shared_prompt_micro_batches(groups, lengths, 0)
+
+
+def test_gradient_checkpointing_runs_rows_whole():
+    model = causal_lm(tied=False, lora=False)
+    assert can_share_prompts(model)
+    model.gradient_checkpointing_enable()
+    assert not can_share_prompts(model)

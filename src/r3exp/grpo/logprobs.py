@@ -64,20 +64,73 @@ def selected_logprobs(hidden: torch.Tensor, targets: torch.Tensor, output_layer:
 
 
 def masked_token_logprobs(policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
-                          temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+                          temperature: float = 1.0, chunk_size: int = 1024, share_prompts: bool = False) -> torch.Tensor:
     """(N, T-1) log-prob of ``input_ids[:, t+1]`` at every position where ``mask[:, t]`` (aligned on the
     predicted token, as ``grpo_loss`` takes it), exactly 0 elsewhere: those logits are never computed.
 
     Equals ``token_logprobs(policy(input_ids).logits[:, :-1], input_ids[:, 1:], temperature)`` on the mask.
     ``policy`` may also be a :class:`ReflectionLogprobs` (the root of a sharded policy), which is called.
+    ``share_prompts``: rows with the same prompt run it once (:func:`shared_prompt_logprobs`); the same values.
     """
     if isinstance(policy, ReflectionLogprobs):
         return policy(input_ids, attention_mask, mask, temperature, chunk_size)
+    if share_prompts and can_share_prompts(policy):
+        return shared_prompt_logprobs(policy, input_ids, attention_mask, mask, temperature, chunk_size)
     decoder, output_layer = decoder_and_output_layer(policy)
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     selected = hidden[:, :-1][mask]  # (K, H)
     values = selected_logprobs(selected, input_ids[:, 1:][mask], output_layer, temperature, chunk_size)
     return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+
+
+def prompt_groups(input_ids: torch.Tensor, mask: torch.Tensor) -> list[tuple[int, list[int]]]:
+    """Rows that share their prompt, as (prompt length, row indices), in order of first appearance. A row's
+    prompt is every token before its first scored token (``mask`` aligned on the predicted token, so the
+    first scored token is ``first True of mask[r]`` + 1); rows with nothing scored belong to no group."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    scored = mask.any(-1).tolist()
+    firsts = mask.int().argmax(-1).tolist()
+    for row, (has_scored, first) in enumerate(zip(scored, firsts)):
+        if has_scored:
+            groups.setdefault(tuple(input_ids[row, :first + 1].tolist()), []).append(row)
+    return [(len(prompt), rows) for prompt, rows in groups.items()]
+
+
+def can_share_prompts(policy) -> bool:
+    """The decoder can run a prompt once and continue every row from its key/value cache: not under
+    gradient checkpointing, where Hugging Face models drop the cache."""
+    model = policy.get_base_model() if is_peft(policy) else policy
+    return not getattr(model, "is_gradient_checkpointing", False)
+
+
+def shared_prompt_logprobs(policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
+                           temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+    """:func:`masked_token_logprobs` with each shared prompt run once: a GRPO group's G rows share their
+    prompt (the task prompt; under R3 also the failed attempt and the reflection prompt), which is most of
+    each row. Per group (:func:`prompt_groups`): the decoder runs the prompt, its key/value cache is
+    repeated for the group's rows, and the rows' own tokens continue from it (positions after the prompt).
+    Autograd flows through the cache into the one prompt pass, so the gradient is the same as running every
+    row whole (a test checks values and gradients). Rows are right-padded, as everywhere in r3exp."""
+    decoder, output_layer = decoder_and_output_layer(policy)
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    lengths = attention_mask.sum(-1)
+    for prompt_length, rows in prompt_groups(input_ids, mask):
+        index = torch.tensor(rows, device=input_ids.device)
+        end = int(lengths[index].max())
+        prompt = decoder(input_ids=input_ids[rows[0]:rows[0] + 1, :prompt_length], use_cache=True)
+        hidden = prompt.last_hidden_state.expand(len(rows), -1, -1)  # (k, P, H)
+        if end > prompt_length:
+            cache = prompt.past_key_values
+            cache.batch_repeat_interleave(len(rows))
+            rest = decoder(input_ids=input_ids[index, prompt_length:end], attention_mask=attention_mask[index, :end],
+                           past_key_values=cache, use_cache=True).last_hidden_state  # (k, end - P, H)
+            hidden = torch.cat([hidden, rest], dim=1)
+        group_mask = mask[index, :end - 1]
+        values = selected_logprobs(hidden[:, :end - 1][group_mask], input_ids[index, 1:end][group_mask], output_layer,
+                                   temperature, chunk_size)
+        group = torch.zeros(group_mask.shape, dtype=values.dtype, device=values.device).masked_scatter(group_mask, values)
+        out = out.index_copy(0, index, torch.nn.functional.pad(group, (0, mask.shape[1] - group.shape[1])))
+    return out
 
 
 class ReflectionLogprobs(torch.nn.Module):

@@ -17,6 +17,7 @@ import torch
 from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
+from r3exp.grpo.logprobs import can_share_prompts
 from r3exp.grpo.step import (LossSettings, StepRows, accumulate_gradients, correct_for_engine, micro_batch_count,
                              reference_logprobs, share_of_engine, step_rows)
 from r3exp.models.export import hf_state_dict, is_peft, merged_lora, save_policy, save_weights
@@ -96,13 +97,16 @@ class R3GRPOModule(L.LightningModule):
         max_grad_norm: clip the gradient's total 2-norm (None or 0: no clipping).
         sharded_compute_dtype: under ``trainer=fsdp``, the dtype in which the gathered weights compute
             (e.g. ``bfloat16`` over float32 weights); None: the weights' own dtype.
+        share_prompts: the rows of a group run their shared prompt once (the same values and gradients,
+            fewer tokens: :func:`r3exp.grpo.logprobs.shared_prompt_logprobs`); off under gradient
+            checkpointing and sharding, where every row runs whole.
     """
 
     def __init__(self, policy: torch.nn.Module, engine, optimizer: Callable, loss: GRPOLoss,
                  scheduler: Callable | None = None, mu: int = 1, max_reflection_tokens: int = 128,
                  rollouts_per_step: int = 1, max_tokens_per_micro_batch: int | None = 2048,
                  logprob_chunk_size: int = 512, max_grad_norm: float | None = 1.0,
-                 sharded_compute_dtype: str | None = None):
+                 sharded_compute_dtype: str | None = None, share_prompts: bool = True):
         super().__init__()
         for key, value in {"mu": mu, "rollouts_per_step": rollouts_per_step, "logprob_chunk_size": logprob_chunk_size,
                            "max_tokens_per_micro_batch": max_tokens_per_micro_batch or 1}.items():
@@ -113,7 +117,8 @@ class R3GRPOModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.mu, self.rollouts_per_step, self.max_grad_norm = mu, rollouts_per_step, max_grad_norm
         self.settings = LossSettings(loss.epsilon, loss.epsilon_high, loss.beta, loss.loss_type, loss.temperature,
-                                     max_reflection_tokens, max_tokens_per_micro_batch, logprob_chunk_size)
+                                     max_reflection_tokens, max_tokens_per_micro_batch, logprob_chunk_size,
+                                     share_prompts=share_prompts and can_share_prompts(policy))
         self.reference = None
         if loss.beta != 0.0 and not is_peft(policy):
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -166,6 +171,7 @@ class R3GRPOModule(L.LightningModule):
         from r3exp.grpo.sharding import shard_policy
 
         mesh = init_device_mesh(self.trainer.strategy.root_device.type, (self.trainer.world_size,))
+        self.settings.share_prompts = False  # the sharded root runs every row whole
         self.sharded.policy = shard_policy(self.policy, mesh, self.sharded_compute_dtype)
         if self.reference is not None:
             self.sharded.reference = shard_policy(self.reference, mesh, self.sharded_compute_dtype)

@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 import torch
 
 from r3exp.grpo import functions as F
-from r3exp.grpo.logprobs import ReflectionLogprobs, masked_token_logprobs
-from r3exp.grpo.micro_batches import select_rows, token_budget_micro_batches
+from r3exp.grpo.logprobs import ReflectionLogprobs, masked_token_logprobs, prompt_groups
+from r3exp.grpo.micro_batches import select_rows, shared_prompt_micro_batches, token_budget_micro_batches
 from r3exp.models.export import is_peft
 from r3exp.rollout.batching import RolloutBatch, concat_batches
 from r3exp.rollout.episodes import ROW_KINDS
@@ -32,6 +32,7 @@ class LossSettings:
     max_reflection_tokens: int  # ``dr_grpo``'s constant
     max_tokens_per_micro_batch: int | None = 2048  # None: the whole step in one forward
     logprob_chunk_size: int = 512  # positions per output-layer chunk
+    share_prompts: bool = False  # rows with one prompt run it once (logprobs.shared_prompt_logprobs)
 
 
 @dataclass
@@ -94,7 +95,7 @@ def micro_batch_loss(policy, micro: dict, settings: LossSettings, size: F.StepSi
     """This micro-batch's share of the step's loss; (N, T-1) tensors below are aligned on the predicted token."""
     mask = micro["reflection_mask"][:, 1:]
     logprobs = masked_token_logprobs(policy, micro["input_ids"], micro["attention_mask"], mask,
-                                     settings.temperature, settings.logprob_chunk_size)
+                                     settings.temperature, settings.logprob_chunk_size, settings.share_prompts)
     ref = micro["ref_logprobs"][:, 1:] if settings.beta else None
     weights = micro["is_weights"][:, 1:] if "is_weights" in micro else None
     return F.grpo_loss(logprobs, micro["behaviour_logprobs"][:, 1:], micro["advantages"], mask,
@@ -113,10 +114,22 @@ def share_of_engine(rows: StepRows, engine_rank: int, engine_ranks: int) -> Step
     return StepRows(select_rows(rows.batch, mine), rows.size, rows.advantages)
 
 
+def micro_batches(batch: RolloutBatch, settings: LossSettings) -> list[list[int]]:
+    """The rows of ``batch`` in micro-batches under the token budget: padded rows x longest row, or with
+    ``share_prompts`` the tokens that run once a shared prompt runs once (rows without a scored token count
+    whole)."""
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    if not settings.share_prompts:
+        return token_budget_micro_batches(lengths, settings.max_tokens_per_micro_batch)
+    groups = prompt_groups(batch["input_ids"], batch["reflection_mask"][:, 1:])
+    grouped = {row for _, rows in groups for row in rows}
+    groups += [(0, [row]) for row in range(len(lengths)) if row not in grouped]
+    return shared_prompt_micro_batches(groups, lengths, settings.max_tokens_per_micro_batch)
+
+
 def micro_batch_count(batch: RolloutBatch, settings: LossSettings) -> int:
     """How many micro-batches the rows of ``batch`` take under the token budget."""
-    lengths = batch["attention_mask"].sum(-1).tolist()
-    return len(token_budget_micro_batches(lengths, settings.max_tokens_per_micro_batch))
+    return len(micro_batches(batch, settings))
 
 
 def padding_pass(policy, device: torch.device | str, backward: Callable[[torch.Tensor], None] | None) -> None:
@@ -139,9 +152,8 @@ def accumulate_gradients(policy, rows: StepRows, settings: LossSettings, device:
     those, forward and backward). ``pad_to`` (sharded training): run :func:`padding_pass` until this many
     micro-batches have run, so every rank runs as many as the rank with most."""
     start = time.perf_counter()
-    lengths = rows.batch["attention_mask"].sum(-1).tolist()
     parts, loss, trained_tokens = [], 0.0, 0
-    splits = token_budget_micro_batches(lengths, settings.max_tokens_per_micro_batch)
+    splits = micro_batches(rows.batch, settings)
     for indices in splits:
         micro = {k: v.to(device) if torch.is_tensor(v) else v for k, v in select_rows(rows.batch, indices).items()}
         share, metrics = micro_batch_loss(policy, micro, settings, rows.size)
@@ -197,13 +209,12 @@ def correct_for_engine(policy, batch: RolloutBatch, settings: LossSettings, loss
 def _logprobs_without_grad(model, batch: RolloutBatch, settings: LossSettings, device,
                            pad_to: int | None) -> torch.Tensor:
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
-    lengths = batch["attention_mask"].sum(-1).tolist()
-    splits = token_budget_micro_batches(lengths, settings.max_tokens_per_micro_batch)
+    splits = micro_batches(batch, settings)
     for indices in splits:
         micro = {k: v.to(device) for k, v in select_rows(batch, indices).items() if torch.is_tensor(v)}
         mask = micro["reflection_mask"][:, 1:]
         values = masked_token_logprobs(model, micro["input_ids"], micro["attention_mask"], mask,
-                                       settings.temperature, settings.logprob_chunk_size)
+                                       settings.temperature, settings.logprob_chunk_size, settings.share_prompts)
         out[indices, 1:1 + values.shape[1]] = values.float().cpu()
     for _ in range(len(splits), pad_to or 0):
         padding_pass(model, device, backward=None)
