@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -297,6 +298,11 @@ def check_trainer_config(cfg: DictConfig) -> None:
                               f"token-budget micro-batches; use {ours}")
     preemption = (cfg.get("callbacks") or {}).get("preemption") or {}
     signal_numbers(preemption.get("signals") or [])
+    if str(cfg.trainer.get("precision", "")).startswith("bf16") and cfg.trainer.get("accelerator") == "cpu" \
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("trainer.precision=%s on a CPU without bf16 kernels (torch: %s): autocast emulates bf16 and is "
+                    "slower than 32-true here (README, \"Speed on CPU\")", cfg.trainer.precision,
+                    torch.backends.cpu.get_cpu_capability())
 
 
 def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: list | None = None,
