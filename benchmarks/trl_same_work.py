@@ -60,6 +60,7 @@ class ParityCountdown(CountdownTask):
 
 
 def compose(model: str, lora: bool, steps: int, out: str, bf16: bool = False, extra: list[str] = ()):
+    """r3exp's config for the shared work (module docstring) on ``model``, writing under ``out``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -252,7 +253,8 @@ def main() -> None:
                 + args.overrides
             print(f"[{side}] {' '.join(command)}", flush=True)
             started = time.perf_counter()
-            subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+            path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+            subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": path})
             print(f"[{side}] {time.perf_counter() - started:.0f} s in all", flush=True)
             setting = f"{args.model}, {'LoRA r16' if args.lora else 'full fine-tuning'}, {'bf16 autocast' if args.bf16 else 'fp32'}"
             summaries[side] = report(f"{side} ({setting}{', ' + ' '.join(args.overrides) if side == 'r3exp' and args.overrides else ''})",

@@ -1,0 +1,26 @@
+"""Benchmarks that would otherwise rot: benchmarks/trl_same_work.py's r3exp side, on the embedded model.
+(TRL's side needs the `trl` extra, which the test environment does not install; the README has its figures.)"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_the_same_work_benchmark_trains_every_row_and_times_each_part(tmp_path):
+    out = tmp_path / "r3exp.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "trl_same_work.py"), "--side", "r3exp",
+                             "--model", "tiny", "--steps", "2", "--out", str(out)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [row["step"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["rows"] == 64  # 8 prompts x 8 samples
+        assert row["trained_rows"] >= 48  # the parity reward gives nearly every group a signal
+        assert 0 < row["generation_seconds"] < row["seconds"] and row["train_seconds"] > 0
+        assert 0 < row["sampled_tokens"] <= 64 * 48 and row["prompt_tokens"] > 0
