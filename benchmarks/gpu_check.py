@@ -27,11 +27,13 @@ allocated GPU memory on CUDA and the process's peak resident set on CPU (VmHWM, 
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import math
 import sys
 import tempfile
 import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +184,12 @@ def phase(report: Report, memory: Memory, name: str, tokens: list[int] | None = 
         report.phases[name] = Phase(seconds, count, memory.peak_gib())
 
 
+def weight_gib(model: torch.nn.Module) -> float:
+    """The model's weights in GiB, each storage once (a tied output layer shares the embedding's)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in model.state_dict().values()}
+    return sum(storages.values()) / GIB
+
+
 def paper_settings() -> tuple[dict, dict]:
     """The paper config's rollout and GRPO settings (micro-batch and chunk sizes, lengths)."""
     paper = yaml.safe_load(PAPER_CONFIG.read_text())
@@ -256,7 +264,7 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
             engine.sleep()
             freed = asleep_before - memory.allocated_gib()
             if device.type == "cuda" and not any(what.startswith("engine sleep") for what, _, _ in report.checks):
-                weights = sum(t.numel() * t.element_size() for t in engine.model.state_dict().values()) / GIB
+                weights = weight_gib(engine.model)
                 report.check("engine sleep frees its weights", freed >= 0.9 * weights,
                              f"{freed:.2f} GiB freed of {weights:.2f} GiB of weights")
             trained = [0]
@@ -269,6 +277,10 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
                 optimizer.zero_grad(set_to_none=True)
                 trained[0] = int(metrics["trained_tokens"])
             gaps.append(mismatch["engine_gap_max"])
+            print(f"  step {step + 1}: engine/trainer gap mean {mismatch['engine_gap_mean']:.2e} max "
+                  f"{mismatch['engine_gap_max']:.2e}; ratio pi_trainer/pi_engine {mismatch['engine_ratio_min']:.3f}-"
+                  f"{mismatch['engine_ratio_max']:.3f}; share of tokens truncated at {correction.correction_cap:g}: "
+                  f"{mismatch['correction_share']:.2%}", flush=True)
             losses.append(metrics["loss"])
             with phase(report, memory, "weight push"):
                 with merged_lora(policy):
@@ -288,7 +300,10 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
                      f"max |trainer - engine| per step {[f'{g:.2e}' for g in gaps]} ({args.dtype}"
                      + ("; must stay under 1e-3)" if bound < math.inf else "; reported, for grpo.loss.correction)"))
         report.check("weight push reaches the engine", pushed and bool(losses), "the engine holds the merged policy")
-        del engine
+        del engine, protocol  # the paper-scale step's peak is the trainer's alone
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         if args.paper_rows:
             paper_step(report, memory, policy, trainable, optimizer, settings, config["vocab_size"], args, device)
     return report
@@ -351,7 +366,12 @@ def main() -> int:
     for name in args.models:
         config = dict(SMALL, tie_word_embeddings=REAL[name]["tie_word_embeddings"]) if args.cpu_shapes else REAL[name]
         for mode in args.modes:
-            report = run_configuration(name, config, mode == "lora", args, device)
+            try:
+                report = run_configuration(name, config, mode == "lora", args, device)
+            except Exception as err:  # one configuration's failure must not hide the others' figures
+                traceback.print_exc()
+                report = Report(f"{name} · {mode} · {args.dtype} · {device.type}")
+                report.check("configuration ran to the end", False, f"{type(err).__name__}: {err}"[:300])
             print(report.table(), flush=True)
             for what, passed, detail in report.checks:
                 print(f"{'PASS' if passed else 'FAIL'} {report.name}: {what}: {detail}", flush=True)
