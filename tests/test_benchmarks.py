@@ -1,5 +1,5 @@
 """Benchmarks that would otherwise rot: benchmarks/trl_same_work.py's r3exp side, on the embedded model.
-(TRL's side needs the `trl` extra, which the test environment does not install; the README has its figures.)"""
+(TRL's side needs the `trl` extra, which the test environment does not install; docs/results/speed.md has its figures.)"""
 from __future__ import annotations
 
 import json

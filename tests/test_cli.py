@@ -42,6 +42,12 @@ def test_unknown_group_option_and_key_fail_with_hydras_message():
     assert out.returncode != 0 and "group_sise" in out.stderr
 
 
+def test_verbose_brings_the_libraries_logs_back_to_the_console(tmp_path):
+    out = r3exp("mode=evaluate", "evaluation.limit=2", "verbose=true", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Initializing a V1 LLM engine" in out.stdout + out.stderr and not (tmp_path / "engine.log").exists()
+
+
 def test_unreachable_hub_model_fails_with_one_line(tmp_path):
     out = r3exp("model=qwen2_1.5b", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2
@@ -68,6 +74,12 @@ def test_main_job_end_to_end_then_resume(tmp_path):
         assert 0 <= results[name]["empty_reflection_fixed"] <= failures
         assert 0 <= results[name]["followed"] <= results[name]["follow_defined"] <= failures
     assert "with another example's reflection" in out.stdout
+    # the console shows the run; vLLM's and Lightning's routine lines are in the run's engine log
+    engine_log = (run_dir / "engine.log").read_text()
+    assert "Reloading and processing weights" in engine_log and "Initializing a V1 LLM engine" in engine_log
+    for routine in ("Reloading and processing weights", "Initializing a V1 LLM engine", "RotaryEmbedding"):
+        assert routine not in out.stdout + out.stderr
+    assert "train: 100%" in out.stdout + out.stderr and "reward=" in out.stdout + out.stderr  # the progress bar
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / "policy" / "merged" / "model.safetensors").exists()
     check_wandb_offline_run(run_dir)
@@ -76,10 +88,11 @@ def test_main_job_end_to_end_then_resume(tmp_path):
     # resume: the run goes on from step 2 to step 3 instead of starting over
     out = r3exp(*SHORT, f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_steps=3", "mode=train")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "Restored all states from the checkpoint" in out.stderr + out.stdout
+    assert "resuming from" in out.stdout and "(after step 2)" in out.stdout
+    assert "Restored all states from the checkpoint" in (run_dir / "engine.log").read_text()  # Lightning's line
     import torch
 
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
     # the resumed run went on in the same W&B run: one run id, its history continuing at step 2
     from r3exp.tracking.offline_run import read_offline_run
 
@@ -141,7 +154,7 @@ def test_paper_experiments_compose(experiment, source):
 
 def test_the_demo_is_a_multirun_of_three_arms_over_seeds_at_one_token_budget():
     """experiment=r3_demo composes into the nine jobs it promises: R3, GRPO and R3+GRPO for three seeds
-    (its results are docs/results.md's)."""
+    (its results are docs/results/log.md's)."""
     out = r3exp("experiment=r3_demo", "--cfg", "hydra")
     assert out.returncode == 0, out.stderr
     hydra_cfg = out.stdout
@@ -150,12 +163,12 @@ def test_the_demo_is_a_multirun_of_three_arms_over_seeds_at_one_token_budget():
     job = r3exp("experiment=r3_demo", "--cfg", "job").stdout
     assert "name: countdown_pairs" in job and "max_sampled_tokens: 400000" in job
     assert "reflection_ends_with_answer: true" in job and "reflection_analysis: false" in job
-    assert "steps: 1600" in job  # the longer warm start the effect needs (docs/results.md)
+    assert "steps: 1600" in job  # the longer warm start the effect needs (docs/results/log.md)
 
 
 def test_the_real_model_experiment_is_nine_jobs_on_smollm2_at_one_token_budget():
     """experiment=r3_smollm2: the three arms for three seeds on SmolLM2 and task=arithmetic, one test split,
-    one budget of sampled tokens, the forgetting check on (its results are the README's)."""
+    one budget of sampled tokens, the forgetting check on (its results are in docs/results/r3-effect.md)."""
     hydra_cfg = r3exp("experiment=r3_smollm2", "--cfg", "hydra").stdout
     assert "seed: 0,1,2" in hydra_cfg and "rollout.protocol: r3,grpo,r3_grpo" in hydra_cfg
     assert "r3exp.results.sweep_callback.CompareSweep" in hydra_cfg
@@ -190,7 +203,7 @@ class Palindromes(Task):
 
 
 def test_installed_wheel_runs_from_any_directory_with_a_users_own_task(tmp_path):
-    """A non-editable install carries its configs; the README's palindrome task joins from the user's
+    """A non-editable install carries its configs; the palindrome task of docs/how-to/own-task.md joins from the user's
     own directory through --config-dir, and its splits are disjoint."""
     wheel = tmp_path / "wheel"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheel,
@@ -235,6 +248,29 @@ def test_bad_settings_fail_with_one_line_naming_the_key(override, says, tmp_path
     assert len(errors) == 1 and says in errors[0] and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("override, says", [
+    ("optimizer.optimizer.lr=fast", "optimizer.optimizer.lr='fast': expected a number or Tensor"),
+    ("ckpt_path={files}/corrupt.ckpt", "corrupt.ckpt is not a Lightning checkpoint (not a torch zip archive"),
+    ("ckpt_path={files}/incomplete.ckpt", "incomplete.ckpt is not a readable Lightning checkpoint"),
+])
+def test_a_wrong_type_or_a_corrupt_checkpoint_is_one_line_before_anything_starts(override, says, tmp_path):
+    """Before: torch's TypeError traceback from inside AdamW, and, after the engine had started, an
+    UnpicklingError advising weights_only=False (which would run code from the file)."""
+    import zipfile
+
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "corrupt.ckpt").write_bytes(b"not a checkpoint\n")
+    with zipfile.ZipFile(files / "incomplete.ckpt", "w") as archive:  # a zip, but no torch checkpoint in it
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    out = r3exp(override.format(files=files), f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "weights_only" not in out.stderr
+    assert not (tmp_path / "run" / "provenance.json").exists()  # nothing ran: no run record, engine, evaluation
+
+
 def test_a_malformed_row_in_a_local_task_file_is_named_by_file_and_line(tmp_path):
     data = tmp_path / "countdown.jsonl"
     data.write_text('{"target": 24, "nums": [4, 6, 1]}\n{"target": 10, "nums": [2, 5\n')
@@ -259,17 +295,18 @@ def test_killed_run_resumes_into_the_same_wandb_run_with_continuous_history(tmp_
     proc = subprocess.Popen([sys.executable, "-m", "r3exp", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 600
-        while not (run_dir / "checkpoints" / "last.ckpt").exists():  # the first checkpoint
+        deadline, metrics = time.time() + 600, run_dir / "train_metrics.csv"
+        # three steps written (a checkpoint at every step), however slow the machine; then a little more
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 4):
             assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
             time.sleep(0.2)
-        time.sleep(3.0)  # a few steps more
+        time.sleep(1.0)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the run and W&B's service process, mid-training
         proc.wait()
     import torch
 
-    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert step >= 2
     out = r3exp(*SHORT, "mode=train", f"trainer.max_steps={step + 2}", "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert out.returncode == 0, out.stderr[-3000:]

@@ -181,9 +181,9 @@ def test_main_job_on_two_ranks_then_resume(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MEMBER: 2/2" in out.stdout + out.stderr
     assert out.stdout.count("| trained | test | 16 |") == 1  # rank 0 alone prints the table
-    # rank 0 alone writes the run directory; rank 1 leaves only its Hydra job log there
+    # rank 0 alone writes the run directory; rank 1 leaves only its Hydra job log and engine log there
     assert sorted(p.name for p in run_dir.iterdir()) == sorted([
-        "checkpoints", "cli.log", "eval_base_episodes.jsonl", "eval_trained_episodes.jsonl", "policy",
+        "checkpoints", "cli.log", "engine.log", "engine_rank1.log", "eval_base_episodes.jsonl", "eval_trained_episodes.jsonl", "policy",
         "provenance.json", "reflection_samples.jsonl", "results.json", "train_ddp_process_1.log",
         "train_metrics.csv", "wandb", "wandb_run_id", ".hydra"])
     results = json.loads((run_dir / "results.json").read_text())

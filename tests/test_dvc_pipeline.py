@@ -32,7 +32,7 @@ def compose_params(repo: Path, overrides: list[str]) -> dict:
 
 def test_committed_params_yaml_is_the_composed_default_config(tmp_path):
     """One source of truth: params.yaml must be what DVC composes from src/r3exp/conf/ (regenerate it with
-    `dvc exp run` or the command in the README when the configs change)."""
+    `dvc exp run` or the command in docs/how-to/dvc.md when the configs change)."""
     shutil.copytree(CONF, tmp_path / CONF.relative_to(ROOT))
     assert compose_params(tmp_path, []) == yaml.safe_load((ROOT / "params.yaml").read_text())
 

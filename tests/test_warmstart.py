@@ -181,7 +181,7 @@ SHIPPED_RECIPES = [pytest.param([], id="default"), pytest.param(["experiment=r3_
 def test_a_shipped_warm_start_is_used_and_lands_in_the_accuracy_band(overrides, tmp_path):
     """The default main job and experiment=r3_demo start from their shipped warm starts (nothing is built),
     which solve part of the validation split on the first try and more after reflection (the band of
-    test_warm_start_lands_in_the_accuracy_band, the recipe's target; measured figures: README)."""
+    test_warm_start_lands_in_the_accuracy_band, the recipe's target; measured figures: docs/results/r3-effect.md)."""
     from r3exp.warmstart import SHIPPED
     from tests.test_cli import r3exp
 
@@ -213,7 +213,7 @@ def test_a_shipped_warm_start_comes_before_the_cache_and_none_means_rebuild(coun
 @pytest.mark.parametrize("overrides", SHIPPED_RECIPES)
 def test_a_shipped_warm_start_is_what_its_recipe_builds(overrides):
     """Their recipe and settings give the key of a shipped warm start, built by that recipe (its report). A
-    change to either changes the key: rebuild with mode=warmstart and ship the result (README, "Warm start")."""
+    change to either changes the key: rebuild with mode=warmstart and ship the result (docs/results/r3-effect.md, "Warm start")."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from r3exp import distributed, keys
+from r3exp.config_types import check_config_types
 from r3exp.errors import ConfigError
 from r3exp.evaluation import EvalResult, evaluate, format_table, save_results
 from r3exp.evaluation.accuracy import control_reflections, episodes_result, follow_counts
@@ -33,6 +35,7 @@ from r3exp.rollout.failures import collect_failures, write_failures
 from r3exp.tasks.base import SPLITS, Task
 from r3exp.tasks.hub import write_jsonl
 from r3exp.timing import PhaseTimes, install_seconds
+from r3exp.tracking.console import quiet_console, quiet_library_environment
 from r3exp.tracking.preemption import signal_numbers
 from r3exp.tracking.provenance import collect_provenance, write_provenance
 from r3exp.tracking.wandb_run import (backfill_history, log_dataset_artifact, log_evaluation, log_forgetting,
@@ -42,8 +45,11 @@ log = logging.getLogger(__name__)
 CODE_DIR = Path(__file__).resolve().parents[2]  # the checkout (for the git commit; none when installed)
 
 
-def setup_environment() -> None:
-    """Defaults for machines without network or accounts; explicit environment variables win."""
+def setup_environment(verbose: bool = False) -> None:
+    """Defaults for machines without network or accounts, and (unless ``verbose``) a quiet console;
+    explicit environment variables win."""
+    if not verbose:
+        quiet_library_environment()
     if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
         os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -205,6 +211,9 @@ def build_logger(cfg: DictConfig, provenance: dict):
     if cfg.get("experiment_name") and "tags" in cfg.logger:
         extra["tags"] = [*cfg.logger.tags, cfg.experiment_name]
     logger = instantiate(cfg.logger, **extra)
+    if getattr(logger, "_wandb_init", {}).get("anonymous", False) is None:
+        # Lightning 2.6 always passes anonymous=None, which wandb >= 0.22 answers with a deprecation warning
+        del logger._wandb_init["anonymous"]
     logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "overrides": job_overrides()})
     log_provenance(logger, provenance)
     return logger
@@ -263,11 +272,20 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 def checkpoint_step(path: str) -> int:
     """The global step a Lightning checkpoint was written at (a file, or a sharded checkpoint's directory),
-    read without loading its tensors."""
+    read without loading its tensors, with torch's safe loader (a checkpoint never runs code). A file that
+    is not a readable checkpoint is a :class:`ConfigError` naming it."""
     import torch
 
     meta = Path(path) / "meta.pt" if Path(path).is_dir() else Path(path)
-    return int(torch.load(meta, map_location="cpu", weights_only=False, mmap=not Path(path).is_dir())["global_step"])
+    if meta.is_file() and not zipfile.is_zipfile(meta):
+        raise ConfigError(f"ckpt_path: {meta} is not a Lightning checkpoint (not a torch zip archive: truncated, "
+                          "corrupt or another format)")
+    try:
+        return int(torch.load(meta, map_location="cpu", weights_only=True, mmap=not Path(path).is_dir())["global_step"])
+    except Exception as err:  # noqa: BLE001: torch's message advises weights_only=False, which r3exp never does
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"ckpt_path: {meta} is not a readable Lightning checkpoint ({type(err).__name__}: "
+                          f"{reason})") from None
 
 
 TRAINER_KEYS_OF_OURS = {  # Lightning's own versions of these do not apply to the module's manual optimization
@@ -301,7 +319,7 @@ def check_trainer_config(cfg: DictConfig) -> None:
     if str(cfg.trainer.get("precision", "")).startswith("bf16") and cfg.trainer.get("accelerator") == "cpu" \
             and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("trainer.precision=%s on a CPU without bf16 kernels (torch: %s): autocast emulates bf16 and is "
-                    "slower than 32-true here (README, \"Speed on CPU\")", cfg.trainer.precision,
+                    "slower than 32-true here (docs/results/speed.md, \"Speed on CPU\")", cfg.trainer.precision,
                     torch.backends.cpu.get_cpu_capability())
 
 
@@ -321,8 +339,11 @@ def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: li
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                      default_root_dir=str(output_dir(cfg)))
     ckpt_path = resolve_ckpt_path(cfg)
+    resumed_step = checkpoint_step(ckpt_path) if ckpt_path else None
+    if ckpt_path:
+        log.info("resuming from %s (after step %d)", ckpt_path, resumed_step)
     if ckpt_path and logger:
-        backfilled = backfill_history(logger, output_dir(cfg), checkpoint_step(ckpt_path))
+        backfilled = backfill_history(logger, output_dir(cfg), resumed_step)
         if backfilled:
             log.info("W&B history: steps %s restored from %s", backfilled, "train_metrics.csv")
     phases = phases or PhaseTimes()
@@ -439,17 +460,22 @@ def run(cfg: DictConfig) -> RunResult:
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r}; expected one of {tuple(MODES)}")
     selected = MODES[cfg.mode]
-    setup_environment()
+    check_config_types(cfg)
+    setup_environment(verbose=cfg.get("verbose", False))
     if selected.ranked:
         check_trainer_config(cfg)
+        if ckpt_path := resolve_ckpt_path(cfg):
+            checkpoint_step(ckpt_path)  # readable, before the engine starts
         distributed.launch_ranks(cfg.trainer)  # several devices or nodes: every rank runs from here on
         distributed.set_engine_ranks(int(cfg.engine.get("tensor_parallel_size") or 1))
     elif distributed.launched_rank() > 0:  # SLURM or torchrun started several tasks: one does this mode's work
         print(f"mode={cfg.mode} runs on one rank; rank {distributed.launched_rank()} has nothing to do")
         return RunResult(output_dir(cfg))
-    L.seed_everything(cfg.seed, workers=True)
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.get("verbose", False):
+        quiet_console(run_dir, distributed.rank())
+    L.seed_everything(cfg.seed, workers=True)
     provenance = collect_provenance(CODE_DIR, cfg.seed, local_data_paths(cfg))
     if distributed.is_main():
         write_provenance(provenance, run_dir)

