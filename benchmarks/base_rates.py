@@ -45,7 +45,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=64, help="validation examples per task")
     parser.add_argument("--samples", type=int, default=8, help="sampled first attempts per example")
     args, overrides = parser.parse_known_args()
-    from r3exp.pipeline import resolve_model, setup_environment
+    from r3exp.modes.components import resolve_model
+    from r3exp.modes.setup import setup_environment
 
     setup_environment()
     rows = []

@@ -17,7 +17,9 @@ from r3exp import CONF_DIR
 
 
 def main(overrides: list[str]) -> None:
-    from r3exp.pipeline import build_components, run_training, setup_environment
+    from r3exp.modes.components import build_components
+    from r3exp.modes.setup import setup_environment
+    from r3exp.modes.training import run_training
     from r3exp.tracking.step_timer import StepTimer
 
     setup_environment()

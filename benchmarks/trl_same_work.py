@@ -108,7 +108,9 @@ def training_prompts(model: str) -> list[list[dict]]:
 def run_r3exp(model: str, lora: bool, steps: int, bf16: bool, extra: list[str]) -> list[dict]:
     import lightning as L
 
-    from r3exp.pipeline import build_components, run_training, setup_environment
+    from r3exp.modes.components import build_components
+    from r3exp.modes.setup import setup_environment
+    from r3exp.modes.training import run_training
     from r3exp.tracking.step_timer import StepTimer
 
     class Rows(L.Callback):
@@ -116,12 +118,12 @@ def run_r3exp(model: str, lora: bool, steps: int, bf16: bool, extra: list[str]) 
             self.history = []
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            rollouts = module.last_step.rollouts
-            prompts = [ep.reflection_prompt_ids for r in rollouts for ep in r["episodes"]]
+            rollouts, advantages = module.last_step.rollouts, module.last_step.advantages
+            prompts = [ep.reflection_prompt_ids for r in rollouts for ep in r.episodes]
             self.history.append({
-                "rows": sum(len(r["advantages"]) for r in rollouts),
-                "trained_rows": sum(int(r["advantages"].ne(0).sum()) for r in rollouts),
-                "sampled_tokens": sum(len(c.token_ids) for r in rollouts for ep in r["episodes"] for c in ep.reflections),
+                "rows": sum(len(a) for a in advantages),
+                "trained_rows": sum(int(a.ne(0).sum()) for a in advantages),
+                "sampled_tokens": sum(len(c.token_ids) for r in rollouts for ep in r.episodes for c in ep.reflections),
                 "prompt_tokens": statistics.mean(len(p) for p in prompts)})
             print(f"[r3exp] step {trainer.global_step} done", flush=True)
 

@@ -50,7 +50,7 @@ def test_library_records_go_to_the_engine_log_and_the_run_s_own_stay(root_with_c
         library.info("Reloading and processing weights took 0.01 seconds")
         library.warning("RotaryEmbedding: Failed to load weights")  # routine: never on the console
         library.warning("KV cache is too small for %d tokens", 4096)  # not routine: once
-    logging.getLogger("r3exp.pipeline").info("base evaluation stored")
+    logging.getLogger("r3exp.modes.evaluation_runs").info("base evaluation stored")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.warn("a library's FutureWarning", FutureWarning)

@@ -29,6 +29,27 @@ def test_ranks_draw_disjoint_examples_within_an_epoch():
     assert draw_indices(10, 5, pool, seed) == single[10:15]  # a resumed cursor continues it
 
 
+def test_rank_state_is_an_object_handed_over_not_module_globals():
+    """How ranks share engines travels in a Ranks object (engine, datamodule, trainer, evaluation); the
+    module itself holds no state: no ``global`` statement, no module-level variable besides constants."""
+    import ast
+    import inspect
+
+    from r3exp import distributed
+
+    tree = ast.parse(inspect.getsource(distributed))
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Global)]
+    assigned = [t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)]
+    assert assigned == []
+    one = distributed.Ranks()  # one process: every split is the identity
+    assert (one.engine_rank, one.data_rank, one.data_world) == (0, 0, 1)
+    assert one.shard([1, 2, 3]) == one.gather_shards([1, 2, 3]) == [1, 2, 3]
+    assert one.all_reduce_once_per_engine([2.0, 5.0]) == [2.0, 5.0]
+    with pytest.raises(ConfigError, match="engine.tensor_parallel_size=2"):
+        distributed.Ranks.of_engines(2)  # one rank cannot split into engines of two
+
+
 CASES = {  # loss type, reward scaling, beta, does rank 1 have any signal
     "dapo": ("dapo", "group", 0.0, True),
     "grpo": ("grpo", "group", 0.0, True),
@@ -128,24 +149,22 @@ def test_one_ddp_step_on_two_ranks_equals_one_step_on_the_union_of_their_rows(ca
 
 def _engine_group_step(rank: int, case: str, port: int, out_dir: str) -> None:
     """Both ranks share one tensor-parallel engine: they hold the same rollout and split its rows."""
-    import functools
-
     import torch.distributed as dist
 
     from r3exp import distributed
     from r3exp.grpo.step import share_of_engine
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    distributed.set_engine_ranks(2)
-    once = functools.partial(distributed.all_reduce_sum, once_per_engine=True)
+    ranks = distributed.Ranks.of_engines(2)
+    once = ranks.all_reduce_once_per_engine
     model = causal_lm(tied=True, lora=False)
     rows = rows_of([rank_rollout(0, case)], case, once)  # the engine's outputs, the same on both ranks
     total_rows, total_tokens = once([rows.size.rows, rows.size.tokens])
     rows.size = F.StepSize(int(total_rows), int(total_tokens))
-    rows = with_reference(model, share_of_engine(rows, distributed.engine_rank(), 2), case)
+    rows = with_reference(model, share_of_engine(rows, ranks.engine_rank, 2), case)
     loss = sgd_step(model, rows, settings(case), distributed.sum_gradients)
-    torch.save({"loss": loss, "params": dict(model.named_parameters()), "shards": (distributed.shard(list(range(5))),
-                distributed.gather_shards(distributed.shard(list(range(5)))))}, f"{out_dir}/rank{rank}.pt")
+    torch.save({"loss": loss, "params": dict(model.named_parameters()), "shards": (ranks.shard(list(range(5))),
+                ranks.gather_shards(ranks.shard(list(range(5)))))}, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
 

@@ -14,7 +14,7 @@ LAYERS = [
     {"rollout"},
     {"grpo", "evaluation", "warmstart", "tracking"},
     {"results", "embedded"},
-    {"pipeline"},
+    {"modes"},
     {"cli"},
     {"__main__"},
 ]

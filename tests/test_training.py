@@ -8,7 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from r3exp.pipeline import Components, run_training
+from r3exp.modes.components import Components
+from r3exp.modes.training import run_training
 from r3exp.rollout.engines import SamplingConfig
 from r3exp.tasks.countdown import CountdownTask
 from tests.conftest import CONF, load_task
@@ -31,7 +32,7 @@ class StepRecorder(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         record = module.last_step  # what the module published for this optimizer step
-        versions = {int(v) for r in record.rollouts for v in r["policy_version"]}
+        versions = {int(v) for r in record.rollouts for v in r.tensors["policy_version"]}
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         assert record.step == trainer.global_step - 1
         assert record.metrics["train/skipped"] == metrics["train/skipped"]
@@ -120,7 +121,7 @@ def module_weights(tiny_path):
 
 def test_lightning_accumulation_and_clipping_point_to_r3exp_settings(tmp_path):
     from r3exp.errors import ConfigError
-    from r3exp.pipeline import check_trainer_config
+    from r3exp.modes.training import check_trainer_config
 
     check_trainer_config(training_config(tmp_path))
     with pytest.raises(ConfigError, match="grpo.rollouts_per_step"):
@@ -248,7 +249,7 @@ def test_training_stops_when_the_sampled_token_budget_is_spent(tmp_path, tiny_pa
 
     class Count(L.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            episodes = [ep for rollout in module.last_step.rollouts for ep in rollout["episodes"]]
+            episodes = [ep for rollout in module.last_step.rollouts for ep in rollout.episodes]
             # every sampled completion once (r3_grpo reflects on an attempt of an attempt group)
             completions = {id(c): c for ep in episodes for c in [ep.attempt, *ep.reflections, *ep.retries]}
             assert module.last_step.rollout_stats["rollout/sampled_tokens"] == \
@@ -272,9 +273,10 @@ def test_r3_grpo_draws_attempt_groups_and_reflection_groups_on_their_failures(tm
                           "rollout.on_no_signal=skip")
     task = instantiate(cfg.task)
     fresh_vllm.seek("training", 0)
-    batch = instantiate(cfg.rollout)(task=task, engine=fresh_vllm, tokenizer=tokenizer).next_batch()
-    attempts = [ep for ep in batch["episodes"] if ep.kind == "attempt"]
-    reflections = [ep for ep in batch["episodes"] if ep.kind == "reflection"]
+    rollout = instantiate(cfg.rollout)(task=task, engine=fresh_vllm, tokenizer=tokenizer).next_batch()
+    batch = rollout.tensors
+    attempts = [ep for ep in rollout.episodes if ep.kind == "attempt"]
+    reflections = [ep for ep in rollout.episodes if ep.kind == "reflection"]
     assert len(attempts) == 3 and all(len(ep.reflections) == 4 for ep in attempts)
     for ep in attempts:
         assert ep.rewards == [float(task.validate(ep.example, c.text)) for c in ep.reflections]
@@ -288,7 +290,7 @@ def test_r3_grpo_draws_attempt_groups_and_reflection_groups_on_their_failures(tm
             task, r3.example, task.reflection_messages(r3.example, r3.attempt.text))
         assert len(r3.reflections) == len(r3.retries) == 4
         assert r3.rewards == [float(task.validate(r3.example, c.text)) for c in r3.retries]
-    rows = batch_rows(batch["episodes"])
+    rows = batch_rows(rollout.episodes)
     assert batch["row_kinds"].tolist() == [ROW_KINDS.index(ep.kind) for ep, _, _ in rows]
     assert len(rows) == 4 * (len(attempts) + len(reflections))
     for group in batch["group_ids"].unique():  # a group never mixes attempts and reflections
@@ -296,7 +298,7 @@ def test_r3_grpo_draws_attempt_groups_and_reflection_groups_on_their_failures(tm
     for b, (ep, _, j) in enumerate(rows):  # context, then exactly the trained completion under the mask
         assert batch["input_ids"][b, :len(ep.reflection_prompt_ids)].tolist() == ep.reflection_prompt_ids
         assert batch["input_ids"][b][batch["reflection_mask"][b]].tolist() == ep.reflections[j].token_ids
-    stats = batch["stats"]
+    stats = rollout.stats
     assert stats["rollout/attempt/groups"] == 3 and stats["rollout/reflection/groups"] == len(reflections)
     assert stats[keys.GROUPS] == 3 + len(reflections)
     assert stats["rollout/attempt/reward_mean"] == pytest.approx(

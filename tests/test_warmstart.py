@@ -218,7 +218,7 @@ def test_a_shipped_warm_start_is_what_its_recipe_builds(overrides):
     from hydra.utils import instantiate
 
     from r3exp.embedded import tiny_corpus
-    from r3exp.pipeline import warm_start_task_settings
+    from r3exp.modes.components import warm_start_task_settings
     from r3exp.warmstart import SHIPPED, warm_start_key
     from tests.conftest import CACHE, CONF
 

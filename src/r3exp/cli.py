@@ -21,36 +21,26 @@ def app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from r3exp.pipeline import run
+    from r3exp.modes import run
     from r3exp.tracking.preemption import EXIT_CODE, hand_over
 
     if cfg.paths.get("output_dir") is None:
         cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
-    from r3exp.distributed import finish_ranks
-
     try:
         try:
-            produced = run(cfg)
+            produced = run(cfg)  # the ranks it launched are stopped when it fails, waited for when it succeeds
         except InstantiationException as err:  # a config class refused its settings: its own error, one line
             if isinstance(err.__cause__, R3Error):
                 raise err.__cause__ from None
             raise
     except R3Error as err:
         print(f"error: {err}", file=sys.stderr)
-        finish_ranks(failed=True)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))
     except SIGTERMException:  # r3exp.tracking.preemption saved the step's checkpoint
         print("stopped by a scheduler's signal after an optimizer step; its checkpoint is last.ckpt: rerun with "
               "ckpt_path=last to continue", file=sys.stderr)
-        finish_ranks(failed=True)
         hand_over()  # a requeue signal: the scheduler's own handler (submitit requeues the job and exits)
         sys.exit(EXIT_CODE)
-    except BaseException:
-        finish_ranks(failed=True)
-        raise
-    if code := finish_ranks(failed=False):
-        print(f"error: another rank exited with code {code}", file=sys.stderr)
-        sys.exit(code)
     return produced.objective  # what Hydra's sweepers maximise
 
 

@@ -8,6 +8,7 @@ Outside a process group every helper here is the single-process identity.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
@@ -29,72 +30,93 @@ def is_main() -> bool:
     return rank() == 0
 
 
-# Ranks that share one engine (``engine.tensor_parallel_size``): consecutive ranks r with equal r // T form
-# one engine's tensor-parallel group. They act as one data-parallel rank: they draw the same examples and
-# get the same outputs, then split the step's rows among them for training.
-_ENGINE_RANKS = 1
+@dataclass(frozen=True)
+class Ranks:
+    """How the run's ranks share engines, handed to the parts that split work by rank (the engine, the
+    datamodule, the trainer, evaluation); ``Ranks()`` is a single process, or ranks with an engine each.
+
+    Every ``engine_size`` consecutive ranks (``engine.tensor_parallel_size``) share one engine: they act as
+    one data-parallel rank, draw the same examples and get the same outputs, then split the step's rows
+    among them for training. Who this process is comes from the process group (:func:`rank`)."""
+
+    engine_size: int = 1
+
+    @classmethod
+    def of_engines(cls, tensor_parallel_size: int) -> "Ranks":
+        """The ranks of this process group split into engines of ``tensor_parallel_size`` ranks each."""
+        if tensor_parallel_size < 1 or world_size() % tensor_parallel_size:
+            raise ConfigError(f"engine.tensor_parallel_size={tensor_parallel_size}: the {world_size()} rank(s) "
+                              "(trainer.devices x trainer.num_nodes) must split into engines of that many ranks")
+        return cls(tensor_parallel_size)
+
+    @property
+    def engine_rank(self) -> int:
+        """This rank's position among the ranks of its engine (0: the engine's leader)."""
+        return rank() % self.engine_size
+
+    @property
+    def data_rank(self) -> int:
+        """Which data-parallel share this rank draws and evaluates: its engine's index."""
+        return rank() // self.engine_size
+
+    @property
+    def data_world(self) -> int:
+        """How many data-parallel shares there are: one per engine."""
+        return world_size() // self.engine_size
+
+    def shard(self, items: list) -> list:
+        """This rank's share of ``items``: every ``data_world``-th item from position ``data_rank`` (the ranks
+        of one engine share theirs)."""
+        return items[self.data_rank::self.data_world]
+
+    def gather_shards(self, mine: list) -> list:
+        """The inverse of :meth:`shard` on every rank: all shares' items in the original order (each share
+        once, from its engine's leader)."""
+        shards = gather_objects(mine)[::self.engine_size]
+        total = sum(len(s) for s in shards)
+        return [shards[i % len(shards)][i // len(shards)] for i in range(total)]
+
+    def all_reduce_once_per_engine(self, values: Iterable[float]) -> list[float]:
+        """:func:`all_reduce_sum` of values the ranks of one engine share (their common rollouts' counts),
+        counted once, from the engine's leader."""
+        values = list(values)
+        return all_reduce_sum([0.0] * len(values) if self.engine_rank != 0 else values)
 
 
-def set_engine_ranks(count: int) -> None:
-    """Declare that every ``count`` consecutive ranks share one engine."""
-    global _ENGINE_RANKS
-    if count < 1 or world_size() % count:
-        raise ConfigError(f"engine.tensor_parallel_size={count}: the {world_size()} rank(s) "
-                          "(trainer.devices x trainer.num_nodes) must split into engines of that many ranks")
-    _ENGINE_RANKS = count
+@dataclass
+class LaunchedRanks:
+    """The rank processes this process started (rank 0 of a local launch; none under SLURM or torchrun, or
+    with one rank)."""
+
+    children: list = field(default_factory=list)
+
+    def finish(self, failed: bool) -> int:
+        """On failure, stop the other ranks (they would wait in a collective until the process group's
+        timeout); on success, wait for them. Returns the first non-zero exit code."""
+        for child in self.children:
+            if failed:
+                child.kill()
+        codes = [child.wait() for child in self.children]
+        return next((code for code in codes if code), 0)
 
 
-def engine_ranks() -> int:
-    return _ENGINE_RANKS
-
-
-def engine_rank() -> int:
-    """This rank's position among the ranks of its engine (0: the engine's leader)."""
-    return rank() % _ENGINE_RANKS
-
-
-def data_rank() -> int:
-    """Which data-parallel share this rank draws and evaluates: its engine's index."""
-    return rank() // _ENGINE_RANKS
-
-
-def data_world() -> int:
-    """How many data-parallel shares there are: one per engine."""
-    return world_size() // _ENGINE_RANKS
-
-
-def launch_ranks(trainer_cfg) -> int:
+def launch_ranks(trainer_cfg) -> LaunchedRanks:
     """Start the ranks ``trainer.devices`` x ``trainer.num_nodes`` asks for and join their process group
-    (Lightning Fabric's launcher; the Trainer later finds the group and reuses it). Returns the world size."""
+    (Lightning Fabric's launcher; the Trainer later finds the group and reuses it)."""
     if dist.is_available() and dist.is_initialized():
-        return world_size()
+        return LaunchedRanks()
     from lightning.fabric import Fabric
 
     fabric = Fabric(accelerator=trainer_cfg.get("accelerator", "auto"), devices=trainer_cfg.get("devices", 1),
                     num_nodes=trainer_cfg.get("num_nodes", 1), strategy="ddp")
-    global _LAUNCHER
-    if fabric.world_size > 1:
-        if _local_multirun():
-            raise ConfigError("several ranks per job inside a local Hydra multirun (-m) are not supported: "
-                              "Lightning's launcher re-runs the command. Run the jobs one by one, or through "
-                              "SLURM (sweeps/slurm.yaml), where every rank exists already")
-        fabric.launch()
-        _LAUNCHER = fabric.strategy.launcher  # the child processes it started (rank 0 of a local launch)
-    return fabric.world_size
-
-
-_LAUNCHER = None
-
-
-def finish_ranks(failed: bool) -> int:
-    """Rank 0 of a local launch: on failure, stop the other ranks (they would wait in a collective until
-    the process group's timeout); on success, wait for them. Returns the first non-zero exit code."""
-    procs = list(getattr(_LAUNCHER, "procs", []) or [])
-    for proc in procs:
-        if failed:
-            proc.kill()
-    codes = [proc.wait() for proc in procs]
-    return next((code for code in codes if code), 0)
+    if fabric.world_size == 1:
+        return LaunchedRanks()
+    if _local_multirun():
+        raise ConfigError("several ranks per job inside a local Hydra multirun (-m) are not supported: "
+                          "Lightning's launcher re-runs the command. Run the jobs one by one, or through "
+                          "SLURM (sweeps/slurm.yaml), where every rank exists already")
+    fabric.launch()
+    return LaunchedRanks(list(getattr(fabric.strategy.launcher, "procs", []) or []))
 
 
 def _local_multirun() -> bool:
@@ -132,26 +154,9 @@ def gather_objects(value: Any) -> list[Any]:
     return values
 
 
-def shard(items: list) -> list:
-    """This rank's share of ``items``: every ``data_world``-th item from position ``data_rank`` (the ranks
-    of one engine share theirs)."""
-    return items[data_rank()::data_world()]
-
-
-def gather_shards(mine: list) -> list:
-    """The inverse of :func:`shard` on every rank: all shares' items in the original order (each share
-    once, from its engine's leader)."""
-    shards = gather_objects(mine)[::_ENGINE_RANKS]
-    total = sum(len(s) for s in shards)
-    return [shards[i % len(shards)][i // len(shards)] for i in range(total)]
-
-
-def all_reduce_sum(values: Iterable[float], once_per_engine: bool = False) -> list[float]:
-    """Element-wise sums over ranks of a few numbers (float64, exact for counts). ``once_per_engine``: values
-    the ranks of one engine share (their common rollouts' counts) are counted once, from the leader."""
+def all_reduce_sum(values: Iterable[float]) -> list[float]:
+    """Element-wise sums over ranks of a few numbers (float64, exact for counts)."""
     tensor = torch.tensor(list(values), dtype=torch.float64)
-    if once_per_engine and engine_rank() != 0:
-        tensor.zero_()
     if world_size() > 1:
         if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
             tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()))

@@ -11,3 +11,11 @@ class ModelUnavailable(R3Error):
 
 class ConfigError(R3Error):
     """A config value is invalid; the message names the key."""
+
+
+class RankFailed(R3Error):
+    """Another rank of this run exited with a non-zero code (its own error is in its output)."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"another rank exited with code {exit_code}")
+        self.exit_code = exit_code

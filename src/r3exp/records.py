@@ -18,7 +18,8 @@ class StepRecord:
         rollout_step: the policy version that generated the rollouts this step trained on.
         drew_rollout: this step drew them (the first of ``mu`` steps on one set of rollouts).
         finished_rollout: this step was the last of the ``mu`` steps on them.
-        rollouts: the rollout batches (tensors, episodes and per-row ``advantages``).
+        rollouts: the rollouts (``r3exp.rollout.batching.Rollout``: tensors, episodes, metrics) as drawn.
+        advantages: the advantage of each row of each rollout (for sample tables).
         rollout_stats: their metrics (``rollout/...``), merged over rollouts and ranks.
         metrics: everything logged since the rollouts were drawn (the step's metrics over ``mu`` steps).
         sync_seconds: the weight push to the engine before this step's rollouts (0 when none).
@@ -29,7 +30,8 @@ class StepRecord:
     rollout_step: int
     drew_rollout: bool
     finished_rollout: bool
-    rollouts: list[dict] = field(repr=False)
+    rollouts: list = field(repr=False)
+    advantages: list = field(repr=False)
     rollout_stats: dict[str, float]
     metrics: dict[str, float]
     sync_seconds: float

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from r3exp.grpo.step import (LossSettings, StepRows, accumulate_gradients, corre
                              reference_logprobs, share_of_engine, step_rows)
 from r3exp.models.export import hf_state_dict, is_peft, merged_lora, save_policy, save_weights
 from r3exp.records import StepRecord
+from r3exp.rollout.batching import Rollout
+from r3exp.rollout.engines.base import GenerationEngine
 
 
 BEHAVIOURS = ("engine", "trainer")
@@ -85,7 +86,8 @@ class R3GRPOModule(L.LightningModule):
         policy: the causal LM (peft-wrapped for LoRA).
         engine: the rollout engine whose weights follow the policy (``update_weights``); it sleeps while
             the trainer steps (``sleep``; a no-op where the engine cannot) and is woken by the next push.
-        optimizer / scheduler: partials completed with the parameters / optimizer.
+        optimizer: a partial completed with the parameters.
+        scheduler: a partial completed with the optimizer (None: a constant learning rate).
         loss: :class:`GRPOLoss`.
         mu: optimizer steps per rollout batch (GRPO's μ; 1 is fully on-policy).
         max_reflection_tokens: the reflection ``max_tokens`` (``dr_grpo``'s normaliser).
@@ -100,13 +102,16 @@ class R3GRPOModule(L.LightningModule):
         share_prompts: the rows of a group run their shared prompt once (the same values and gradients,
             fewer tokens: :func:`r3exp.grpo.logprobs.shared_prompt_logprobs`); off under gradient
             checkpointing and sharding, where every row runs whole.
+        ranks: how the run's ranks share engines (the ranks of one engine split its rows); given at run time
+            by the entry point, default one engine per rank.
     """
 
-    def __init__(self, policy: torch.nn.Module, engine, optimizer: Callable, loss: GRPOLoss,
+    def __init__(self, policy: torch.nn.Module, engine: GenerationEngine, optimizer: Callable, loss: GRPOLoss,
                  scheduler: Callable | None = None, mu: int = 1, max_reflection_tokens: int = 128,
                  rollouts_per_step: int = 1, max_tokens_per_micro_batch: int | None = 2048,
                  logprob_chunk_size: int = 512, max_grad_norm: float | None = 1.0,
-                 sharded_compute_dtype: str | None = None, share_prompts: bool = True):
+                 sharded_compute_dtype: str | None = None, share_prompts: bool = True,
+                 ranks: distributed.Ranks | None = None):
         super().__init__()
         for key, value in {"mu": mu, "rollouts_per_step": rollouts_per_step, "logprob_chunk_size": logprob_chunk_size,
                            "max_tokens_per_micro_batch": max_tokens_per_micro_batch or 1}.items():
@@ -114,6 +119,7 @@ class R3GRPOModule(L.LightningModule):
                 raise ConfigError(f"grpo.{key}={value}; expected >= 1")
         self.automatic_optimization = False  # micro-batches under a token budget: see training_step
         self.policy, self.engine, self.loss_cfg = policy, engine, loss
+        self.ranks = ranks or distributed.Ranks()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.mu, self.rollouts_per_step, self.max_grad_norm = mu, rollouts_per_step, max_grad_norm
         self.settings = LossSettings(loss.epsilon, loss.epsilon_high, loss.beta, loss.loss_type, loss.temperature,
@@ -127,7 +133,8 @@ class R3GRPOModule(L.LightningModule):
             raise ConfigError(f"grpo.sharded_compute_dtype={sharded_compute_dtype!r}: not a torch dtype "
                               "(e.g. bfloat16, float16, float32)")
         self.sharded = ShardedModels()  # FSDP (trainer=fsdp): the roots configure_model builds
-        self.rollouts: list[dict] = []  # the rollout batches of the current optimizer step(s)
+        self.rollouts: list[Rollout] = []  # the rollouts of the current optimizer step(s), as the datamodule made them
+        self.rollout_advantages: list[torch.Tensor] = []  # the advantage of each of their rows, rollout by rollout
         self.rows: StepRows | None = None  # their rows, merged, with advantages
         self.step_has_signal = False  # some rank's rows carry an advantage (all ranks train, or none)
         self.rollout_step = 0  # the policy version (global step) that generated ``rollouts``
@@ -226,21 +233,21 @@ class R3GRPOModule(L.LightningModule):
         self.engine.sleep()
         self.rollout_step = self.global_step
         for rollout in self.rollouts:
-            version = int(rollout["policy_version"].max()) if rollout["policy_version"].numel() else self.global_step
+            versions = rollout.tensors["policy_version"]
+            version = int(versions.max()) if versions.numel() else self.global_step
             if version != self.global_step:
                 raise RuntimeError(f"off-policy batch: sampled with version {version}, policy at {self.global_step}")
         # several ranks: the loss is normalised by the step's size over all of them, and all train or none;
         # the ranks of one tensor-parallel engine hold the same rollouts: counted once, their rows split
-        once = functools.partial(distributed.all_reduce_sum, once_per_engine=True)
-        self.rows = step_rows(self.rollouts, self.loss_cfg.scale_rewards, self.loss_cfg.beta, reward_moments=once)
+        once = self.ranks.all_reduce_once_per_engine
+        self.rows = step_rows([r.tensors for r in self.rollouts], self.loss_cfg.scale_rewards, self.loss_cfg.beta,
+                              reward_moments=once)
         total_rows, total_tokens = once([self.rows.size.rows, self.rows.size.tokens])
         self.rows.size = F.StepSize(int(total_rows), int(total_tokens))
-        self.rows = share_of_engine(self.rows, distributed.engine_rank(), distributed.engine_ranks())
+        self.rows = share_of_engine(self.rows, self.ranks.engine_rank, self.ranks.engine_size)
         self.step_has_signal = distributed.any_rank(self.rows.has_signal)
-        offset = 0
-        for rollout in self.rollouts:  # per-rollout advantages, for the sample tables
-            rollout["advantages"] = self.rows.advantages[offset:offset + len(rollout["rewards"])]
-            offset += len(rollout["rewards"])
+        sizes = [len(r.tensors["rewards"]) for r in self.rollouts]  # per-rollout advantages, for the sample tables
+        self.rollout_advantages = list(self.rows.advantages.split(sizes)) if sizes else []
         if self.loss_cfg.beta and self.step_has_signal:  # every rank trains then, even one without signal
             # once per rollout: they do not change over the mu steps
             reference = self.sharded.reference if self.sharded.policy is not None else self.reference
@@ -253,8 +260,8 @@ class R3GRPOModule(L.LightningModule):
             metrics = F.merge_metrics(distributed.gather_objects(
                 (metrics, float(self.rows.batch["reflection_mask"][:, 1:].sum()))))
             self._log({f"train/{key}": value for key, value in metrics.items()})
-        mine = merge_rollout_stats([r["stats"] for r in self.rollouts])
-        self.last_batch_stats = merge_rank_rollout_stats(distributed.gather_objects(mine)[::distributed.engine_ranks()])
+        mine = merge_rollout_stats([r.stats for r in self.rollouts])
+        self.last_batch_stats = merge_rank_rollout_stats(distributed.gather_objects(mine)[::self.ranks.engine_size])
 
     def training_step(self, dataloader_iter: Iterator) -> None:
         position = self._calls % self.mu
@@ -292,7 +299,7 @@ class R3GRPOModule(L.LightningModule):
         if scheduler is not None:
             scheduler.step()
         self.last_step = StepRecord(step, self.rollout_step, drew_rollout, position == self.mu - 1, self.rollouts,
-                                    dict(self.last_batch_stats), dict(self.step_metrics), self._sync_seconds,
+                                    self.rollout_advantages, dict(self.last_batch_stats), dict(self.step_metrics), self._sync_seconds,
                                     trained_tokens)
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -16,7 +16,7 @@ from r3exp.grpo import functions as F
 from r3exp.grpo.logprobs import ReflectionLogprobs, masked_token_logprobs, prompt_groups
 from r3exp.grpo.micro_batches import select_rows, shared_prompt_micro_batches, token_budget_micro_batches
 from r3exp.models.export import is_peft
-from r3exp.rollout.batching import RolloutBatch, concat_batches
+from r3exp.rollout.batching import RolloutTensors, concat_batches
 from r3exp.rollout.episodes import ROW_KINDS
 
 
@@ -35,13 +35,22 @@ class LossSettings:
     share_prompts: bool = False  # rows with one prompt run it once (logprobs.shared_prompt_logprobs)
 
 
+class StepBatch(RolloutTensors, total=False):
+    """The trainer's own rows of one optimizer step: the step's rollouts' tensors merged
+    (:func:`step_rows`), with what the step computes for them."""
+
+    advantages: torch.Tensor  # (N,)
+    ref_logprobs: torch.Tensor  # (N, T), when beta > 0 (reference_logprobs)
+    is_weights: torch.Tensor  # (N, T), with grpo.loss.correction (engine/trainer weights, correct_for_engine)
+
+
 @dataclass
 class StepRows:
     """The rows that go through the forward (``batch``: (N, T) tensors plus ``advantages`` (N,)), the size
     of the whole step (every row, including those left out) and the advantages of every row in rollout
     order (for sample tables)."""
 
-    batch: RolloutBatch
+    batch: StepBatch
     size: F.StepSize
     advantages: torch.Tensor
 
@@ -50,7 +59,7 @@ class StepRows:
         return bool(self.batch["advantages"].ne(0).any())
 
 
-def step_rows(rollouts: Sequence[RolloutBatch], scale_rewards: str, beta: float,
+def step_rows(rollouts: Sequence[RolloutTensors], scale_rewards: str, beta: float,
               reward_moments: Callable[[list[float]], list[float]] = lambda moments: moments) -> StepRows:
     """Merge the step's rollouts, compute group advantages over all of them, and keep the rows that move
     the loss: with ``beta`` = 0 a row whose advantage is 0 adds exactly 0 to the loss and its gradient
@@ -114,7 +123,7 @@ def share_of_engine(rows: StepRows, engine_rank: int, engine_ranks: int) -> Step
     return StepRows(select_rows(rows.batch, mine), rows.size, rows.advantages)
 
 
-def micro_batches(batch: RolloutBatch, settings: LossSettings) -> list[list[int]]:
+def micro_batches(batch: StepBatch, settings: LossSettings) -> list[list[int]]:
     """The rows of ``batch`` in micro-batches under the token budget: padded rows x longest row, or with
     ``share_prompts`` the tokens that run once a shared prompt runs once (rows without a scored token count
     whole)."""
@@ -127,7 +136,7 @@ def micro_batches(batch: RolloutBatch, settings: LossSettings) -> list[list[int]
     return shared_prompt_micro_batches(groups, lengths, settings.max_tokens_per_micro_batch)
 
 
-def micro_batch_count(batch: RolloutBatch, settings: LossSettings) -> int:
+def micro_batch_count(batch: StepBatch, settings: LossSettings) -> int:
     """How many micro-batches the rows of ``batch`` take under the token budget."""
     return len(micro_batches(batch, settings))
 
@@ -171,7 +180,7 @@ def accumulate_gradients(policy, rows: StepRows, settings: LossSettings, device:
     return metrics
 
 
-def reference_logprobs(policy, reference, batch: RolloutBatch, settings: LossSettings,
+def reference_logprobs(policy, reference, batch: StepBatch, settings: LossSettings,
                        device: torch.device | str = "cpu", pad_to: int | None = None) -> torch.Tensor:
     """(N, T) log-prob of each reflection token under the reference at the token's own position (as
     ``behaviour_logprobs``), 0 elsewhere; micro-batched under the same token budget as the step. The
@@ -187,7 +196,7 @@ def reference_logprobs(policy, reference, batch: RolloutBatch, settings: LossSet
     return _logprobs_without_grad(reference, batch, settings, device, pad_to)
 
 
-def correct_for_engine(policy, batch: RolloutBatch, settings: LossSettings, loss, device: torch.device | str = "cpu",
+def correct_for_engine(policy, batch: StepBatch, settings: LossSettings, loss, device: torch.device | str = "cpu",
                        pad_to: int | None = None) -> dict[str, float]:
     """One no-grad pass of the trainer over ``batch`` (micro-batched, reflection tokens only) before the
     step's first update: the trainer's log-probs of the sampled tokens under the sampling weights. In place:
@@ -206,7 +215,7 @@ def correct_for_engine(policy, batch: RolloutBatch, settings: LossSettings, loss
 
 
 @torch.no_grad()
-def _logprobs_without_grad(model, batch: RolloutBatch, settings: LossSettings, device,
+def _logprobs_without_grad(model, batch: StepBatch, settings: LossSettings, device,
                            pad_to: int | None) -> torch.Tensor:
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
     splits = micro_batches(batch, settings)

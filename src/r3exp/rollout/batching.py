@@ -1,6 +1,7 @@
 """Episodes to training tensors. The reflection mask is built here, in exactly one function."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence, TypedDict
 
 import torch
@@ -8,26 +9,32 @@ import torch
 from r3exp.rollout.episodes import ROW_KINDS, Episode
 
 
-class RolloutBatch(TypedDict, total=False):
-    """One rollout's rows: the tensors :func:`build_batch` makes from the episodes, what
-    :func:`rollout_batch` attaches for the trainer and the callbacks, and what the trainer adds.
-    (N, T) tensors are right-padded rows of context ‖ reflection; (N,) tensors hold one value per row."""
+class RolloutTensors(TypedDict):
+    """One rollout's rows as tensors, as :func:`build_batch` makes them from the episodes. (N, T) tensors are
+    right-padded rows of context ‖ reflection; (N,) tensors hold one value per row."""
 
     input_ids: torch.Tensor  # (N, T)
     attention_mask: torch.Tensor  # (N, T)
     reflection_mask: torch.Tensor  # (N, T) bool: exactly the reflection tokens (reflection_mask())
     behaviour_logprobs: torch.Tensor  # (N, T): the engine's log-prob of each reflection token, 0 elsewhere
-    # (the trainer's own, with grpo.loss.behaviour=trainer, replaced before the first update)
     rewards: torch.Tensor  # (N,)
     group_ids: torch.Tensor  # (N,): one group per failed example (R3) or per example (GRPO's attempts)
     row_kinds: torch.Tensor  # (N,): what the row trains, an index into episodes.ROW_KINDS
     policy_version: torch.Tensor  # (N,): the weights that sampled the row
-    stats: dict[str, float]  # rollout metrics (r3exp.keys)
-    has_signal: bool  # some group's rewards differ
-    episodes: list[Episode]  # the episodes the rows come from, in batch_rows() order
-    advantages: torch.Tensor  # (N,), added by the trainer
-    ref_logprobs: torch.Tensor  # (N, T), added by the trainer when beta > 0
-    is_weights: torch.Tensor  # (N, T), added by the trainer with grpo.loss.correction (engine/trainer weights)
+
+
+@dataclass
+class Rollout:
+    """What the datamodule hands the trainer for one rollout: its rows' tensors, and apart from them the
+    episodes they come from (in :func:`batch_rows` order, for sample tables), the rollout metrics
+    (:mod:`r3exp.keys`) and whether some group's rewards differ. The trainer reads it and adds nothing: the
+    step's own tensors (advantages, reference log-probs, correction weights) live in its
+    :class:`~r3exp.grpo.step.StepBatch`."""
+
+    tensors: RolloutTensors
+    episodes: list[Episode] = field(repr=False)
+    stats: dict[str, float]
+    has_signal: bool
 
 
 def reflection_mask(context_lengths: torch.Tensor, reflection_lengths: torch.Tensor, total: int) -> torch.Tensor:
@@ -50,7 +57,7 @@ def batch_rows(episodes: Sequence[Episode]) -> list[tuple[Episode, int, int]]:
     return [(ep, group, j) for group, ep in enumerate(failed) for j in range(len(ep.reflections))]
 
 
-def build_batch(episodes: Sequence[Episode], pad_id: int) -> RolloutBatch:
+def build_batch(episodes: Sequence[Episode], pad_id: int) -> RolloutTensors:
     """One row per reflection of every failed episode.
 
     Returns tensors: ``input_ids`` (B, T) context ‖ reflection, right-padded with ``pad_id``;
@@ -86,16 +93,13 @@ def build_batch(episodes: Sequence[Episode], pad_id: int) -> RolloutBatch:
     }
 
 
-def rollout_batch(episodes: Sequence[Episode], pad_id: int, stats: dict[str, float], has_signal: bool,
-                  ) -> RolloutBatch:
-    """What the datamodule hands the trainer for one rollout: the rows' tensors, the rollout metrics,
-    whether it carries a signal, and the episodes (for sample tables)."""
-    batch = build_batch(episodes, pad_id)
-    batch.update(stats=stats, has_signal=has_signal, episodes=list(episodes))
-    return batch
+def rollout_batch(episodes: Sequence[Episode], pad_id: int, stats: dict[str, float], has_signal: bool) -> Rollout:
+    """What the datamodule hands the trainer for one rollout: the rows' tensors, the episodes, the rollout
+    metrics and whether it carries a signal."""
+    return Rollout(build_batch(episodes, pad_id), list(episodes), stats, has_signal)
 
 
-def empty_batch() -> RolloutBatch:
+def empty_batch() -> RolloutTensors:
     return {
         "input_ids": torch.zeros((0, 0), dtype=torch.long),
         "attention_mask": torch.zeros((0, 0), dtype=torch.long),
@@ -108,7 +112,7 @@ def empty_batch() -> RolloutBatch:
     }
 
 
-def concat_batches(batches: Sequence[RolloutBatch]) -> RolloutBatch:
+def concat_batches(batches: Sequence[RolloutTensors]) -> RolloutTensors:
     """The rows of several batches (the rollouts of one optimizer step) as one batch: (N, T) tensors
     right-padded with 0 to the longest row (padding is never attended to nor trained on), group ids offset
     so that the groups of different batches stay apart."""

@@ -11,7 +11,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import lightning as L
 import torch
@@ -19,10 +19,13 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from r3exp import distributed, keys
 from r3exp.errors import ConfigError
-from r3exp.rollout.batching import rollout_batch
+from r3exp.rollout.batching import Rollout, rollout_batch
 from r3exp.rollout.engines.base import GenerationEngine, SamplingConfig
 from r3exp.rollout.episodes import ATTEMPT, REFLECTION, Episode, R3Protocol, RewardFn, retry_succeeds
 from r3exp.tasks.base import Task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 ON_NO_SIGNAL = ("skip", "resample")
@@ -106,7 +109,7 @@ class RolloutStream(IterableDataset):
     def __init__(self, datamodule: "ReflectionRolloutDataModule"):
         self.dm = datamodule
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Rollout]:
         while True:
             yield self.dm.next_batch()
 
@@ -115,10 +118,14 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
     """Each step: B examples → first attempt → failures → G reflections each → one retry each → rewards.
 
     Args:
-        task, engine, tokenizer: given at run time by the entry point.
+        task: given at run time by the entry point.
+        engine: given at run time by the entry point.
+        tokenizer: given at run time by the entry point.
         examples_per_step: B, task examples drawn per batch.
         group_size: G, reflections sampled per failure (the GRPO group).
-        attempt / reflection / retry: sampling of each turn.
+        attempt: sampling of the first attempt.
+        reflection: sampling of the reflections.
+        retry: sampling of the retries.
         source: ``online`` (filter the policy's own failures) or ``failures`` (a first-failure dataset at
             ``failures_path``, built by ``mode=failures``, as in the paper).
         on_no_signal: when no group of a batch has differing rewards, ``skip`` the update (the step
@@ -131,13 +138,15 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
             GRPO's attempt groups, and R3's reflection group on each example's first failed attempt (one
             optimizer step over both kinds of rows, advantages within each kind).
             ``reward`` rewards reflections: ``grpo`` rewards attempts by the validator and refuses another.
+        ranks: how the run's ranks share engines (the ranks of one engine draw the same examples); given at
+            run time by the entry point, default one engine per rank.
     """
 
-    def __init__(self, task: Task, engine: GenerationEngine, tokenizer, attempt: SamplingConfig,
+    def __init__(self, task: Task, engine: GenerationEngine, tokenizer: PreTrainedTokenizerBase, attempt: SamplingConfig,
                  reflection: SamplingConfig, retry: SamplingConfig, examples_per_step: int = 8,
                  group_size: int = 4, source: str = "online", failures_path: str | None = None,
                  on_no_signal: str = "resample", max_draws: int = 4, reward: RewardFn = retry_succeeds,
-                 seed: int = 0, protocol: str = "r3"):
+                 seed: int = 0, protocol: str = "r3", ranks: distributed.Ranks | None = None):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ConfigError(f"rollout.protocol={protocol!r}; expected one of {tuple(PROTOCOLS)}")
@@ -160,6 +169,7 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         self.source, self.failures_path = source, failures_path
         self.on_no_signal, self.max_draws = on_no_signal, max_draws
         self.seed, self.protocol_name = seed, protocol
+        self.ranks = ranks or distributed.Ranks()
         self.cursor = 0  # examples drawn so far: saved in checkpoints so a resumed run continues the stream
         self.last_episodes: list[Episode] = []
         self._pool: list | None = None
@@ -177,13 +187,13 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         tensor-parallel engine draw the same ones)."""
         pool = self._examples()
         indices = draw_indices(self.cursor, self.examples_per_step, len(pool), self.seed,
-                               distributed.data_rank(), distributed.data_world())
+                               self.ranks.data_rank, self.ranks.data_world)
         self.cursor += self.examples_per_step
         drawn = [pool[i] for i in indices]
         log.debug("rank %d drew %s", distributed.rank(), json.dumps(drawn, sort_keys=True))
         return drawn
 
-    def next_batch(self) -> dict:
+    def next_batch(self) -> Rollout:
         """Generate one batch with the engine's current weights (called by the training step)."""
         start, self.protocol.timing.seconds, self.protocol.timing.generated_tokens = time.perf_counter(), 0.0, 0
         episodes: list[Episode] = []

@@ -98,7 +98,9 @@ class R3Protocol:
     """Runs R3 episodes with the current policy of ``engine``.
 
     Args:
-        attempt_sampling / reflection_sampling / retry_sampling: sampling for each turn.
+        attempt_sampling: sampling of the first attempt.
+        reflection_sampling: sampling of the reflections.
+        retry_sampling: sampling of the retries.
         reward: ``retry_succeeds`` (the paper) or another ``RewardFn``.
         stream: the engine's sampling stream (``training`` rollouts, ``evaluation``).
     """

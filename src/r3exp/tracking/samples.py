@@ -74,11 +74,10 @@ class ReflectionSamples(L.Callback):
             return
         task = trainer.datamodule.task
         step_rows: list[dict] = []
-        for rollout in record.rollouts:
+        for rollout, advantages in zip(record.rollouts, record.advantages):
             room = self.rows_per_step - len(step_rows)
             if room > 0:
-                step_rows += sample_rows(task, rollout["episodes"], rollout["advantages"].tolist(),
-                                         record.rollout_step, room)
+                step_rows += sample_rows(task, rollout.episodes, advantages.tolist(), record.rollout_step, room)
         if not step_rows:
             return
         self.add(step_rows)

@@ -6,6 +6,8 @@ from typing import Iterable, Mapping
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from r3exp.distributed import Ranks
+from r3exp.errors import ConfigError
 from r3exp.rollout.engines.base import Completion, GenerationEngine, SamplingConfig
 
 
@@ -16,11 +18,15 @@ class HFEngine(GenerationEngine):
         model_path: directory or hub id of the policy (merged weights).
         dtype: ``float32`` on CPU, ``bfloat16`` on GPU.
         batch_size: prompts per ``generate`` call (each with ``n`` samples).
+        ranks: how the run's ranks share engines; this engine serves its own rank only.
     """
 
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, batch_size: int = 64,
-                 device: str | None = None):
+                 device: str | None = None, ranks: Ranks | None = None):
         super().__init__(seed)
+        if ranks is not None and ranks.engine_size != 1:
+            raise ConfigError(f"engine=hf serves one rank; {ranks.engine_size} ranks per engine need engine=vllm "
+                              "(engine.tensor_parallel_size)")
         from r3exp.models.loading import load_policy, load_tokenizer
 
         self.tokenizer = load_tokenizer(model_path)

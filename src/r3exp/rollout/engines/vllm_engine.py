@@ -55,15 +55,17 @@ class VLLMEngine(GenerationEngine):
         sleep_level: vLLM sleep mode while the trainer steps, on CUDA: 2 frees weights and KV cache (the
             next push reloads the weights anyway), 1 keeps a CPU copy of the weights, None never sleeps.
             CPU engines never sleep (vLLM's sleep mode needs the CUDA allocator).
+        ranks: how the run's ranks share engines (``python -m r3exp`` hands it over; default one rank each).
     """
 
     _open: ClassVar["VLLMEngine | None"] = None  # the process's one open engine
 
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, max_model_len: int = 1024,
                  gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1, cpu_kv_cache_gib: int = 1,
-                 enforce_eager: bool | None = None, sleep_level: int | None = 2):
+                 enforce_eager: bool | None = None, sleep_level: int | None = 2,
+                 ranks: distributed.Ranks | None = None):
         super().__init__(seed)
-        if tensor_parallel_size != distributed.engine_ranks():
+        if tensor_parallel_size != (ranks or distributed.Ranks()).engine_size:
             raise ConfigError(f"engine.tensor_parallel_size={tensor_parallel_size}: one engine spans that many "
                               "ranks (trainer.devices x trainer.num_nodes a multiple of it), and every rank of it "
                               "runs r3exp (python -m r3exp declares them)")

@@ -6,7 +6,7 @@ import pytest
 from r3exp import keys
 from r3exp.errors import ConfigError
 from r3exp.evaluation import EvalResult
-from r3exp.pipeline import MODES, RunResult, run
+from r3exp.modes import MODES, RunResult, run
 
 
 def result(first: int, fixed: int) -> EvalResult:

@@ -1,0 +1,45 @@
+"""What every mode's run shares before its work: the environment, the run directory, the local files
+a run reads, the Hydra job's overrides."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from r3exp.errors import ConfigError
+from r3exp.tracking.console import quiet_library_environment
+
+CODE_DIR = Path(__file__).resolve().parents[3]  # the checkout (for the git commit; none when installed)
+
+
+def setup_environment(verbose: bool = False) -> None:
+    """Defaults for machines without network or accounts, and (unless ``verbose``) a quiet console;
+    explicit environment variables win."""
+    if not verbose:
+        quiet_library_environment()
+    if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
+        os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The run's directory (``paths.output_dir``; the Hydra entry point fills it with the run dir)."""
+    if cfg.paths.get("output_dir") is None:
+        raise ConfigError("paths.output_dir is not set (python -m r3exp sets it to the Hydra run directory)")
+    return Path(cfg.paths.output_dir)
+
+
+def local_data_paths(cfg: DictConfig) -> list[str]:
+    """The local files a run reads: the task's data (a file or split directory) and a first-failure dataset."""
+    paths = [cfg.task.get("source"), cfg.rollout.get("failures_path") if cfg.rollout.get("source") == "failures" else None]
+    return [p for p in paths if p and Path(str(p)).exists()]
+
+
+def job_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job (what distinguishes it within a sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
