@@ -44,7 +44,10 @@ def configure_environment(on_gpu: bool, kv_cache_gib: int) -> None:
 
 
 class VLLMEngine(GenerationEngine):
-    """Args:
+    """Generation with vLLM in the trainer's own process (colocated), its weights pushed in place after every
+    optimizer step.
+
+    Args:
         model_path: directory or hub id (merged weights).
         dtype: ``float32`` (CPU, exact log-prob agreement with the trainer) or ``bfloat16`` (GPU).
         max_model_len: context length the engine reserves for.
@@ -52,6 +55,8 @@ class VLLMEngine(GenerationEngine):
         tensor_parallel_size: ranks (GPUs) per engine: every that many consecutive ranks share one engine,
             draw the same examples and get the same outputs, and split the rows for training.
         cpu_kv_cache_gib: KV cache size on CPU machines.
+        enforce_eager: False compiles the model (torch.compile), True runs it eagerly; None: compiled on
+            GPUs, eager on CPUs, where compiling did not pay (docs/results/speed.md).
         sleep_level: vLLM sleep mode while the trainer steps, on CUDA: 2 frees weights and KV cache (the
             next push reloads the weights anyway), 1 keeps a CPU copy of the weights, None never sleeps.
             CPU engines never sleep (vLLM's sleep mode needs the CUDA allocator).
