@@ -32,18 +32,22 @@ BEHAVIOURS = ("engine", "trainer")
 class GRPOLoss:
     """Loss settings (names as in TRL's ``GRPOConfig``).
 
-    epsilon / epsilon_high: lower / upper clip of the importance ratio (PPO; DAPO's clip-higher sets
-        ``epsilon_high`` > ``epsilon`` to keep exploration alive). ``None`` means ``epsilon``.
-    beta: weight of the k3 KL to the frozen initial policy; 0 loads no reference model.
-    loss_type: ``grpo`` (per-sequence mean), ``dr_grpo`` (constant normaliser), ``dapo`` (token mean).
-    scale_rewards: ``group``, ``batch`` or ``none`` (see ``group_advantages``).
-    temperature: the rollout sampling temperature, applied to the trainer's logits too.
-    behaviour: whose log-probs of the sampled tokens the clipped ratio is taken against: ``engine`` (the
-        engine's, returned with the samples) or ``trainer`` (one no-grad pass of the trainer over the step's
-        rows before its first update; the ratio then measures only the policy's own change).
-    correction: weight each token by the engine/trainer mismatch ``w = π_trainer / π_engine`` of the
-        sampled token: ``none``, ``truncate`` (``min(w, correction_cap)``) or ``mask`` (tokens with ``w``
-        outside ``[correction_low, correction_cap]`` leave the loss). Needs the trainer's pass too.
+    Attributes:
+        epsilon: lower clip of the importance ratio (PPO).
+        epsilon_high: upper clip (DAPO's clip-higher sets it above ``epsilon`` to keep exploration alive);
+            ``None`` means ``epsilon``.
+        beta: weight of the k3 KL to the frozen initial policy; 0 loads no reference model.
+        loss_type: ``grpo`` (per-sequence mean), ``dr_grpo`` (constant normaliser), ``dapo`` (token mean).
+        scale_rewards: ``group``, ``batch`` or ``none`` (see ``group_advantages``).
+        temperature: the rollout sampling temperature, applied to the trainer's logits too.
+        behaviour: whose log-probs of the sampled tokens the clipped ratio is taken against: ``engine`` (the
+            engine's, returned with the samples) or ``trainer`` (one no-grad pass of the trainer over the
+            step's rows before its first update; the ratio then measures only the policy's own change).
+        correction: weight each token by the engine/trainer mismatch ``w = π_trainer / π_engine`` of the
+            sampled token: ``none``, ``truncate`` (``min(w, correction_cap)``) or ``mask`` (tokens with ``w``
+            outside ``[correction_low, correction_cap]`` leave the loss). Needs the trainer's pass too.
+        correction_cap: the truncation cap ``C`` (and the mask's upper bound).
+        correction_low: the mask's lower bound.
     """
 
     epsilon: float = 0.2
