@@ -96,8 +96,10 @@ def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: li
     policy = parts.model.load(parts.model_path)
     optimizer = instantiate(cfg.optimizer.optimizer)
     scheduler = instantiate(cfg.optimizer.scheduler) if cfg.optimizer.get("scheduler") else None
-    module = instantiate(cfg.grpo)(policy=policy, engine=parts.engine, optimizer=optimizer, scheduler=scheduler)
-    datamodule = instantiate(cfg.rollout)(task=parts.task, engine=parts.engine, tokenizer=parts.tokenizer)
+    module = instantiate(cfg.grpo)(policy=policy, engine=parts.engine, optimizer=optimizer, scheduler=scheduler,
+                                   ranks=parts.ranks)
+    datamodule = instantiate(cfg.rollout)(task=parts.task, engine=parts.engine, tokenizer=parts.tokenizer,
+                                          ranks=parts.ranks)
     callbacks = [instantiate_callback(c, output_dir(cfg)) for c in (cfg.get("callbacks") or {}).values()]
     callbacks += list(extra_callbacks or [])
     # Lightning warns that checkpoints of manual optimization hold the weights after the step: they should,
