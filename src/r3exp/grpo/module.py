@@ -303,8 +303,8 @@ class R3GRPOModule(L.LightningModule):
         if scheduler is not None:
             scheduler.step()
         self.last_step = StepRecord(step, self.rollout_step, drew_rollout, position == self.mu - 1, self.rollouts,
-                                    self.rollout_advantages, dict(self.last_batch_stats), dict(self.step_metrics), self._sync_seconds,
-                                    trained_tokens)
+                                    self.rollout_advantages, dict(self.last_batch_stats), dict(self.step_metrics),
+                                    self._sync_seconds, trained_tokens)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]

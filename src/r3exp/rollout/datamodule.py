@@ -142,8 +142,8 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
             run time by the entry point, default one engine per rank.
     """
 
-    def __init__(self, task: Task, engine: GenerationEngine, tokenizer: PreTrainedTokenizerBase, attempt: SamplingConfig,
-                 reflection: SamplingConfig, retry: SamplingConfig, examples_per_step: int = 8,
+    def __init__(self, task: Task, engine: GenerationEngine, tokenizer: PreTrainedTokenizerBase,
+                 attempt: SamplingConfig, reflection: SamplingConfig, retry: SamplingConfig, examples_per_step: int = 8,
                  group_size: int = 4, source: str = "online", failures_path: str | None = None,
                  on_no_signal: str = "resample", max_draws: int = 4, reward: RewardFn = retry_succeeds,
                  seed: int = 0, protocol: str = "r3", ranks: distributed.Ranks | None = None):
