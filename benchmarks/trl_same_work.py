@@ -5,6 +5,7 @@ generation and training, and tokens per second of each.
     .venv/bin/python benchmarks/trl_same_work.py                   # SmolLM2-135M-Instruct, full fine-tuning
     .venv/bin/python benchmarks/trl_same_work.py --lora            # LoRA r16 on every projection
     .venv/bin/python benchmarks/trl_same_work.py --bf16            # both trainers under bf16 autocast
+    .venv/bin/python benchmarks/trl_same_work.py --trl-keeps-freed-memory   # TRL with r3exp's malloc setting
     .venv/bin/python benchmarks/trl_same_work.py --model tiny --steps 4   # the embedded model (seconds)
     .venv/bin/python benchmarks/trl_same_work.py engine.enforce_eager=false  # r3exp overrides (its side only)
 
@@ -18,12 +19,15 @@ constant), gradient clipping at 1.0, fp32 weights, seed 0. Generation: r3exp sam
 TRL 1.16 samples with transformers' ``generate`` on CPU (its vLLM path needs vllm<=0.31 and a CUDA device for
 the colocated weight sync). Each side runs in its own fresh process, one after the other, never side by side.
 
-Per step it prints: seconds (whole step), generation (TRL: ``_generate_and_score_completions``, which samples
-and scores; r3exp: the rollout), training (the rest: forward, backward, optimizer; r3exp: also the weight push
-to the engine), rows trained (rows whose advantage is not zero; r3exp skips the others, TRL trains them all),
-sampled tokens and their tokens/s, trained tokens/s. The summary is the median over steps 2..n (step 1 warms
-up) and the ratio r3exp / TRL of each. Prompts are drawn by each side's own sampler from the same split, so
-the rows differ but not their distribution: the mean prompt and completion lengths are printed to show it.
+Per step it prints: seconds (whole step), generation (TRL: ``_generate_and_score_completions``, which samples and
+scores; r3exp: the rollout), training (the rest: forward, backward, optimizer; r3exp: also the weight push to the
+engine), rows trained (rows whose advantage is not zero; r3exp skips the others, TRL trains them all), sampled
+tokens and their tokens/s, trained tokens/s, and the process's minor page faults in thousands (fresh pages the
+kernel zero-filled: r3exp keeps freed memory for reuse, r3exp.host_memory; glibc's default returns it to the
+system, ``--trl-keeps-freed-memory`` gives TRL's process r3exp's setting). The summary is the median over steps
+2..n (step 1 warms up) and the ratio r3exp / TRL of each. Prompts are drawn by each side's own sampler from the
+same split, so the rows differ but not their distribution: the mean prompt and completion lengths are printed to
+show it.
 """
 from __future__ import annotations
 
@@ -44,6 +48,13 @@ EXAMPLES_PER_STEP, GROUP_SIZE, MAX_COMPLETION_TOKENS = 8, 8, 48
 LR, CLIP_LOW, CLIP_HIGH, MAX_GRAD_NORM, SEED = 1e-5, 0.2, 0.28, 1.0, 0
 LORA = {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                  "down_proj"]}
+
+
+def page_faults() -> int:
+    """This process's minor page faults so far, in thousands (each a fresh page the kernel zero-filled)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt // 1000
 
 
 def parity_reward(text: str) -> bool:
@@ -108,6 +119,7 @@ def training_prompts(model: str) -> list[list[dict]]:
 def run_r3exp(model: str, lora: bool, steps: int, bf16: bool, extra: list[str]) -> list[dict]:
     import lightning as L
 
+    from r3exp import keys
     from r3exp.modes.components import build_components
     from r3exp.modes.setup import setup_environment
     from r3exp.modes.training import run_training
@@ -124,7 +136,7 @@ def run_r3exp(model: str, lora: bool, steps: int, bf16: bool, extra: list[str]) 
                 "rows": sum(len(a) for a in advantages),
                 "trained_rows": sum(int(a.ne(0).sum()) for a in advantages),
                 "sampled_tokens": sum(len(c.token_ids) for r in rollouts for ep in r.episodes for c in ep.reflections),
-                "prompt_tokens": statistics.mean(len(p) for p in prompts)})
+                "prompt_tokens": statistics.mean(len(p) for p in prompts), "page_faults": page_faults()})
             print(f"[r3exp] step {trainer.global_step} done", flush=True)
 
     setup_environment()
@@ -137,15 +149,20 @@ def run_r3exp(model: str, lora: bool, steps: int, bf16: bool, extra: list[str]) 
         parts.engine.close()
     return [{"step": t["step"], "seconds": t["time/step_seconds"], "generation_seconds": t["time/generation_seconds"],
              "train_seconds": t["time/step_seconds"] - t["time/generation_seconds"],
-             "trained_tokens": t["trained_tokens"], **r} for t, r in zip(timer.history, rows.history)]
+             "push_seconds": t[keys.SYNC_SECONDS], "trained_tokens": t["trained_tokens"], **r} for t, r in zip(timer.history, rows.history)]
 
 
-def run_trl(model: str, lora: bool, steps: int, bf16: bool, extra: list[str]) -> list[dict]:
+def run_trl(model: str, lora: bool, steps: int, bf16: bool, extra: list[str], keep_freed_memory: bool = False,
+            ) -> list[dict]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    if keep_freed_memory:
+        from r3exp.host_memory import reuse_freed_memory
+
+        reuse_freed_memory()
     path = model_directory(model)
     history: list[dict] = []
 
@@ -171,6 +188,7 @@ def run_trl(model: str, lora: bool, steps: int, bf16: bool, extra: list[str]) ->
             row = history[-1]
             row["step"] = state.global_step
             row["seconds"] = time.perf_counter() - self.start
+            row["page_faults"] = page_faults()
             row["train_seconds"] = row["seconds"] - row["generation_seconds"]
             print(f"[trl] step {state.global_step}: {row['seconds']:.1f} s", flush=True)
 
@@ -210,12 +228,13 @@ def median(rows: list[dict], key: str) -> float:
 def report(name: str, rows: list[dict]) -> dict:
     print(f"\n{name}")
     print(f"{'step':>4} {'seconds':>8} {'generation':>10} {'training':>9} {'rows':>5} {'trained':>7} "
-          f"{'sampled':>7} {'gen tok/s':>9} {'train tok/s':>11} {'prompt len':>10}")
-    for r in rows:
+          f"{'sampled':>7} {'gen tok/s':>9} {'train tok/s':>11} {'prompt len':>10} {'faults k':>8}")
+    for i, r in enumerate(rows):
+        faults = r["page_faults"] - (rows[i - 1]["page_faults"] if i else 0)  # the first step's: since start
         print(f"{r['step']:>4} {r['seconds']:>8.2f} {r['generation_seconds']:>10.2f} {r['train_seconds']:>9.2f} "
               f"{r['rows']:>5} {r['trained_rows']:>7} {r['sampled_tokens']:>7} "
               f"{r['sampled_tokens'] / r['generation_seconds']:>9.0f} {r['trained_tokens'] / r['train_seconds']:>11.0f} "
-              f"{r['prompt_tokens']:>10.1f}")
+              f"{r['prompt_tokens']:>10.1f} {faults:>8}")
     summary = {k: median(rows, k) for k in ("seconds", "generation_seconds", "train_seconds")}
     summary["generation_tokens_per_second"] = median(
         [{"v": r["sampled_tokens"] / r["generation_seconds"]} for r in rows], "v")
@@ -233,13 +252,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--bf16", action="store_true",
                         help="both trainers under bf16 autocast (r3exp: trainer.precision=bf16-mixed; TRL: bf16=True)")
+    parser.add_argument("--trl-keeps-freed-memory", action="store_true",
+                        help="TRL's process keeps freed memory as r3exp's does (r3exp.host_memory): only the trainers "
+                             "differ, not glibc's settings")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the r3exp side")
     parser.add_argument("--side", choices=["trl", "r3exp"], help=argparse.SUPPRESS)  # the child processes
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.side == "trl":
+        rows = run_trl(args.model, args.lora, args.steps, args.bf16, args.overrides, args.trl_keeps_freed_memory)
+    elif args.side == "r3exp":
+        rows = run_r3exp(args.model, args.lora, args.steps, args.bf16, args.overrides)
     if args.side:
-        rows = (run_trl if args.side == "trl" else run_r3exp)(args.model, args.lora, args.steps, args.bf16,
-                                                              args.overrides)
         Path(args.out).write_text(json.dumps(rows))
         return
     try:
@@ -252,13 +276,15 @@ def main() -> None:
             out = Path(tmp) / f"{side}.json"
             command = [sys.executable, __file__, "--side", side, "--model", args.model, "--steps", str(args.steps),
                        "--out", str(out)] + (["--lora"] if args.lora else []) + (["--bf16"] if args.bf16 else []) \
-                + args.overrides
+                + (["--trl-keeps-freed-memory"] if args.trl_keeps_freed_memory else []) + args.overrides
             print(f"[{side}] {' '.join(command)}", flush=True)
             started = time.perf_counter()
             path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
             subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": path})
             print(f"[{side}] {time.perf_counter() - started:.0f} s in all", flush=True)
             setting = f"{args.model}, {'LoRA r16' if args.lora else 'full fine-tuning'}, {'bf16 autocast' if args.bf16 else 'fp32'}"
+            if side == "trl" and args.trl_keeps_freed_memory:
+                setting += ", freed memory kept"
             summaries[side] = report(f"{side} ({setting}{', ' + ' '.join(args.overrides) if side == 'r3exp' and args.overrides else ''})",
                                      json.loads(out.read_text()))
     r3, ref = summaries["r3exp"], summaries["trl"]

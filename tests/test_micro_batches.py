@@ -313,9 +313,12 @@ def test_prompt_groups_are_rows_with_the_same_tokens_before_their_first_scored_t
 
 def test_shared_prompt_micro_batches_keep_groups_together_within_the_budget():
     lengths = [10, 12, 11, 30, 31, 6]
-    groups = [(8, [0, 1, 2]), (20, [3, 4]), (0, [5])]  # costs: 8 + 3 x 4 = 20, 20 + 2 x 11 = 42, 6
+    groups = [(8, [0, 1, 2]), (20, [3, 4]), (0, [5])]  # costs alone: 8 + 3 x 4 = 20, 20 + 2 x 11 = 42, 6
     assert shared_prompt_micro_batches(groups, lengths, None) == [[1, 2, 0, 4, 3, 5]]  # longest rows first
-    assert shared_prompt_micro_batches(groups, lengths, 64) == [[4, 3, 1, 2, 0], [5]]  # 42 + 20 = 62 <= 64
+    # padded together: the first two groups 2 x 20 + 5 x 11 = 95 > 64; the first and the last 2 x 8 + 4 x 6 = 40
+    assert shared_prompt_micro_batches(groups, lengths, 64) == [[4, 3], [1, 2, 0, 5]]
+    # within 95 the first two go together; all three would be 3 x 20 + 6 x 11 = 126
+    assert shared_prompt_micro_batches(groups, lengths, 95) == [[4, 3, 1, 2, 0], [5]]
     batches = shared_prompt_micro_batches(groups, lengths, 30)  # the second group splits: 20 + 11 = 31 > 30
     assert sorted(row for batch in batches for row in batch) == list(range(6))
     assert [4] in batches and [3] in batches  # one row each, over the budget alone (31 > 30, 30 <= 30)

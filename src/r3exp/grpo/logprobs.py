@@ -107,30 +107,52 @@ def shared_prompt_logprobs(policy, input_ids: torch.Tensor, attention_mask: torc
                            temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
     """:func:`masked_token_logprobs` with each shared prompt run once: a GRPO group's G rows share their
     prompt (the task prompt; under R3 also the failed attempt and the reflection prompt), which is most of
-    each row. Per group (:func:`prompt_groups`): the decoder runs the prompt, its key/value cache is
-    repeated for the group's rows, and the rows' own tokens continue from it (positions after the prompt).
-    Autograd flows through the cache into the one prompt pass, so the gradient is the same as running every
-    row whole (a test checks values and gradients). Rows are right-padded, as everywhere in r3exp."""
+    each row. Two decoder calls for all groups (:func:`prompt_groups`) of the batch: the prompts, right-padded
+    to the longest, then every row's own tokens, continuing from its group's key/value cache at the positions
+    after its prompt (the cache slots of a shorter prompt's padding are masked out). Autograd flows through
+    the cache into the one prompt pass, so the gradient is the same as running every row whole (a test checks
+    values and gradients). Rows are right-padded, as everywhere in r3exp."""
     decoder, output_layer = decoder_and_output_layer(policy)
     out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-    lengths = attention_mask.sum(-1)
-    for prompt_length, rows in prompt_groups(input_ids, mask):
-        index = torch.tensor(rows, device=input_ids.device)
-        end = int(lengths[index].max())
-        prompt = decoder(input_ids=input_ids[rows[0]:rows[0] + 1, :prompt_length], use_cache=True)
-        hidden = prompt.last_hidden_state.expand(len(rows), -1, -1)  # (k, P, H)
-        if end > prompt_length:
-            cache = prompt.past_key_values
-            cache.batch_repeat_interleave(len(rows))
-            rest = decoder(input_ids=input_ids[index, prompt_length:end], attention_mask=attention_mask[index, :end],
-                           past_key_values=cache, use_cache=True).last_hidden_state  # (k, end - P, H)
-            hidden = torch.cat([hidden, rest], dim=1)
-        group_mask = mask[index, :end - 1]
-        values = selected_logprobs(hidden[:, :end - 1][group_mask], input_ids[index, 1:end][group_mask], output_layer,
-                                   temperature, chunk_size)
-        group = torch.zeros(group_mask.shape, dtype=values.dtype, device=values.device).masked_scatter(group_mask, values)
-        out = out.index_copy(0, index, torch.nn.functional.pad(group, (0, mask.shape[1] - group.shape[1])))
-    return out
+    groups = prompt_groups(input_ids, mask)
+    if not groups:
+        return out
+    device = input_ids.device
+    prompts = torch.tensor([length for length, _ in groups], device=device)  # (n,)
+    rows = torch.tensor([row for _, members in groups for row in members], device=device)  # (R,) grouped order
+    row_group = torch.repeat_interleave(torch.arange(len(groups), device=device),
+                                        torch.tensor([len(members) for _, members in groups], device=device))
+    row_prompt = prompts[row_group]  # (R,)
+    width, suffix = int(prompts.max()), int((attention_mask[rows].sum(-1) - row_prompt).max())
+    # the prompts, (n, P): each group's first row up to its prompt length, right-padded
+    first_rows = torch.tensor([members[0] for _, members in groups], device=device)
+    prompt_positions = torch.arange(width, device=device)
+    prompt_mask = (prompt_positions < prompts.unsqueeze(1)).long()
+    prompt_ids = input_ids[first_rows, :width] * prompt_mask
+    prompt = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
+    # every row's own tokens, (R, S), from position prompt_length on
+    offsets = torch.arange(suffix, device=device)
+    source = (row_prompt.unsqueeze(1) + offsets).clamp(max=input_ids.shape[1] - 1)
+    suffix_mask = attention_mask[rows].gather(1, source) * (row_prompt.unsqueeze(1) + offsets < input_ids.shape[1])
+    suffix_ids = input_ids[rows].gather(1, source) * suffix_mask
+    cache = prompt.past_key_values
+    cache.batch_select_indices(row_group)
+    rest = decoder(input_ids=suffix_ids, attention_mask=torch.cat([prompt_mask[row_group], suffix_mask], dim=1),
+                   position_ids=row_prompt.unsqueeze(1) + offsets, past_key_values=cache,
+                   use_cache=True).last_hidden_state  # (R, S, H)
+    # the hidden state at each scored position t (it predicts token t + 1): from the prompt pass where t is in
+    # the prompt (its last token), else from the row's own pass
+    slot = torch.full((mask.shape[0],), -1, dtype=torch.long, device=device)
+    slot[rows] = torch.arange(len(rows), device=device)
+    scored_rows, scored_positions = mask.nonzero(as_tuple=True)  # row-major, as masked_scatter fills
+    slots, starts = slot[scored_rows], row_prompt[slot[scored_rows]]
+    in_prompt = scored_positions < starts
+    flat_index = torch.where(in_prompt, row_group[slots] * width + scored_positions,
+                             prompts.numel() * width + slots * suffix + (scored_positions - starts).clamp(min=0))
+    hidden = torch.cat([prompt.last_hidden_state.reshape(-1, rest.shape[-1]), rest.reshape(-1, rest.shape[-1])])
+    values = selected_logprobs(hidden.index_select(0, flat_index), input_ids[:, 1:][mask], output_layer, temperature,
+                               chunk_size)
+    return out.masked_scatter(mask, values)
 
 
 class ReflectionLogprobs(torch.nn.Module):

@@ -38,39 +38,39 @@ def token_budget_micro_batches(lengths: Sequence[int], max_tokens: int | None) -
 def shared_prompt_micro_batches(groups: Sequence[tuple[int, Sequence[int]]], lengths: Sequence[int],
                                 max_tokens: int | None) -> list[list[int]]:
     """Row indices in micro-batches that keep the rows of a shared prompt together, for
-    :func:`r3exp.grpo.logprobs.shared_prompt_logprobs`, which runs each prompt once: ``groups`` are
-    (prompt length, rows); k rows of a group cost ``prompt + k x (longest row - prompt)`` tokens. A group
-    over ``max_tokens`` is split (longest rows first; each part runs the prompt again), and the parts are
-    packed largest first into micro-batches whose costs add up to at most ``max_tokens``. None: one
-    micro-batch."""
+    :func:`r3exp.grpo.logprobs.shared_prompt_logprobs`, which runs each prompt once and then every row's own
+    tokens, both padded: ``groups`` are (prompt length, rows), and a micro-batch of g prompts and r rows
+    costs ``g x longest prompt + r x longest continuation`` tokens (a continuation: a row's tokens after its
+    prompt). A group over ``max_tokens`` on its own is split (longest rows first; each part runs the prompt
+    again); parts are packed largest first, each into the last micro-batch while that stays within
+    ``max_tokens``. None: one micro-batch."""
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens}; expected >= 1 or None")
 
-    def cost(prompt: int, rows: list[int]) -> int:
-        return prompt + len(rows) * (lengths[rows[0]] - prompt)
+    def cost(parts: list[tuple[int, list[int]]]) -> int:
+        prompt = max(length for length, _ in parts)
+        continuation = max(lengths[rows[0]] - length for length, rows in parts)  # rows: longest first
+        return len(parts) * prompt + sum(len(rows) for _, rows in parts) * continuation
 
     parts: list[tuple[int, list[int]]] = []
     for prompt, rows in groups:
         part: list[int] = []
         for row in sorted(rows, key=lambda i: -lengths[i]):
-            if part and max_tokens is not None and cost(prompt, part + [row]) > max_tokens:
-                parts.append((cost(prompt, part), part))
+            if part and max_tokens is not None and cost([(prompt, part + [row])]) > max_tokens:
+                parts.append((prompt, part))
                 part = []
             part.append(row)
         if part:
-            parts.append((cost(prompt, part), part))
+            parts.append((prompt, part))
     if max_tokens is None:
         return [[row for _, part in parts for row in part]] if parts else []
-    batches: list[list[int]] = []
-    budget_left = 0
-    for size, part in sorted(parts, key=lambda item: -item[0]):
-        if batches and size <= budget_left:
-            batches[-1] += part
-            budget_left -= size
+    batches: list[list[tuple[int, list[int]]]] = []
+    for part in sorted(parts, key=lambda part: -cost([part])):
+        if batches and cost(batches[-1] + [part]) <= max_tokens:
+            batches[-1].append(part)
         else:
-            batches.append(list(part))
-            budget_left = max_tokens - size
-    return batches
+            batches.append([part])
+    return [[row for _, rows in batch for row in rows] for batch in batches]
 
 
 def select_rows(batch: dict, rows: list[int]) -> dict:

@@ -27,7 +27,7 @@ def run(cfg: DictConfig) -> RunResult:
         raise ConfigError(f"mode={cfg.mode!r}; expected one of {tuple(MODES)}")
     selected = MODES[cfg.mode]
     check_config_types(cfg)
-    setup_environment(verbose=cfg.get("verbose", False))
+    setup_environment(verbose=cfg.get("verbose", False), keep_freed_memory=cfg.get("reuse_freed_memory", True))
     if not selected.ranked:
         if distributed.launched_rank() > 0:  # SLURM or torchrun started several tasks: one does this mode's work
             print(f"mode={cfg.mode} runs on one rank; rank {distributed.launched_rank()} has nothing to do")

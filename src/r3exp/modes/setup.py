@@ -8,14 +8,18 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from r3exp.errors import ConfigError
+from r3exp.host_memory import reuse_freed_memory
 from r3exp.tracking.console import quiet_library_environment
 
 CODE_DIR = Path(__file__).resolve().parents[3]  # the checkout (for the git commit; none when installed)
 
 
-def setup_environment(verbose: bool = False) -> None:
+def setup_environment(verbose: bool = False, keep_freed_memory: bool = True) -> None:
     """Defaults for machines without network or accounts, and (unless ``verbose``) a quiet console;
-    explicit environment variables win."""
+    explicit environment variables win. ``keep_freed_memory``: glibc's ``malloc`` keeps freed memory for
+    reuse (:mod:`r3exp.host_memory`; the ``reuse_freed_memory`` key)."""
+    if keep_freed_memory:
+        reuse_freed_memory()
     if not verbose:
         quiet_library_environment()
     if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
