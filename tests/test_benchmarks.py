@@ -1,4 +1,5 @@
-"""Benchmarks that would otherwise rot: benchmarks/trl_same_work.py's r3exp side, on the embedded model.
+"""Benchmarks that would otherwise rot: benchmarks/trl_same_work.py's r3exp side and benchmarks/steady_steps.py, on
+the embedded model.
 (TRL's side needs the `trl` extra, which the test environment does not install; docs/results/speed.md has its figures.)"""
 from __future__ import annotations
 
@@ -24,3 +25,13 @@ def test_the_same_work_benchmark_trains_every_row_and_times_each_part(tmp_path):
         assert row["trained_rows"] >= 48  # the parity reward gives nearly every group a signal
         assert 0 < row["generation_seconds"] < row["seconds"] and row["train_seconds"] > 0
         assert 0 < row["sampled_tokens"] <= 64 * 48 and row["prompt_tokens"] > 0
+
+
+def test_the_steady_steps_benchmark_prints_each_steps_time_faults_and_memory(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "steady_steps.py"), "--model", "tiny",
+                             "--steps", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("step", "median"))]
+    assert [line.split(":")[0] for line in lines] == ["step  1", "step  2", "median over steps 2..2"]
+    assert all("page faults" in line and "resident" in line for line in lines[:2])
+    assert lines[-1].endswith("(freed memory kept)")

@@ -108,8 +108,8 @@ def shared_prompt_logprobs(policy, input_ids: torch.Tensor, attention_mask: torc
     """:func:`masked_token_logprobs` with each shared prompt run once: a GRPO group's G rows share their
     prompt (the task prompt; under R3 also the failed attempt and the reflection prompt), which is most of
     each row. Two decoder calls for all groups (:func:`prompt_groups`) of the batch: the prompts, right-padded
-    to the longest, then every row's own tokens, continuing from its group's key/value cache at the positions
-    after its prompt (the cache slots of a shorter prompt's padding are masked out). Autograd flows through
+    to the longest, then every row's own tokens (its continuation), from its group's key/value cache at the
+    positions after its prompt (the cache slots of a shorter prompt's padding are masked out). Autograd flows through
     the cache into the one prompt pass, so the gradient is the same as running every row whole (a test checks
     values and gradients). Rows are right-padded, as everywhere in r3exp."""
     decoder, output_layer = decoder_and_output_layer(policy)
@@ -123,23 +123,22 @@ def shared_prompt_logprobs(policy, input_ids: torch.Tensor, attention_mask: torc
     row_group = torch.repeat_interleave(torch.arange(len(groups), device=device),
                                         torch.tensor([len(members) for _, members in groups], device=device))
     row_prompt = prompts[row_group]  # (R,)
-    width, suffix = int(prompts.max()), int((attention_mask[rows].sum(-1) - row_prompt).max())
+    width, continuation = int(prompts.max()), int((attention_mask[rows].sum(-1) - row_prompt).max())
     # the prompts, (n, P): each group's first row up to its prompt length, right-padded
     first_rows = torch.tensor([members[0] for _, members in groups], device=device)
     prompt_positions = torch.arange(width, device=device)
     prompt_mask = (prompt_positions < prompts.unsqueeze(1)).long()
     prompt_ids = input_ids[first_rows, :width] * prompt_mask
     prompt = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
-    # every row's own tokens, (R, S), from position prompt_length on
-    offsets = torch.arange(suffix, device=device)
-    source = (row_prompt.unsqueeze(1) + offsets).clamp(max=input_ids.shape[1] - 1)
-    suffix_mask = attention_mask[rows].gather(1, source) * (row_prompt.unsqueeze(1) + offsets < input_ids.shape[1])
-    suffix_ids = input_ids[rows].gather(1, source) * suffix_mask
+    # every row's continuation (its own tokens), (R, C), from position prompt_length on
+    positions = row_prompt.unsqueeze(1) + torch.arange(continuation, device=device)  # (R, C)
+    source = positions.clamp(max=input_ids.shape[1] - 1)
+    continuation_mask = attention_mask[rows].gather(1, source) * (positions < input_ids.shape[1])
+    continuation_ids = input_ids[rows].gather(1, source) * continuation_mask
     cache = prompt.past_key_values
     cache.batch_select_indices(row_group)
-    rest = decoder(input_ids=suffix_ids, attention_mask=torch.cat([prompt_mask[row_group], suffix_mask], dim=1),
-                   position_ids=row_prompt.unsqueeze(1) + offsets, past_key_values=cache,
-                   use_cache=True).last_hidden_state  # (R, S, H)
+    rest = decoder(input_ids=continuation_ids, attention_mask=torch.cat([prompt_mask[row_group], continuation_mask], 1),
+                   position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state  # (R, C, H)
     # the hidden state at each scored position t (it predicts token t + 1): from the prompt pass where t is in
     # the prompt (its last token), else from the row's own pass
     slot = torch.full((mask.shape[0],), -1, dtype=torch.long, device=device)
@@ -148,7 +147,7 @@ def shared_prompt_logprobs(policy, input_ids: torch.Tensor, attention_mask: torc
     slots, starts = slot[scored_rows], row_prompt[slot[scored_rows]]
     in_prompt = scored_positions < starts
     flat_index = torch.where(in_prompt, row_group[slots] * width + scored_positions,
-                             prompts.numel() * width + slots * suffix + (scored_positions - starts).clamp(min=0))
+                             prompts.numel() * width + slots * continuation + (scored_positions - starts).clamp(min=0))
     hidden = torch.cat([prompt.last_hidden_state.reshape(-1, rest.shape[-1]), rest.reshape(-1, rest.shape[-1])])
     values = selected_logprobs(hidden.index_select(0, flat_index), input_ids[:, 1:][mask], output_layer, temperature,
                                chunk_size)
