@@ -18,8 +18,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from r3exp.cache_entries import staged_entry
 from r3exp.errors import ConfigError
 from r3exp.rollout.episodes import ChatRenderer
 from r3exp.tasks.base import Task
@@ -181,12 +180,6 @@ def ensure_warm_start(base_path: str, task: Task, task_settings: dict, spec: War
     target = Path(cache_root) / key
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-    try:
+    with staged_entry(target) as staging:
         build_warm_start(base_path, task, spec, staging)
-        os.replace(staging, target) if not target.exists() else shutil.rmtree(staging)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target

