@@ -8,7 +8,7 @@ from tests.conftest import ROOT
 
 # low to high; a package may import any package of a lower layer and its own modules
 LAYERS = [
-    {"errors", "r3exp", "keys", "timing", "host_memory"},
+    {"errors", "r3exp", "keys", "timing", "host_memory", "cache_entries"},
     {"distributed", "records", "config_types"},
     {"tasks", "models"},
     {"rollout"},
