@@ -63,6 +63,7 @@ def test_the_store_reads_only_complete_entries_and_keeps_the_first_of_two(tmp_pa
     with pytest.raises(RuntimeError):
         store.save({"b": 1}, crash)
     assert store.load({"b": 1}) is None  # a half-written entry is never read
+    assert [p.name for p in store.root.iterdir()] == [entry.name]  # nor left behind
 
 
 def test_a_reused_base_evaluation_is_what_evaluating_again_gives(tmp_path):

@@ -1,7 +1,7 @@
-"""A cache entry (a built model, a converted GGUF, a warm start) written beside its place and moved in with
-one rename, so an interrupted build leaves nothing half-written, and two jobs that build the same entry at
-once (a Hydra multirun's jobs, parallel test workers) both end with it: the first rename wins, the other
-job drops its own copy and uses that one.
+"""A cache entry (a built model, a converted GGUF, a warm start, a stored evaluation) written beside its
+place and moved in with one rename, so an interrupted build leaves nothing half-written, and two jobs that
+build the same entry at once (a Hydra multirun's jobs, parallel test workers) both end with it: the first
+rename wins, the other job drops its own copy and uses that one.
 """
 from __future__ import annotations
 

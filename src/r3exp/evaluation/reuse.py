@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
+
+from r3exp.cache_entries import staged_entry
 
 STORE_VERSION = 1  # bump when what is stored, or how it is computed, changes meaning
 LIBRARIES = ("r3exp", "torch", "transformers", "vllm", "lm_eval")
@@ -88,14 +88,7 @@ class ResultStore:
     def save(self, inputs: dict, fill: Callable[[Path], None]) -> Path:
         """Store a result: ``fill`` writes its files into the (new) entry directory."""
         entry = self.entry(inputs)
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = self.root / f".{entry.name}.{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        fill(staging)
-        (staging / INPUTS_FILE).write_text(json.dumps(inputs, indent=2, sort_keys=True, default=str))
-        try:
-            staging.rename(entry)
-        except OSError:  # another job stored the same result first: keep theirs
-            shutil.rmtree(staging, ignore_errors=True)
+        with staged_entry(entry, prefix=f".{entry.name}.") as staging:  # another job's entry, first, is kept
+            fill(staging)
+            (staging / INPUTS_FILE).write_text(json.dumps(inputs, indent=2, sort_keys=True, default=str))
         return entry
