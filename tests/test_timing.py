@@ -18,6 +18,13 @@ def test_phases_keep_their_order_and_a_phase_entered_twice_adds_up():
     assert phases.seconds["evaluation"] >= 0.04 and 0.01 <= phases.seconds["training"] < phases.seconds["evaluation"]
 
 
+def test_a_phase_of_a_few_milliseconds_is_not_written_as_zero():
+    phases = PhaseTimes()
+    with phases("export"):
+        time.sleep(0.003)
+    assert 0.003 <= phases.to_dict()["export"] < 1.0
+
+
 def test_a_phase_that_raises_is_still_timed():
     phases = PhaseTimes()
     try:

@@ -34,7 +34,9 @@ class PhaseTimes:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     def to_dict(self) -> dict[str, float]:
-        return {name: round(seconds, 2) for name, seconds in self.seconds.items()}
+        """Seconds per phase, to the microsecond: a phase of a few milliseconds (exporting a tiny model) is not
+        written as 0."""
+        return {name: round(seconds, 6) for name, seconds in self.seconds.items()}
 
     def table(self, install_seconds: float | None = None) -> str:
         total = sum(self.seconds.values())
