@@ -24,6 +24,9 @@ class StepRecord:
         metrics: everything logged since the rollouts were drawn (the step's metrics over ``mu`` steps).
         sync_seconds: the weight push to the engine before this step's rollouts (0 when none).
         trained_tokens: attended tokens that went through the forward, over every rank.
+        phase_seconds: this rank's seconds in the trainer's parts of the step: ``trainer_logprobs`` (the
+            no-grad pass of ``grpo.loss.behaviour=trainer`` or a correction), ``reference_logprobs``,
+            ``forward_backward``, ``optimizer`` (clipping and the update); a part that did not run is absent.
     """
 
     step: int
@@ -36,6 +39,7 @@ class StepRecord:
     metrics: dict[str, float]
     sync_seconds: float
     trained_tokens: int
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def generation_seconds(self) -> float:

@@ -148,6 +148,7 @@ class R3GRPOModule(L.LightningModule):
         self.last_batch_stats: dict[str, float] = {}
         self.step_metrics: dict[str, float] = {}  # everything logged since the rollouts were drawn
         self.last_step: StepRecord | None = None  # published after every optimizer step, for callbacks
+        self.phase_seconds: dict[str, float] = {}  # the trainer's parts of the current step (StepRecord)
 
     # -- weight sync -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -255,12 +256,14 @@ class R3GRPOModule(L.LightningModule):
         if self.loss_cfg.beta and self.step_has_signal:  # every rank trains then, even one without signal
             # once per rollout: they do not change over the mu steps
             reference = self.sharded.reference if self.sharded.policy is not None else self.reference
-            self.rows.batch["ref_logprobs"] = reference_logprobs(self.trained_model, reference, self.rows.batch,
-                                                                 self.settings, self.device, self._pad_to())
+            with self._timed("reference_logprobs"):
+                self.rows.batch["ref_logprobs"] = reference_logprobs(self.trained_model, reference, self.rows.batch,
+                                                                     self.settings, self.device, self._pad_to())
         if self.loss_cfg.needs_trainer_pass and self.step_has_signal:
             # the trainer's log-probs under the sampling weights, before the first of the mu updates
-            metrics = correct_for_engine(self.trained_model, self.rows.batch, self.settings, self.loss_cfg,
-                                         self.device, self._pad_to())
+            with self._timed("trainer_logprobs"):
+                metrics = correct_for_engine(self.trained_model, self.rows.batch, self.settings, self.loss_cfg,
+                                             self.device, self._pad_to())
             metrics = F.merge_metrics(distributed.gather_objects(
                 (metrics, float(self.rows.batch["reflection_mask"][:, 1:].sum()))))
             self._log({f"train/{key}": value for key, value in metrics.items()})
@@ -271,7 +274,7 @@ class R3GRPOModule(L.LightningModule):
         position = self._calls % self.mu
         self._calls += 1
         drew_rollout = position == 0
-        step, self._sync_seconds = self.global_step, 0.0
+        step, self._sync_seconds, self.phase_seconds = self.global_step, 0.0, {}
         if drew_rollout:
             self.step_metrics = {}
             self._next_rollouts(dataloader_iter)
@@ -283,7 +286,7 @@ class R3GRPOModule(L.LightningModule):
             # gradients are summed over ranks once (DDP's per-backward all-reduce is blocked). Sharded: every
             # rank runs as many micro-batches, and each backward reduce-scatters (sums) its gradients.
             block_sync = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)
-            with block_sync():
+            with block_sync(), self._timed("forward_backward"):
                 metrics = accumulate_gradients(self.trained_model, self.rows, self.settings, self.device,
                                                self.manual_backward, pad_to=self._pad_to())
             if self.sharded.policy is None:
@@ -297,14 +300,24 @@ class R3GRPOModule(L.LightningModule):
         else:
             self._log({keys.SKIPPED: 1.0})
         # clipping happens in on_before_optimizer_step, which step() calls after unscaling (16-bit AMP)
-        optimizer.step()  # without gradients (a skipped step) it changes nothing, but the step still counts
-        optimizer.zero_grad(set_to_none=True)  # free the gradients before the engine wakes for the next rollout
+        with self._timed("optimizer"):
+            optimizer.step()  # without gradients (a skipped step) it changes nothing, but the step still counts
+            optimizer.zero_grad(set_to_none=True)  # free the gradients before the engine wakes for the next rollout
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
         self.last_step = StepRecord(step, self.rollout_step, drew_rollout, position == self.mu - 1, self.rollouts,
                                     self.rollout_advantages, dict(self.last_batch_stats), dict(self.step_metrics),
-                                    self._sync_seconds, trained_tokens)
+                                    self._sync_seconds, trained_tokens, dict(self.phase_seconds))
+
+    @contextlib.contextmanager
+    def _timed(self, part: str):
+        """Add the wall time of the block to ``phase_seconds[part]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[part] = self.phase_seconds.get(part, 0.0) + time.perf_counter() - start
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]

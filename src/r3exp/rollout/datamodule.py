@@ -21,7 +21,8 @@ from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.rollout.batching import Rollout, rollout_batch
 from r3exp.rollout.engines.base import GenerationEngine, SamplingConfig
-from r3exp.rollout.episodes import ATTEMPT, REFLECTION, Episode, R3Protocol, RewardFn, retry_succeeds
+from r3exp.rollout.episodes import (ATTEMPT, REFLECTION, Episode, R3Protocol, RewardFn, RolloutTiming,
+                                    retry_succeeds)
 from r3exp.tasks.base import Task
 
 if TYPE_CHECKING:
@@ -172,6 +173,7 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         self.ranks = ranks or distributed.Ranks()
         self.cursor = 0  # examples drawn so far: saved in checkpoints so a resumed run continues the stream
         self.last_episodes: list[Episode] = []
+        self.last_timing = RolloutTiming()  # the engine's work for the last batch, per turn (benchmarks)
         self._pool: list | None = None
 
     def _examples(self) -> list:
@@ -195,7 +197,7 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
 
     def next_batch(self) -> Rollout:
         """Generate one batch with the engine's current weights (called by the training step)."""
-        start, self.protocol.timing.seconds, self.protocol.timing.generated_tokens = time.perf_counter(), 0.0, 0
+        start, self.protocol.timing = time.perf_counter(), RolloutTiming()
         episodes: list[Episode] = []
         for draws in range(1, (self.max_draws if self.on_no_signal == "resample" else 1) + 1):
             drawn = self._draw()
@@ -209,7 +211,7 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
                 episodes += self.protocol.from_failed_attempts(drawn, self.group_size)
             if has_signal(episodes):
                 break
-        self.last_episodes = episodes
+        self.last_episodes, self.last_timing = episodes, self.protocol.timing
         kinds = PROTOCOLS[self.protocol_name]
         followed = follow_verdicts(self.task, episodes) if REFLECTION in kinds else None
         stats = rollout_stats(episodes, self.protocol.timing.seconds, self.protocol.timing.generated_tokens, followed,

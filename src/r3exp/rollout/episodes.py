@@ -59,10 +59,50 @@ class Episode:
     kind: str = REFLECTION
 
 
+# the generation calls of a rollout, by what they sample (RolloutTiming.turns)
+ATTEMPT_TURN, REFLECTION_TURN, RETRY_TURN = "attempt", "reflection", "retry"
+
+
+@dataclass
+class TurnTiming:
+    """What the engine did for one turn of the protocol (first attempts, reflections or retries): calls,
+    prompts, sampled rows (prompts x n), prompt tokens (before any prefix cache), sampled tokens, seconds."""
+
+    calls: int = 0
+    prompts: int = 0
+    rows: int = 0
+    prompt_tokens: int = 0
+    sampled_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.sampled_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
 @dataclass
 class RolloutTiming:
-    seconds: float = 0.0
-    generated_tokens: int = 0
+    """The engine's work for a rollout, per turn (:class:`TurnTiming`), in the order the turns first ran."""
+
+    turns: dict[str, TurnTiming] = field(default_factory=dict)
+    reward_seconds: float = 0.0  # validating retries (attempts, for GRPO's groups) and computing rewards
+
+    def add(self, turn: str, prompts: list[list[int]], n: int, out: list[list[Completion]], seconds: float) -> None:
+        mine = self.turns.setdefault(turn, TurnTiming())
+        mine.calls += 1
+        mine.prompts += len(prompts)
+        mine.rows += len(prompts) * n
+        mine.prompt_tokens += sum(len(p) for p in prompts)
+        mine.sampled_tokens += sum(len(c.token_ids) for group in out for c in group)
+        mine.seconds += seconds
+
+    @property
+    def seconds(self) -> float:
+        return sum(t.seconds for t in self.turns.values())
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(t.sampled_tokens for t in self.turns.values())
 
 
 class ChatRenderer:
@@ -116,16 +156,17 @@ class R3Protocol:
         self.stream = stream
         self.timing = RolloutTiming()
 
-    def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
+    def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
+                  turn: str) -> list[list[Completion]]:
         start = time.perf_counter()
         out = self.engine.generate(prompts, n, sampling, stream=self.stream)
-        self.timing.seconds += time.perf_counter() - start
-        self.timing.generated_tokens += sum(len(c.token_ids) for group in out for c in group)
+        if prompts:
+            self.timing.add(turn, prompts, n, out, time.perf_counter() - start)
         return out
 
     def first_attempts(self, examples: Sequence[Example]) -> list[Episode]:
         prompts = [self.render.for_task(self.task, ex, self.task.first_attempt_messages(ex)) for ex in examples]
-        attempts = [group[0] for group in self._generate(prompts, 1, self.attempt_sampling)]
+        attempts = [group[0] for group in self._generate(prompts, 1, self.attempt_sampling, ATTEMPT_TURN)]
         return [Episode(ex, a, self.task.validate(ex, a.text), policy_version=self.engine.policy_version)
                 for ex, a in zip(examples, attempts)]
 
@@ -137,18 +178,20 @@ class R3Protocol:
                 self.task, ep.example, self.task.reflection_messages(ep.example, ep.attempt.text))
             ep.policy_version = self.engine.policy_version
         groups = self._generate([ep.reflection_prompt_ids for ep in failures], group_size,
-                                self.reflection_sampling)
+                                self.reflection_sampling, REFLECTION_TURN)
         retry_prompts = [
             self.render.for_task(self.task, ep.example,
                                  self.task.retry_messages(ep.example, ep.attempt.text, reflection.text))
             for ep, group in zip(failures, groups) for reflection in group
         ]
-        retries = iter(group[0] for group in self._generate(retry_prompts, 1, self.retry_sampling))
+        retries = iter(group[0] for group in self._generate(retry_prompts, 1, self.retry_sampling, RETRY_TURN))
+        start = time.perf_counter()
         for ep, group in zip(failures, groups):
             ep.reflections = list(group)
             ep.retries = [next(retries) for _ in group]
             ep.retry_successes = [self.task.validate(ep.example, r.text) for r in ep.retries]
             ep.rewards = [float(self.reward(self.task, ep.example, f, r)) for f, r in zip(group, ep.retries)]
+        self.timing.reward_seconds += time.perf_counter() - start
         return list(episodes)
 
     def attempt_groups(self, examples: Sequence[Example], group_size: int) -> list[Episode]:
@@ -159,12 +202,14 @@ class R3Protocol:
         trainer's) with the attempt's length."""
         prompts = [self.render.for_task(self.task, ex, self.task.first_attempt_messages(ex)) for ex in examples]
         sampling = dataclasses.replace(self.reflection_sampling, max_tokens=self.attempt_sampling.max_tokens)
-        episodes = []
-        for ex, prompt, group in zip(examples, prompts, self._generate(prompts, group_size, sampling)):
+        episodes, groups = [], self._generate(prompts, group_size, sampling, ATTEMPT_TURN)
+        start = time.perf_counter()
+        for ex, prompt, group in zip(examples, prompts, groups):
             successes = [self.task.validate(ex, c.text) for c in group]
             episodes.append(Episode(ex, group[0], successes[0], reflection_prompt_ids=prompt, reflections=list(group),
                                     rewards=[float(x) for x in successes], retry_successes=successes,
                                     policy_version=self.engine.policy_version, kind=ATTEMPT))
+        self.timing.reward_seconds += time.perf_counter() - start
         return episodes
 
     def attempt_and_reflection_groups(self, examples: Sequence[Example], group_size: int) -> list[Episode]:
@@ -186,7 +231,7 @@ class R3Protocol:
         reflection (the evaluation's controls)."""
         prompts = [self.render.for_task(self.task, ep.example, self.task.retry_messages(ep.example, ep.attempt.text, text))
                    for ep, text in pairs]
-        return [group[0] for group in self._generate(prompts, 1, self.retry_sampling)]
+        return [group[0] for group in self._generate(prompts, 1, self.retry_sampling, RETRY_TURN)]
 
     def run(self, examples: Sequence[Example], group_size: int) -> list[Episode]:
         return self.reflect_and_retry(self.first_attempts(examples), group_size)

