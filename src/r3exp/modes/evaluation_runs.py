@@ -36,10 +36,12 @@ def run_evaluation(cfg: DictConfig, parts: Components, label: str, split: str | 
     episodes = parts.ranks.gather_shards(mine)
     result = episodes_result(episodes, split)
     result.followed, result.follow_defined = follow_counts(parts.task, episodes)
-    for control in ev.get("controls") or []:
-        pairs = control_reflections(episodes, control)
-        retries = parts.ranks.gather_shards(protocol.retries_with(parts.ranks.shard(pairs)))
-        fixed = sum(parts.task.validate(ep.example, retry.text) for (ep, _), retry in zip(pairs, retries))
+    controls = {control: control_reflections(episodes, control) for control in ev.get("controls") or []}
+    # every control's retries in one engine call (one greedy retry per pair, whatever else is in the call)
+    pairs = [pair for control_pairs in controls.values() for pair in control_pairs]
+    retries = iter(parts.ranks.gather_shards(protocol.retries_with(parts.ranks.shard(pairs))) if pairs else [])
+    for control, control_pairs in controls.items():
+        fixed = sum(parts.task.validate(ep.example, next(retries).text) for ep, _ in control_pairs)
         setattr(result, f"{control}_reflection_fixed", fixed)
     rows = [episode_record(parts.task.user_prompt(ep.example), ep) for ep in episodes]
     if distributed.is_main():
