@@ -42,6 +42,8 @@ from pathlib import Path
 
 import lightning as L
 
+from r3exp.rollout.datamodule import has_signal
+
 TURNS = ("attempt", "reflection", "retry")
 PARTS = ("generation (engine)", "reward", "rollout bookkeeping", "trainer log-probs", "forward+backward",
          "optimizer", "weight push", "everything else")
@@ -75,13 +77,20 @@ class StepProfile(L.Callback):
                  "optimizer": record.phase_seconds.get("optimizer", 0.0), "weight push": record.sync_seconds}
         parts["everything else"] = max(wall - sum(parts.values()), 0.0)
         turns = {name: vars(t) | {"tokens_per_second": t.tokens_per_second} for name, t in timing.turns.items()}
+        episodes = trainer.datamodule.last_episodes
         self.rows.append({"step": trainer.global_step, "wall": wall, "parts": parts, "turns": turns,
                           "draws": record.rollout_stats.get("rollout/draws", 1.0),
-                          "sampled_tokens": timing.generated_tokens, "trained_tokens": record.trained_tokens})
+                          "sampled_tokens": timing.generated_tokens, "trained_tokens": record.trained_tokens,
+                          "tokens_without_signal": sum(episode_tokens(ep) for ep in episodes if not has_signal([ep]))})
         self.trained.append(module.rows if record.metrics.get("train/skipped") == 0.0 else None)
-        groups = [ep for ep in trainer.datamodule.last_episodes if ep.reflections]
+        groups = [ep for ep in episodes if ep.reflections]
         self.reflection_prompts.append(([ep.reflection_prompt_ids for ep in groups],
                                         len(groups[0].reflections) if groups else 0))
+
+
+def episode_tokens(episode) -> int:
+    """Every token the engine sampled for an episode: its attempt, reflections and retries."""
+    return sum(len(c.token_ids) for c in [episode.attempt, *episode.reflections, *episode.retries])
 
 
 def floor_of(row: dict, prompts: list[list[int]], n: int, trained, parts, module, sampling) -> dict:
@@ -157,7 +166,8 @@ def profile(args, overrides: list[str]) -> list[dict]:
 
 def print_step(row: dict) -> None:
     print(f"\nstep {row['step']}: {row['wall']:.2f} s, {row['draws']:.0f} draw(s), {row['sampled_tokens']} sampled "
-          f"tokens, {row['trained_tokens']} trained tokens")
+          f"tokens ({row['tokens_without_signal']} in episodes without a reward signal), {row['trained_tokens']} "
+          "trained tokens")
     print(f"  {'turn':<11}{'calls':>6}{'prompts':>8}{'rows':>6}{'prompt tok':>11}{'sampled':>8}{'seconds':>9}{'tok/s':>7}")
     for name, t in row["turns"].items():
         print(f"  {name:<11}{t['calls']:>6}{t['prompts']:>8}{t['rows']:>6}{t['prompt_tokens']:>11}"
@@ -193,6 +203,10 @@ def print_summary(rows: list[dict]) -> None:
           f"{med(r['floor']['training'] for r in steady):.2f} s, total {med(r['floor']['total'] for r in steady):.2f} s")
     print(f"  sampling: {engine_tps:.0f} tok/s in the step's turns, {floor_tps:.0f} tok/s in the floor's one call")
     print(f"  step / floor: {med(r['ratio'] for r in steady):.2f} (median of the steps' ratios)")
+    sampled = sum(r["sampled_tokens"] for r in rows)
+    print(f"  all steps: {sampled} tokens sampled, {sum(r['tokens_without_signal'] for r in rows) / sampled:.0%} of "
+          f"them in episodes without a reward signal (a first try that succeeded, or a group whose rewards are equal); "
+          f"{sum(r['draws'] for r in rows):.0f} draws for {len(rows)} steps")
 
 
 def whole_job(overrides: list[str]) -> dict:

@@ -35,3 +35,22 @@ def test_the_steady_steps_benchmark_prints_each_steps_time_faults_and_memory(tmp
     assert [line.split(":")[0] for line in lines] == ["step  1", "step  2", "median over steps 2..2"]
     assert all("page faults" in line and "resident" in line for line in lines[:2])
     assert lines[-1].endswith("(freed memory kept)")
+
+
+def test_the_r3_step_profile_splits_each_step_and_measures_its_floor(tmp_path):
+    out = tmp_path / "profile.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "r3_step_profile.py"), "--model", "tiny",
+                             "--steps", "2", "--out", str(out)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = json.loads(out.read_text())["steps"]
+    assert [row["step"] for row in steps] == [1, 2]
+    for row in steps:
+        assert set(row["turns"]) == {"attempt", "reflection", "retry"}  # R3's three dependent calls
+        assert row["sampled_tokens"] == sum(t["sampled_tokens"] for t in row["turns"].values()) > 0
+        assert row["turns"]["reflection"]["rows"] > row["turns"]["reflection"]["prompts"]  # G samples per prompt
+        assert abs(sum(row["parts"].values()) - row["wall"]) < 0.05 * row["wall"]  # the parts add up to the step
+        floor = row["floor"]
+        assert floor["generation"] > 0 and floor["sampled_tokens"] >= row["sampled_tokens"]  # the same tokens, or more
+        assert floor["total"] == floor["generation"] + floor["training"] and row["ratio"] > 0
+    assert "step / floor:" in result.stdout and "floor: generation" in result.stdout
