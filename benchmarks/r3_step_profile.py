@@ -2,7 +2,7 @@
 forward and backward of the same rows.
 
     .venv/bin/python benchmarks/r3_step_profile.py                      # experiment=r3_smollm2's settings, 5 steps
-    .venv/bin/python benchmarks/r3_step_profile.py --steps 8 engine.block_size=128   # overrides after the options
+    .venv/bin/python benchmarks/r3_step_profile.py engine.block_size=128   # before: vLLM-CPU's own 128-token KV blocks
     .venv/bin/python benchmarks/r3_step_profile.py --job                # and one whole r3_smollm2 job, by phase
     .venv/bin/python benchmarks/r3_step_profile.py --model tiny --steps 2   # the embedded model (seconds; the suite)
 

@@ -149,3 +149,11 @@ def test_small_kv_blocks_reuse_the_prompts_of_a_step_and_sample_the_same_episode
     assert timing.turns["reflection"].rows == 4 * timing.turns["reflection"].prompts
     assert timing.generated_tokens == sum(len(c.token_ids) for ep in small
                                           for c in [ep.attempt, *ep.reflections, *ep.retries])
+
+
+def test_a_kv_block_the_cpu_kernels_cannot_take_is_one_config_error(tiny_path):
+    from r3exp.errors import ConfigError
+    from r3exp.rollout.engines.vllm_engine import VLLMEngine
+
+    with pytest.raises(ConfigError, match="engine.block_size=16: vLLM-CPU's attention kernels take multiples of 32"):
+        VLLMEngine(str(tiny_path), block_size=16)

@@ -84,6 +84,9 @@ class VLLMEngine(GenerationEngine):
                               "runs r3exp (python -m r3exp declares them)")
         if sleep_level not in (None, 1, 2):
             raise ConfigError(f"engine.sleep_level={sleep_level!r}; expected 1, 2 or null")
+        if block_size is not None and (block_size < 1 or (not torch.cuda.is_available() and block_size % CPU_BLOCK_SIZE)):
+            raise ConfigError(f"engine.block_size={block_size}: vLLM-CPU's attention kernels take multiples of "
+                              f"{CPU_BLOCK_SIZE} tokens (null: {CPU_BLOCK_SIZE} on CPUs, vLLM's default on GPUs)")
         if VLLMEngine._open is not None:
             raise RuntimeError(f"a vLLM engine for {VLLMEngine._open.model_path!r} is open in this process: close it "
                                "before starting another (vLLM's parallel state is per process)")
