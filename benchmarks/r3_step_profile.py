@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -59,7 +60,11 @@ class StepProfile(L.Callback):
         self.rows: list[dict] = []
         self.trained: list = []  # each step's StepRows (the floor's forward and backward)
         self.reflection_prompts: list[tuple[list[list[int]], int]] = []  # each step's (prompts, n)
+        self.module = None  # kept at the end of training, for the floor
         self._start = 0.0
+
+    def on_train_end(self, trainer, module):
+        self.module = module
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self._start = time.perf_counter()
@@ -96,8 +101,6 @@ def episode_tokens(episode) -> int:
 def floor_of(row: dict, prompts: list[list[int]], n: int, trained, parts, module, sampling) -> dict:
     """The floor of one profiled step: one plain call sampling as many tokens at its reflection turn's shape,
     and one forward and backward of the rows it trained."""
-    import dataclasses
-
     from r3exp.grpo.step import accumulate_gradients
 
     rows = len(prompts) * n
@@ -143,14 +146,8 @@ def profile(args, overrides: list[str]) -> list[dict]:
         parts = build_components(cfg)
         engine_start = time.perf_counter() - started
         profiler = StepProfile()
-        holder = {}
-
-        class KeepModule(L.Callback):  # the module and its settings, for the floor after fit
-            def on_train_end(self, trainer, module):
-                holder["module"] = module
-
-        run_training(cfg, parts, logger=False, extra_callbacks=[profiler, KeepModule()])
-        module = holder["module"]
+        run_training(cfg, parts, logger=False, extra_callbacks=[profiler])
+        module = profiler.module
         sampling = instantiate(cfg.rollout.reflection)
         for row, (prompts, n), trained in zip(profiler.rows, profiler.reflection_prompts, profiler.trained):
             row["floor"] = floor_of(row, prompts, n, trained, parts, module, sampling)
@@ -168,7 +165,8 @@ def print_step(row: dict) -> None:
     print(f"\nstep {row['step']}: {row['wall']:.2f} s, {row['draws']:.0f} draw(s), {row['sampled_tokens']} sampled "
           f"tokens ({row['tokens_without_signal']} in episodes without a reward signal), {row['trained_tokens']} "
           "trained tokens")
-    print(f"  {'turn':<11}{'calls':>6}{'prompts':>8}{'rows':>6}{'prompt tok':>11}{'sampled':>8}{'seconds':>9}{'tok/s':>7}")
+    print(f"  {'turn':<11}{'calls':>6}{'prompts':>8}{'rows':>6}{'prompt tok':>11}{'sampled':>8}{'seconds':>9}"
+          f"{'tok/s':>7}")
     for name, t in row["turns"].items():
         print(f"  {name:<11}{t['calls']:>6}{t['prompts']:>8}{t['rows']:>6}{t['prompt_tokens']:>11}"
               f"{t['sampled_tokens']:>8}{t['seconds']:>9.2f}{t['tokens_per_second']:>7.0f}")
@@ -199,8 +197,9 @@ def print_summary(rows: list[dict]) -> None:
     engine_tps = med(r["sampled_tokens"] / r["parts"]["generation (engine)"] for r in steady
                      if r["parts"]["generation (engine)"])
     floor_tps = med(r["floor"]["sampled_tokens"] / r["floor"]["generation"] for r in steady if r["floor"]["generation"])
-    print(f"  floor: generation {med(r['floor']['generation'] for r in steady):.2f} s, forward+backward "
-          f"{med(r['floor']['training'] for r in steady):.2f} s, total {med(r['floor']['total'] for r in steady):.2f} s")
+    floor = {key: med(r["floor"][key] for r in steady) for key in ("generation", "training", "total")}
+    print(f"  floor: generation {floor['generation']:.2f} s, forward+backward {floor['training']:.2f} s, "
+          f"total {floor['total']:.2f} s")
     print(f"  sampling: {engine_tps:.0f} tok/s in the step's turns, {floor_tps:.0f} tok/s in the floor's one call")
     print(f"  step / floor: {med(r['ratio'] for r in steady):.2f} (median of the steps' ratios)")
     sampled = sum(r["sampled_tokens"] for r in rows)

@@ -16,10 +16,10 @@ prompts (``task=countdown_pairs``'s training split, its prompt) x 8 samples of a
 trained on both sides (the md5 parity of the completion's text; the same function on both sides); one
 optimizer step per generation batch (TRL: one 64-row batch, no gradient accumulation; r3exp: its micro-batches),
 beta = 0 (no reference model), DAPO loss, clip 0.2 / 0.28, AdamW lr 1e-5 (betas 0.9, 0.99, no decay,
-constant), gradient clipping at 1.0, fp32 weights, seed 0, no gradient checkpointing (TRL's GRPOConfig defaults it
-to True: set False explicitly; ``--trl-gradient-checkpointing`` measures TRL's default). Generation: r3exp samples with vLLM (CPU build);
-TRL 1.16 samples with transformers' ``generate`` on CPU (its vLLM path needs vllm<=0.31 and a CUDA device for
-the colocated weight sync). Each side runs in its own fresh process, one after the other, never side by side.
+constant), gradient clipping at 1.0, fp32 weights, seed 0, no gradient checkpointing (TRL's GRPOConfig defaults
+it to True: set False explicitly; ``--trl-gradient-checkpointing`` measures TRL's default). Generation: r3exp
+samples with vLLM (CPU build); TRL 1.16 samples with transformers' ``generate`` on CPU (its vLLM path needs
+vllm<=0.31 and a CUDA device for the colocated weight sync). Each side runs in its own fresh process, one after the other, never side by side.
 
 Per step it prints: seconds (whole step), generation (TRL: ``_generate_and_score_completions``, which samples and
 scores; r3exp: the rollout), training (the rest: forward, backward, optimizer; r3exp: also the weight push to the
