@@ -64,6 +64,7 @@ def rollout(generator: torch.Generator, groups: int, group_size: int, shared_pro
         "group_ids": torch.arange(groups).repeat_interleave(group_size),
         "row_kinds": (torch.arange(groups) % 2).repeat_interleave(group_size),
         "policy_version": torch.zeros(n, dtype=torch.long),
+        "off_policy": torch.zeros(n, dtype=torch.bool),
     }
 
 

@@ -37,7 +37,8 @@ UNCHECKED = object()  # an annotation this module does not judge
 # The keys that map onto no target, with their types (tests/test_config_types.py checks that every such key of
 # the packaged configs is here, so a new one cannot go unchecked).
 PLAIN_KEYS: dict[str, Any] = {
-    "mode": str, "seed": int, "verbose": bool, "reuse_freed_memory": bool, "run_name": str, "experiment_name": str, "warm_start_path": str | None,
+    "mode": str, "seed": int, "verbose": bool, "reuse_freed_memory": bool, "run_name": str, "experiment_name": str,
+    "sweep_name": str, "warm_start_path": str | None,
     "ckpt_path": str | None,
     "paths.log_dir": str, "paths.cache_dir": str, "paths.results_cache": str, "paths.output_dir": str | None,
     "evaluation.split": str, "evaluation.label": str | None, "evaluation.limit": int | None,

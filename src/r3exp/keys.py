@@ -23,6 +23,7 @@ REFLECTION_LENGTH = "rollout/reflection_length"
 REFLECTIONS_TRUNCATED = "rollout/reflections_truncated"
 FRAC_REWARD_ZERO_STD = "rollout/frac_reward_zero_std"
 GROUPS = "rollout/groups"
+DISTILLED_ROWS = "rollout/distilled_rows"  # r3_grpo_distill: rewarded retries added to attempt groups, per step
 SECONDS = "rollout/seconds"
 WALL_SECONDS = "rollout/wall_seconds"
 GENERATED_TOKENS_PER_SECOND = "rollout/generated_tokens_per_second"

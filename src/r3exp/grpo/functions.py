@@ -8,7 +8,9 @@ aggregation from DAPO (Yu et al. 2025, arXiv 2503.14476); Dr. GRPO (Liu et al. 2
 the k3 KL estimator (Schulman 2020, "Approximating KL divergence"). Aggregation names and formulas
 follow TRL's ``GRPOTrainer`` (``loss_type``). The engine/trainer correction is truncated importance
 sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"), as
-TRL's ``vllm_importance_sampling_correction`` (``token_truncate``, ``token_mask``) computes it.
+TRL's ``vllm_importance_sampling_correction`` (``token_truncate``, ``token_mask``) computes it. Off-policy
+rows (distilled retries) take LUFFY's policy shaping (Yan et al. 2025, arXiv 2504.14945, ``f(p) = p / (p + γ)``),
+as Critique-GRPO (Zhang et al. 2025, arXiv 2506.03106) trains its refinements.
 """
 from __future__ import annotations
 
@@ -140,6 +142,18 @@ def importance_weights(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Te
     return weights.detach(), metrics
 
 
+def shaped_policy_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                       gamma: float) -> torch.Tensor:
+    """(N, T) per-token loss ``-A · p / (p + γ)`` of off-policy rows, ``p = exp(logprobs)`` the policy's
+    probability of the token (LUFFY's policy shaping, unclipped, no behaviour probability in the denominator:
+    LUFFY's ``π_φ = 1``). Its gradient is ``-A · γ p / (p + γ)² · ∇log p``: REINFORCE's ``-A · ∇log p``
+    weighted by ``γ p / (p + γ)²``, which keeps the gradient of tokens the policy finds unlikely (where an
+    importance ratio ``p / 1`` would shrink it) and damps the tokens it already gives probability near 1.
+    Off-mask positions are 0 with gradient 0."""
+    probs = torch.exp(torch.where(mask, logprobs, torch.full_like(logprobs, -torch.inf)))
+    return torch.where(mask, -advantages.unsqueeze(1) * probs / (probs + gamma), torch.zeros_like(logprobs))
+
+
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(N, T) k3 estimator of KL(π‖π_ref): ``exp(ref - lp) - (ref - lp) - 1`` (≥ 0, unbiased); 0 off-mask."""
     delta = torch.where(mask, ref_logprobs - logprobs, torch.zeros_like(logprobs))
@@ -188,7 +202,8 @@ AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
 def grpo_loss(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, advantages: torch.Tensor,
               mask: torch.Tensor, *, epsilon: float, epsilon_high: float, loss_type: str, beta: float = 0.0,
               ref_logprobs: torch.Tensor | None = None, max_tokens: int = 1, step: StepSize | None = None,
-              is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+              is_weights: torch.Tensor | None = None, off_policy: torch.Tensor | None = None,
+              shaping_gamma: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
     """The masked clipped GRPO objective (+ ``beta`` · k3 KL to the reference). Returns (loss, metrics).
 
     All (N, T) inputs are aligned on the predicted token; ``advantages`` is (N,). ``step`` is the size of
@@ -196,14 +211,30 @@ def grpo_loss(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, advantag
     losses of a step's micro-batches then sum to the loss of the step in one batch. Metrics are masked
     means over this batch's tokens (``logprob_diff_max`` a max): :func:`merge_metrics` combines them.
     ``is_weights``: (N, T) per-token weights of the policy-gradient term (:func:`importance_weights`),
-    applied before the KL term is added (as TRL).
+    applied before the KL term is added (as TRL). ``off_policy``: (N,) bool, rows that the policy did not
+    sample (distilled retries): their tokens take :func:`shaped_policy_loss` (``shaping_gamma``) instead of the
+    clipped ratio and no ``is_weights``, count in the aggregation like any token, and are left out of the
+    ratio and clip metrics; ``distill/prob_mean`` (their ``p``) and ``distill/context_gap`` (behaviour minus
+    policy log-prob: how much more likely the engine made them with the reflection in context) describe them.
+    ``distill/tokens`` counts their tokens, so that :func:`merge_metrics` weighs each metric by the tokens
+    it was taken over.
     """
     if loss_type not in AGGREGATIONS:
         raise ValueError(f"loss_type={loss_type!r}; expected one of {sorted(AGGREGATIONS)}")
-    per_token, ratio = clipped_surrogate(logprobs, behaviour_logprobs, advantages, mask, epsilon, epsilon_high)
+    has_off_policy = off_policy is not None and bool(off_policy.any())
+    on_policy = mask & ~off_policy.unsqueeze(1) if has_off_policy else mask  # the ratio's tokens
+    per_token, ratio = clipped_surrogate(logprobs, behaviour_logprobs, advantages, on_policy, epsilon, epsilon_high)
     if is_weights is not None:
         per_token = per_token * is_weights
     metrics: dict[str, float] = {}
+    if has_off_policy:
+        rows = off_policy.unsqueeze(1)
+        per_token = torch.where(rows, shaped_policy_loss(logprobs, advantages, mask, shaping_gamma), per_token)
+        off_tokens = mask & rows
+        with torch.no_grad():
+            metrics[DISTILLED_TOKENS] = float(off_tokens.sum())
+            metrics["distill/prob_mean"] = masked_mean(logprobs.exp(), off_tokens).item()
+            metrics["distill/context_gap"] = masked_mean(behaviour_logprobs - logprobs, off_tokens).item()
     if beta != 0.0:
         if ref_logprobs is None:
             raise ValueError("beta != 0 needs ref_logprobs")
@@ -215,28 +246,44 @@ def grpo_loss(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, advantag
         adv = advantages.unsqueeze(1)
         low = (ratio < 1.0 - epsilon) & (adv < 0)
         high = (ratio > 1.0 + epsilon_high) & (adv > 0)
-        metrics["clip_ratio/low"] = masked_mean(low.float(), mask).item()
-        metrics["clip_ratio/high"] = masked_mean(high.float(), mask).item()
-        metrics["clip_ratio/region"] = masked_mean((low | high).float(), mask).item()
-        metrics["ratio_mean"] = masked_mean(ratio, mask).item()
-        metrics["ratio_min"] = ratio[mask].min().item() if mask.any() else 1.0
-        metrics["ratio_max"] = ratio[mask].max().item() if mask.any() else 1.0
+        metrics["clip_ratio/low"] = masked_mean(low.float(), on_policy).item()
+        metrics["clip_ratio/high"] = masked_mean(high.float(), on_policy).item()
+        metrics["clip_ratio/region"] = masked_mean((low | high).float(), on_policy).item()
+        metrics["ratio_mean"] = masked_mean(ratio, on_policy).item()
+        metrics["ratio_min"] = ratio[on_policy].min().item() if on_policy.any() else 1.0
+        metrics["ratio_max"] = ratio[on_policy].max().item() if on_policy.any() else 1.0
         # 0 up to numerics when the batch is on-policy (first of the mu updates): a staleness detector
-        diff = torch.where(mask, (logprobs - behaviour_logprobs).abs(), torch.zeros_like(logprobs))
+        diff = torch.where(on_policy, (logprobs - behaviour_logprobs).abs(), torch.zeros_like(logprobs))
         metrics["logprob_diff_max"] = diff.max().item() if diff.numel() else 0.0
     return loss, metrics
 
 
+DISTILLED_TOKENS = "distill/tokens"  # the off-policy rows' tokens in a batch (grpo_loss's metrics)
+ON_POLICY_METRICS = ("clip_ratio/", "ratio_", "logprob_diff_max")  # taken over the sampled rows' tokens only
+
+
+def metric_weight(key: str, metrics: dict[str, float], tokens: float) -> float:
+    """The tokens a masked-mean metric of a batch with ``tokens`` reflection tokens was taken over: the
+    distilled rows' for ``distill/*``, the sampled rows' for the ratio metrics, all of them otherwise."""
+    distilled = metrics.get(DISTILLED_TOKENS, 0.0)
+    if key.startswith("distill/"):
+        return distilled
+    return tokens - distilled if key.startswith(ON_POLICY_METRICS) else tokens
+
+
 def merge_metrics(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
     """Metrics of a whole step from its micro-batches' ``(metrics, reflection tokens)``: keys ending in
-    ``_max`` take the max, ``_min`` the min, the others (masked means) the token-weighted mean, which equals
-    the masked mean over all the step's tokens. A micro-batch without tokens has no min or max to give."""
+    ``_max`` take the max, ``_min`` the min, ``distill/tokens`` the sum, the others (masked means) the mean
+    weighted by the tokens each was taken over (:func:`metric_weight`), which equals the masked mean over
+    all the step's tokens. A micro-batch without such tokens has no min or max to give."""
     merged: dict[str, float] = {}
-    total = sum(weight for _, weight in parts)
     for key in {k for metrics, _ in parts for k in metrics}:
-        values = [(metrics[key], weight) for metrics, weight in parts if key in metrics]
+        values = [(metrics[key], metric_weight(key, metrics, tokens)) for metrics, tokens in parts if key in metrics]
         extreme = [v for v, w in values if w > 0] or [v for v, _ in values]
-        if key.endswith("_max"):
+        total = sum(w for _, w in values)
+        if key == DISTILLED_TOKENS:
+            merged[key] = sum(v for v, _ in values)
+        elif key.endswith("_max"):
             merged[key] = max(extreme)
         elif key.endswith("_min"):
             merged[key] = min(extreme)

@@ -48,6 +48,8 @@ class GRPOLoss:
             outside ``[correction_low, correction_cap]`` leave the loss). Needs the trainer's pass too.
         correction_cap: the truncation cap ``C`` (and the mask's upper bound).
         correction_low: the mask's lower bound.
+        off_policy_shaping: γ of the shaped loss ``-A · p / (p + γ)`` that trains off-policy rows (the
+            distilled retries of ``rollout.protocol=r3_grpo_distill``; LUFFY's and Critique-GRPO's 0.1).
     """
 
     epsilon: float = 0.2
@@ -60,6 +62,7 @@ class GRPOLoss:
     correction: str = "none"
     correction_cap: float = 2.0
     correction_low: float = 0.5
+    off_policy_shaping: float = 0.1
 
     def __post_init__(self):
         if self.loss_type not in F.AGGREGATIONS:
@@ -75,6 +78,9 @@ class GRPOLoss:
         if not 0 < self.correction_low <= 1 <= self.correction_cap:
             raise ConfigError(f"grpo.loss.correction_low={self.correction_low}, correction_cap={self.correction_cap}: "
                               "expected 0 < correction_low <= 1 <= correction_cap")
+        if not self.off_policy_shaping > 0:
+            raise ConfigError(f"grpo.loss.off_policy_shaping={self.off_policy_shaping}: expected > 0 (the γ of "
+                              "p / (p + γ))")
 
     @property
     def needs_trainer_pass(self) -> bool:
@@ -128,7 +134,8 @@ class R3GRPOModule(L.LightningModule):
         self.mu, self.rollouts_per_step, self.max_grad_norm = mu, rollouts_per_step, max_grad_norm
         self.settings = LossSettings(loss.epsilon, loss.epsilon_high, loss.beta, loss.loss_type, loss.temperature,
                                      max_reflection_tokens, max_tokens_per_micro_batch, logprob_chunk_size,
-                                     share_prompts=share_prompts and can_share_prompts(policy))
+                                     share_prompts=share_prompts and can_share_prompts(policy),
+                                     off_policy_shaping=loss.off_policy_shaping)
         self.reference = None
         if loss.beta != 0.0 and not is_peft(policy):
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -264,8 +271,8 @@ class R3GRPOModule(L.LightningModule):
             with self._timed("trainer_logprobs"):
                 metrics = correct_for_engine(self.trained_model, self.rows.batch, self.settings, self.loss_cfg,
                                              self.device, self._pad_to())
-            metrics = F.merge_metrics(distributed.gather_objects(
-                (metrics, float(self.rows.batch["reflection_mask"][:, 1:].sum()))))
+            sampled = self.rows.batch["reflection_mask"][:, 1:] & ~self.rows.batch["off_policy"].unsqueeze(1)
+            metrics = F.merge_metrics(distributed.gather_objects((metrics, float(sampled.sum()))))  # their tokens
             self._log({f"train/{key}": value for key, value in metrics.items()})
         mine = merge_rollout_stats([r.stats for r in self.rollouts])
         self.last_batch_stats = merge_rank_rollout_stats(distributed.gather_objects(mine)[::self.ranks.engine_size])
@@ -382,7 +389,7 @@ def merge_rank_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     if len(stats) == 1:
         return dict(stats[0])
     slowest = {keys.SECONDS, keys.WALL_SECONDS}
-    additive = {keys.GROUPS, keys.SAMPLED_TOKENS} | {key for key in stats[0] if key.endswith("/groups")}
+    additive = {keys.GROUPS, keys.SAMPLED_TOKENS, keys.DISTILLED_ROWS} | {key for key in stats[0] if key.endswith("/groups")}
     return {key: max(s[key] for s in stats) if key in slowest
             else sum(s[key] for s in stats) if key in additive else _mean_of_defined([s[key] for s in stats])
             for key in stats[0]}
@@ -392,7 +399,7 @@ def merge_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     """The rollout metrics of a step drawn as several rollouts: counts and times add up, rates average."""
     if len(stats) == 1:
         return dict(stats[0])
-    additive = {keys.GROUPS, keys.SECONDS, keys.WALL_SECONDS, keys.SAMPLED_TOKENS} | \
+    additive = {keys.GROUPS, keys.SECONDS, keys.WALL_SECONDS, keys.SAMPLED_TOKENS, keys.DISTILLED_ROWS} | \
         {key for key in stats[0] if key.endswith("/groups")}  # and the groups of each kind of row
     return {key: sum(s[key] for s in stats) if key in additive else _mean_of_defined([s[key] for s in stats])
             for key in stats[0]}

@@ -33,6 +33,7 @@ class LossSettings:
     max_tokens_per_micro_batch: int | None = 2048  # None: the whole step in one forward
     logprob_chunk_size: int = 512  # positions per output-layer chunk
     share_prompts: bool = False  # rows with one prompt run it once (logprobs.shared_prompt_logprobs)
+    off_policy_shaping: float = 0.1  # γ of the distilled rows' shaped loss (functions.shaped_policy_loss)
 
 
 class StepBatch(RolloutTensors, total=False):
@@ -110,7 +111,8 @@ def micro_batch_loss(policy, micro: dict, settings: LossSettings, size: F.StepSi
     return F.grpo_loss(logprobs, micro["behaviour_logprobs"][:, 1:], micro["advantages"], mask,
                        epsilon=settings.epsilon, epsilon_high=settings.epsilon_high, loss_type=settings.loss_type,
                        beta=settings.beta, ref_logprobs=ref, max_tokens=settings.max_reflection_tokens, step=size,
-                       is_weights=weights)
+                       is_weights=weights, off_policy=micro.get("off_policy"),
+                       shaping_gamma=settings.off_policy_shaping)
 
 
 def share_of_engine(rows: StepRows, engine_rank: int, engine_ranks: int) -> StepRows:
@@ -202,15 +204,18 @@ def correct_for_engine(policy, batch: StepBatch, settings: LossSettings, loss, d
     step's first update: the trainer's log-probs of the sampled tokens under the sampling weights. In place:
     ``batch["is_weights"]`` (per-token engine/trainer correction, ``loss.correction``) and, with
     ``loss.behaviour == "trainer"``, ``batch["behaviour_logprobs"]`` become the trainer's. Returns the
-    mismatch metrics of :func:`~r3exp.grpo.functions.importance_weights` over these rows."""
+    mismatch metrics of :func:`~r3exp.grpo.functions.importance_weights` over these rows. Off-policy rows
+    (``off_policy``: distilled retries, sampled with another context) are left out: weight 1, the engine's
+    log-probs kept, no part in the metrics."""
     trainer = _logprobs_without_grad(policy, batch, settings, device, pad_to)
-    mask = batch["reflection_mask"][:, 1:]
+    off_policy = batch["off_policy"].unsqueeze(1) if "off_policy" in batch else torch.zeros((1, 1), dtype=torch.bool)
+    mask = batch["reflection_mask"][:, 1:] & ~off_policy
     weights, metrics = F.importance_weights(trainer[:, 1:], batch["behaviour_logprobs"][:, 1:], mask,
                                             loss.correction, loss.correction_cap, loss.correction_low)
     if loss.correction != "none":
         batch["is_weights"] = torch.cat([torch.ones_like(weights[:, :1]), weights], dim=1)
     if loss.behaviour == "trainer":
-        batch["behaviour_logprobs"] = trainer
+        batch["behaviour_logprobs"] = torch.where(off_policy, batch["behaviour_logprobs"], trainer)
     return metrics
 
 

@@ -198,7 +198,7 @@ def write_csv(rows: list[ComparisonRow], path: str | Path) -> Path:
 
 PROTOCOL_KEY = "rollout.protocol="
 # the arms compared with each other, each with the ones after it ("a" is the earlier)
-ARMS = ("r3_grpo", "r3", "grpo")
+ARMS = ("r3_grpo_distill", "r3_grpo", "r3", "grpo")
 MEASURES = {"after reflection": False, "first try": True}  # measure: first_try_only
 
 

@@ -21,6 +21,7 @@ class RolloutTensors(TypedDict):
     group_ids: torch.Tensor  # (N,): one group per failed example (R3) or per example (GRPO's attempts)
     row_kinds: torch.Tensor  # (N,): what the row trains, an index into episodes.ROW_KINDS
     policy_version: torch.Tensor  # (N,): the weights that sampled the row
+    off_policy: torch.Tensor  # (N,) bool: a distilled retry (r3_grpo_distill), trained with the shaped loss
 
 
 @dataclass
@@ -63,7 +64,8 @@ def build_batch(episodes: Sequence[Episode], pad_id: int) -> RolloutTensors:
     Returns tensors: ``input_ids`` (B, T) context ‖ reflection, right-padded with ``pad_id``;
     ``attention_mask`` (B, T); ``reflection_mask`` (B, T); ``behaviour_logprobs`` (B, T), the engine's
     log-prob of each reflection token at its own position (0 elsewhere); ``rewards`` (B,);
-    ``group_ids`` (B,), one group per episode; ``row_kinds`` (B,); ``policy_version`` (B,).
+    ``group_ids`` (B,), one group per episode; ``row_kinds`` (B,); ``policy_version`` (B,); ``off_policy``
+    (B,) bool, the distilled retries (:func:`~r3exp.rollout.episodes.add_distilled_rows`).
     """
     rows = batch_rows(episodes)
     if not rows:
@@ -90,6 +92,7 @@ def build_batch(episodes: Sequence[Episode], pad_id: int) -> RolloutTensors:
         "group_ids": torch.tensor([g for _, g, _ in rows]),
         "row_kinds": torch.tensor([ROW_KINDS.index(ep.kind) for ep, _, _ in rows]),
         "policy_version": torch.tensor([ep.policy_version for ep, _, _ in rows]),
+        "off_policy": torch.tensor([ep.is_off_policy(j) for ep, _, j in rows], dtype=torch.bool),
     }
 
 
@@ -109,6 +112,7 @@ def empty_batch() -> RolloutTensors:
         "group_ids": torch.zeros(0, dtype=torch.long),
         "row_kinds": torch.zeros(0, dtype=torch.long),
         "policy_version": torch.zeros(0, dtype=torch.long),
+        "off_policy": torch.zeros(0, dtype=torch.bool),
     }
 
 

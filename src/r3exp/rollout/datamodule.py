@@ -21,8 +21,8 @@ from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.rollout.batching import Rollout, rollout_batch
 from r3exp.rollout.engines.base import GenerationEngine, SamplingConfig
-from r3exp.rollout.episodes import (ATTEMPT, REFLECTION, Episode, R3Protocol, RewardFn, RolloutTiming,
-                                    retry_succeeds)
+from r3exp.rollout.episodes import (ATTEMPT, DISTILL_MODES, REFLECTION, Episode, R3Protocol, RewardFn,
+                                    RolloutTiming, retry_succeeds)
 from r3exp.tasks.base import Task
 
 if TYPE_CHECKING:
@@ -31,19 +31,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 ON_NO_SIGNAL = ("skip", "resample")
 # rollout.protocol: the kinds of rows each trains
-PROTOCOLS = {"r3": (REFLECTION,), "grpo": (ATTEMPT,), "r3_grpo": (ATTEMPT, REFLECTION)}
+PROTOCOLS = {"r3": (REFLECTION,), "grpo": (ATTEMPT,), "r3_grpo": (ATTEMPT, REFLECTION),
+             "r3_grpo_distill": (ATTEMPT, REFLECTION)}
+DISTILLING = "r3_grpo_distill"  # the protocol whose rewarded retries join the attempt groups (rollout.distill)
 ROLLOUT_STREAM = "training"  # the engine's sampling stream of the training rollouts
 
 
 def rollout_stats(episodes: list[Episode], seconds: float, generated_tokens: int,
                   followed: list[bool | None] | None = None, kinds: tuple[str, ...] = (REFLECTION,),
-                  ) -> dict[str, float]:
+                  distilling: bool = False) -> dict[str, float]:
     """Per-step rollout metrics (plain floats). ``followed``: for every sampled reflection, whether its retry
     did what it proposed (None where the task cannot read a proposal); the follow rate is NaN when no
     reflection proposed anything readable, and absent when ``followed`` is None (plain GRPO). The reward
     metrics cover every row; with several ``kinds`` of rows (``r3_grpo``) they are also given per kind,
     as ``rollout/<kind>/...``. The first-try success is that of the episodes that start from the task
-    prompt (GRPO's first sample, when there are attempt groups)."""
+    prompt (GRPO's first sample, when there are attempt groups). Off-policy rows (distilled retries) are
+    counted apart (``rollout/distilled_rows``, given when ``distilling``), not in the reward, group and length
+    metrics."""
     attempts = [ep for ep in episodes if ep.kind == ATTEMPT]
     first_tries = attempts or episodes
     stats = {
@@ -58,23 +62,26 @@ def rollout_stats(episodes: list[Episode], seconds: float, generated_tokens: int
         for kind in kinds:
             mine = row_stats([ep for ep in episodes if ep.kind == kind])
             stats.update({key.replace("rollout/", f"rollout/{kind}/", 1): value for key, value in mine.items()})
+    if distilling:
+        stats[keys.DISTILLED_ROWS] = float(sum(len(ep.reflections) - len(ep.on_policy_rows) for ep in episodes))
     return stats | ({} if followed is None else {keys.FOLLOW_RATE: follow_rate(followed)})
 
 
 def row_stats(episodes: list[Episode]) -> dict[str, float]:
-    """Reward, group and length metrics of the rows of ``episodes`` (R3's failures, GRPO's groups)."""
+    """Reward, group and length metrics of the on-policy rows of ``episodes`` (R3's failures, GRPO's groups)."""
     failed = [ep for ep in episodes if ep.reflections]
-    rewards = [r for ep in failed for r in ep.rewards]
-    groups = [ep.rewards for ep in failed if ep.rewards]
-    lengths = [len(f.token_ids) for ep in failed for f in ep.reflections]
+    rewards = [ep.rewards[j] for ep in failed for j in ep.on_policy_rows]
+    groups = [[ep.rewards[j] for j in ep.on_policy_rows] for ep in failed if ep.rewards]
+    completions = [ep.reflections[j] for ep in failed for j in ep.on_policy_rows]
+    lengths = [len(f.token_ids) for f in completions]
     tensor = torch.tensor(rewards) if rewards else torch.zeros(0)
     return {
-        keys.RETRY_SUCCESS: sum(s for ep in failed for s in ep.retry_successes) / max(len(rewards), 1),
+        keys.RETRY_SUCCESS: sum(ep.retry_successes[j] for ep in failed for j in ep.on_policy_rows) / max(len(rewards), 1),
         keys.REWARD_MEAN: tensor.mean().item() if rewards else 0.0,
         "rollout/reward_std": tensor.std().item() if len(rewards) > 1 else 0.0,
         keys.FRAC_REWARD_ZERO_STD: sum(max(g) == min(g) for g in groups) / max(len(groups), 1),
         keys.REFLECTION_LENGTH: sum(lengths) / max(len(lengths), 1),
-        keys.REFLECTIONS_TRUNCATED: sum(not f.finished for ep in failed for f in ep.reflections) / max(len(lengths), 1),
+        keys.REFLECTIONS_TRUNCATED: sum(not f.finished for f in completions) / max(len(lengths), 1),
         keys.GROUPS: float(len(groups)),
     }
 
@@ -138,7 +145,11 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
             (``reflection`` sampling's temperature, ``attempt``'s length); ``r3_grpo``: both in one step,
             GRPO's attempt groups, and R3's reflection group on each example's first failed attempt (one
             optimizer step over both kinds of rows, advantages within each kind).
+            ``r3_grpo_distill``: ``r3_grpo``, and each rewarded retry joins its example's attempt group as a
+            row of the original prompt (off-policy, :func:`~r3exp.rollout.episodes.add_distilled_rows`).
             ``reward`` rewards reflections: ``grpo`` rewards attempts by the validator and refuses another.
+        distill: for ``r3_grpo_distill``, which rewarded retries join: ``distinct`` (each token sequence once,
+            the default), ``all``, or ``none`` (then the protocol is ``r3_grpo``). Other protocols refuse it.
         ranks: how the run's ranks share engines (the ranks of one engine draw the same examples); given at
             run time by the entry point, default one engine per rank.
     """
@@ -147,7 +158,8 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
                  attempt: SamplingConfig, reflection: SamplingConfig, retry: SamplingConfig, examples_per_step: int = 8,
                  group_size: int = 4, source: str = "online", failures_path: str | None = None,
                  on_no_signal: str = "resample", max_draws: int = 4, reward: RewardFn = retry_succeeds,
-                 seed: int = 0, protocol: str = "r3", ranks: distributed.Ranks | None = None):
+                 seed: int = 0, protocol: str = "r3", ranks: distributed.Ranks | None = None,
+                 distill: str | None = None):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ConfigError(f"rollout.protocol={protocol!r}; expected one of {tuple(PROTOCOLS)}")
@@ -156,6 +168,12 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         if REFLECTION not in PROTOCOLS[protocol] and getattr(reward, "func", reward) is not retry_succeeds:
             raise ConfigError(f"rollout.reward={reward_name(reward)} rewards reflections; rollout.protocol={protocol} "
                               "trains no reflection (its attempts are rewarded by the task's validator): remove it")
+        if distill is not None and protocol != DISTILLING:
+            raise ConfigError(f"rollout.distill={distill} is read by rollout.protocol={DISTILLING} only, not "
+                              f"{protocol}: remove it")
+        distill = distill or ("distinct" if protocol == DISTILLING else "none")
+        if distill not in DISTILL_MODES:
+            raise ConfigError(f"rollout.distill={distill!r}; expected one of {DISTILL_MODES}")
         if on_no_signal not in ON_NO_SIGNAL:
             raise ConfigError(f"rollout.on_no_signal={on_no_signal!r}; expected one of {ON_NO_SIGNAL}")
         if source not in ("online", "failures"):
@@ -169,7 +187,7 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         self.examples_per_step, self.group_size = examples_per_step, group_size
         self.source, self.failures_path = source, failures_path
         self.on_no_signal, self.max_draws = on_no_signal, max_draws
-        self.seed, self.protocol_name = seed, protocol
+        self.seed, self.protocol_name, self.distill = seed, protocol, distill
         self.ranks = ranks or distributed.Ranks()
         self.cursor = 0  # examples drawn so far: saved in checkpoints so a resumed run continues the stream
         self.last_episodes: list[Episode] = []
@@ -203,8 +221,8 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
             drawn = self._draw()
             if self.protocol_name == "grpo":
                 episodes += self.protocol.attempt_groups(drawn, self.group_size)
-            elif self.protocol_name == "r3_grpo":
-                episodes += self.protocol.attempt_and_reflection_groups(drawn, self.group_size)
+            elif self.protocol_name in ("r3_grpo", DISTILLING):
+                episodes += self.protocol.attempt_and_reflection_groups(drawn, self.group_size, self.distill)
             elif self.source == "online":
                 episodes += self.protocol.run(drawn, self.group_size)
             else:
@@ -215,7 +233,7 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         kinds = PROTOCOLS[self.protocol_name]
         followed = follow_verdicts(self.task, episodes) if REFLECTION in kinds else None
         stats = rollout_stats(episodes, self.protocol.timing.seconds, self.protocol.timing.generated_tokens, followed,
-                              kinds)
+                              kinds, distilling=self.distill != "none")
         stats["rollout/draws"] = float(draws)
         stats[keys.WALL_SECONDS] = time.perf_counter() - start
         return rollout_batch(episodes, self.pad_id, stats, has_signal(episodes))

@@ -3,7 +3,8 @@
 Used by both training (``group_size`` G reflections per failure) and evaluation (one reflection).
 Knows nothing of Lightning: it returns plain :class:`Episode` records; ``batching`` turns them into
 training tensors. The training protocols (``rollout.protocol``): ``r3`` (:meth:`R3Protocol.run`), ``grpo``
-(:meth:`R3Protocol.attempt_groups`) and ``r3_grpo`` (:meth:`R3Protocol.attempt_and_reflection_groups`).
+(:meth:`R3Protocol.attempt_groups`), ``r3_grpo`` and ``r3_grpo_distill``
+(:meth:`R3Protocol.attempt_and_reflection_groups`, the latter with :func:`add_distilled_rows`).
 """
 from __future__ import annotations
 
@@ -20,11 +21,38 @@ RewardFn = Callable[[Task, Example, Completion, Completion], float]
 # by the validator); the order is the ``row_kinds`` index of a batch
 REFLECTION, ATTEMPT = "reflection", "attempt"
 ROW_KINDS = (REFLECTION, ATTEMPT)
+# rollout.distill (r3_grpo_distill): which rewarded retries join their example's attempt group
+DISTILL_MODES = ("distinct", "all", "none")
 
 
 def retry_succeeds(task: Task, example: Example, reflection: Completion, retry: Completion) -> float:
     """The paper's reward: 1 when the retry (made with the reflection in context) passes the validator."""
     return float(task.validate(example, retry.text))
+
+
+def add_distilled_rows(attempts: Episode, reflections: Episode, distinct: bool = True) -> int:
+    """Add each retry of ``reflections`` (an example's R3 group) that passed the validator to ``attempts``
+    (the same example's GRPO group) as an off-policy row: the retry's sampled tokens after the group's
+    own context, the first-attempt prompt, so that the row answers the original question without the
+    failed attempt or the reflection in view (R3L's and Critique-GRPO's way of learning from a guided
+    success). Its reward is the validator's, 1; its behaviour log-probs stay the engine's (computed with
+    the reflection in context; greedy retries put probability 1 on each token). ``distinct``: a token
+    sequence joins once (several reflections often lead to the same greedy retry). Returns the rows added."""
+    if not attempts.off_policy:
+        attempts.off_policy = [False] * len(attempts.reflections)
+    seen = {tuple(c.token_ids) for c, off in zip(attempts.reflections, attempts.off_policy) if off}
+    added = 0
+    for retry, passed in zip(reflections.retries, reflections.retry_successes):
+        key = tuple(retry.token_ids)
+        if not passed or (distinct and key in seen):
+            continue
+        seen.add(key)
+        attempts.reflections.append(retry)
+        attempts.rewards.append(1.0)
+        attempts.retry_successes.append(True)
+        attempts.off_policy.append(True)
+        added += 1
+    return added
 
 
 class ReflectionContains:
@@ -57,6 +85,16 @@ class Episode:
     retry_successes: list[bool] = field(default_factory=list)
     policy_version: int = 0
     kind: str = REFLECTION
+    # per row of ``reflections``: True for an off-policy row (a distilled retry, :func:`add_distilled_rows`);
+    # empty when every row is on-policy
+    off_policy: list[bool] = field(default_factory=list)
+
+    def is_off_policy(self, row: int) -> bool:
+        return bool(self.off_policy) and self.off_policy[row]
+
+    @property
+    def on_policy_rows(self) -> list[int]:
+        return [j for j in range(len(self.reflections)) if not self.is_off_policy(j)]
 
 
 # the generation calls of a rollout, by what they sample (RolloutTiming.turns)
@@ -212,19 +250,27 @@ class R3Protocol:
         self.timing.reward_seconds += time.perf_counter() - start
         return episodes
 
-    def attempt_and_reflection_groups(self, examples: Sequence[Example], group_size: int) -> list[Episode]:
+    def attempt_and_reflection_groups(self, examples: Sequence[Example], group_size: int,
+                                      distill: str = "none") -> list[Episode]:
         """R3 with GRPO: GRPO's group of ``group_size`` sampled attempts per example (:meth:`attempt_groups`),
         then R3's group for every example with a failed attempt: ``group_size`` reflections on its first
         failed attempt, one retry each, rewarded by ``reward``. One failure per example, not every failed
-        attempt: G failures x G reflections would cost G times more than R3's rows. Returns the attempt
-        groups, then the reflection groups."""
+        attempt: G failures x G reflections would cost G times more than R3's rows. ``distill``
+        (``r3_grpo_distill``): the rewarded retries join their example's attempt group
+        (:func:`add_distilled_rows`); ``none`` adds nothing. Returns the attempt groups, then the reflection
+        groups."""
         attempt_groups = self.attempt_groups(examples, group_size)
-        failures = []
+        failures, failed_groups = [], []
         for ep in attempt_groups:
             failed = next((c for c, ok in zip(ep.reflections, ep.retry_successes) if not ok), None)
             if failed is not None:
                 failures.append(Episode(ep.example, failed, False, policy_version=ep.policy_version))
-        return attempt_groups + self.reflect_and_retry(failures, group_size)
+                failed_groups.append(ep)
+        reflection_groups = self.reflect_and_retry(failures, group_size)
+        if distill != "none":
+            for attempts, reflections in zip(failed_groups, reflection_groups):
+                add_distilled_rows(attempts, reflections, distinct=distill == "distinct")
+        return attempt_groups + reflection_groups
 
     def retries_with(self, pairs: Sequence[tuple[Episode, str]]) -> list[Completion]:
         """One retry per ``(episode, reflection text)``, with that text in place of the episode's own

@@ -20,7 +20,7 @@ from r3exp.rollout.episodes import Episode
 from r3exp.tasks.base import Task
 
 SAMPLE_COLUMNS = ("step", "group", "task_prompt", "first_attempt", "reflection", "retry", "retry_success",
-                  "reward", "advantage", "reflection_tokens")
+                  "reward", "advantage", "reflection_tokens", "distilled")
 
 
 def sample_rows(task: Task, episodes: Sequence[Episode], advantages: Sequence[float], step: int,
@@ -40,6 +40,8 @@ def sample_rows(task: Task, episodes: Sequence[Episode], advantages: Sequence[fl
             "retry_success": bool(episode.retry_successes[j]),
             "reward": float(episode.rewards[j]), "advantage": float(advantage),
             "reflection_tokens": len(episode.reflections[j].token_ids),
+            # r3_grpo_distill: a rewarded retry trained as an answer to the task prompt (an attempt group's row)
+            "distilled": episode.is_off_policy(j),
         })
     return rows[:limit]
 
