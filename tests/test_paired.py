@@ -8,7 +8,8 @@ import pytest
 
 from r3exp.errors import ConfigError
 from r3exp.results.compare import collect_runs, comparison_rows, paired_comparisons, paired_markdown
-from r3exp.results.paired import mcnemar_exact_p, pair, paired_bootstrap_p, paired_test, solved_after_reflection
+from r3exp.results.paired import (bootstrap_interval, mcnemar_exact_p, pair, paired_bootstrap_p, paired_test,
+                                  solved_after_reflection)
 from tests.test_compare import write_run
 
 
@@ -28,6 +29,21 @@ def test_bootstrap_p_is_one_without_a_difference_and_small_with_a_consistent_one
     # a gain of 3 discordant pairs in 200 examples is not significant
     weak = [[(True, False)] * 8 + [(False, True)] * 5 + [(False, False)] * 187]
     assert 0.3 < paired_bootstrap_p(weak) <= 1.0
+
+
+def test_bootstrap_interval_is_the_spread_of_the_pooled_mean_difference():
+    """A gain of 0.5 on 400 examples (a right where b is wrong on half of them): the interval is the normal
+    approximation's 0.5 ± 1.96 · sqrt(0.25 / 400); it excludes 0 exactly when the two-sided p is below 0.05."""
+    pairs = [[(True, False)] * 200 + [(False, False)] * 200]
+    low, high = bootstrap_interval(pairs)
+    assert low == pytest.approx(0.5 - 1.96 * 0.025, abs=0.005) and high == pytest.approx(0.5 + 1.96 * 0.025, abs=0.005)
+    assert bootstrap_interval([[(True, False)] * 10]) == (1.0, 1.0)
+    for case in ([[(True, False)] * 8 + [(False, True)] * 5 + [(False, False)] * 187],
+                 [[(True, False)] * 14 + [(False, True)] * 4 + [(False, False)] * 182]):
+        low, high = bootstrap_interval(case)
+        assert (low > 0) == (paired_bootstrap_p(case) < 0.05), (low, high, paired_bootstrap_p(case))
+    test = paired_test(pairs)
+    assert test.interval == bootstrap_interval(pairs) and test.to_dict()["interval_95"] == list(test.interval)
 
 
 def test_bootstrap_resamples_an_example_in_every_seed_at_once():

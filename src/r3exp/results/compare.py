@@ -265,11 +265,12 @@ def _p(value: float) -> str:
 def paired_markdown(comparisons: list[PairedComparison]) -> str:
     """The paired tests: per-seed gains (points), mean ± std, the discordant pairs, pooled p-values."""
     header = ("| a | b | measure | gain per seed (points) | mean ± std | a only / b only | examples "
-              "| McNemar p | bootstrap p |")
+              "| McNemar p | bootstrap p | 95% interval (points) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for c in comparisons:
         t = c.test
         lines.append(f"| {c.a} | {c.b} | {c.measure} | {', '.join(f'{100 * g:+.1f}' for g in t.gains)} "
                      f"| {_points(t.mean_gain, t.std_gain)} | {t.a_only} / {t.b_only} | {t.examples} "
-                     f"| {_p(t.mcnemar_p)} | {_p(t.bootstrap_p)} |")
+                     f"| {_p(t.mcnemar_p)} | {_p(t.bootstrap_p)} "
+                     f"| {100 * t.interval[0]:+.1f} to {100 * t.interval[1]:+.1f} |")
     return "\n".join(lines)
