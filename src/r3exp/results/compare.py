@@ -212,7 +212,8 @@ class PairedComparison:
     test: PairedTest
 
 
-def _paired(a_runs: list[RunResult], a_label: str, b_runs: list[RunResult], b_label: str, measure: str):
+def paired_evaluations(a_runs: list[RunResult], a_label: str, b_runs: list[RunResult], b_label: str,
+                       measure: str) -> PairedTest | None:
     """The paired test of ``a_label`` in ``a_runs`` vs ``b_label`` in ``b_runs``, matched by seed; None when
     no seed has both evaluations' episodes."""
     b_by_seed = {run.seed: run for run in b_runs}
@@ -242,7 +243,7 @@ def paired_comparisons(rows: list[ComparisonRow]) -> list[PairedComparison]:
     names = {id(row): row.setting or "default" for row in rows}
     for row in rows:
         for measure in MEASURES:
-            test = _paired(row.runs, keys.TRAINED, row.runs, keys.BASE, measure)
+            test = paired_evaluations(row.runs, keys.TRAINED, row.runs, keys.BASE, measure)
             if test:
                 found.append(PairedComparison(f"{names[id(row)]} trained", f"{names[id(row)]} base", measure, test))
     arms = [(row, *arm_of(row.setting)) for row in rows]
@@ -252,7 +253,7 @@ def paired_comparisons(rows: list[ComparisonRow]) -> list[PairedComparison]:
                     or (a.task, a.model, a_rest) != (b.task, b.model, b_rest):
                 continue
             for measure in MEASURES:
-                test = _paired(a.runs, keys.TRAINED, b.runs, keys.TRAINED, measure)
+                test = paired_evaluations(a.runs, keys.TRAINED, b.runs, keys.TRAINED, measure)
                 if test:
                     found.append(PairedComparison(f"{names[id(a)]} trained", f"{names[id(b)]} trained", measure, test))
     return found
