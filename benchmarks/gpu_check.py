@@ -320,7 +320,8 @@ def paper_step(report: Report, memory: Memory, policy, trainable, optimizer, set
              "attention_mask": torch.ones(n, total, dtype=torch.long), "reflection_mask": mask,
              "behaviour_logprobs": torch.where(mask, torch.full((n, total), -math.log(vocab)), 0.0),
              "rewards": (torch.arange(n) % 2).float(), "group_ids": torch.arange(n) // 8,
-             "row_kinds": torch.zeros(n, dtype=torch.long), "policy_version": torch.zeros(n, dtype=torch.long)}
+             "row_kinds": torch.zeros(n, dtype=torch.long), "policy_version": torch.zeros(n, dtype=torch.long),
+             "off_policy": torch.zeros(n, dtype=torch.bool)}
     rows = step_rows([batch], "group", beta=0.0)
     trained = [0]
     try:

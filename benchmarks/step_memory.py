@@ -90,7 +90,9 @@ def synthetic_rollout(args) -> dict:
         "behaviour_logprobs": torch.where(mask, torch.full((n, total), -math.log(args.vocab)), 0.0),
         "rewards": (torch.arange(n) % 2).float(),
         "group_ids": torch.arange(n) // group,
+        "row_kinds": torch.zeros(n, dtype=torch.long),
         "policy_version": torch.zeros(n, dtype=torch.long),
+        "off_policy": torch.zeros(n, dtype=torch.bool),
     }
 
 

@@ -1,5 +1,5 @@
-"""Benchmarks that would otherwise rot: benchmarks/trl_same_work.py's r3exp side and benchmarks/steady_steps.py, on
-the embedded model.
+"""Benchmarks that would otherwise rot, at their smallest shapes: benchmarks/trl_same_work.py's r3exp side,
+steady_steps.py and r3_step_profile.py on the embedded model, step_memory.py on a tiny random-init Qwen2.
 (TRL's side needs the `trl` extra, which the test environment does not install; docs/results/speed.md has its figures.)"""
 from __future__ import annotations
 
@@ -54,3 +54,15 @@ def test_the_r3_step_profile_splits_each_step_and_measures_its_floor(tmp_path):
         assert floor["generation"] > 0 and floor["sampled_tokens"] >= row["sampled_tokens"]  # the same tokens, or more
         assert floor["total"] == floor["generation"] + floor["training"] and row["ratio"] > 0
     assert "step / floor:" in result.stdout and "floor: generation" in result.stdout
+
+
+def test_the_step_memory_benchmark_steps_a_small_model_and_prints_its_figures(tmp_path):
+    """benchmarks/step_memory.py at a tiny width (its real use is a real model's width and vocabulary)."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_memory.py"), "--rows", "2", "--context",
+                             "16", "--reflection", "8", "--vocab", "500", "--hidden", "64", "--intermediate", "128",
+                             "--heads", "4", "--kv-heads", "2"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = dict(item.split("=") for item in result.stdout.strip().splitlines()[-1].split())
+    assert set(last) == {"static_gib", "peak_rss_gib", "step_seconds", "tokens_per_second"}
+    assert float(last["peak_rss_gib"]) >= float(last["static_gib"]) > 0 and float(last["tokens_per_second"]) > 0

@@ -193,6 +193,9 @@ def test_rollout_distill_is_refused_where_it_is_not_read_and_checked_where_it_is
     with pytest.raises(ConfigError, match=r"rollout.distill='some'; expected one of \('distinct', 'all', 'none'\)"):
         ReflectionRolloutDataModule(None, None, None, sampling, sampling, sampling, protocol="r3_grpo_distill",
                                     distill="some")
+    with pytest.raises(ConfigError, match=r"rollout.retry.max_tokens=64 > rollout.attempt.max_tokens=16"):
+        ReflectionRolloutDataModule(None, None, None, SamplingConfig(max_tokens=16), sampling, SamplingConfig(64),
+                                    protocol="r3_grpo_distill")
     with pytest.raises(ConfigError, match=r"grpo.loss.off_policy_shaping=0: expected > 0"):
         GRPOLoss(off_policy_shaping=0)
 

@@ -147,8 +147,9 @@ def shaped_policy_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: t
     """(N, T) per-token loss ``-A · p / (p + γ)`` of off-policy rows, ``p = exp(logprobs)`` the policy's
     probability of the token (LUFFY's policy shaping, unclipped, no behaviour probability in the denominator:
     LUFFY's ``π_φ = 1``). Its gradient is ``-A · γ p / (p + γ)² · ∇log p``: REINFORCE's ``-A · ∇log p``
-    weighted by ``γ p / (p + γ)²``, which keeps the gradient of tokens the policy finds unlikely (where an
-    importance ratio ``p / 1`` would shrink it) and damps the tokens it already gives probability near 1.
+    weighted by ``γ p / (p + γ)²``, against ``p`` for the importance ratio ``p / 1``: ``γ / (p + γ)²`` times
+    the ratio's, about ``1/γ`` (10x at γ = 0.1) for unlikely tokens, where both still shrink with ``p``, and
+    about ``γ`` for tokens the policy already gives probability near 1.
     Off-mask positions are 0 with gradient 0."""
     probs = torch.exp(torch.where(mask, logprobs, torch.full_like(logprobs, -torch.inf)))
     return torch.where(mask, -advantages.unsqueeze(1) * probs / (probs + gamma), torch.zeros_like(logprobs))

@@ -174,6 +174,10 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         distill = distill or ("distinct" if protocol == DISTILLING else "none")
         if distill not in DISTILL_MODES:
             raise ConfigError(f"rollout.distill={distill!r}; expected one of {DISTILL_MODES}")
+        if distill != "none" and retry.max_tokens > attempt.max_tokens:
+            raise ConfigError(f"rollout.retry.max_tokens={retry.max_tokens} > rollout.attempt.max_tokens="
+                              f"{attempt.max_tokens}: rollout.protocol={DISTILLING} trains retries as first attempts, "
+                              "which could then be longer than the model may write one")
         if on_no_signal not in ON_NO_SIGNAL:
             raise ConfigError(f"rollout.on_no_signal={on_no_signal!r}; expected one of {ON_NO_SIGNAL}")
         if source not in ("online", "failures"):

@@ -35,8 +35,9 @@ def add_distilled_rows(attempts: Episode, reflections: Episode, distinct: bool =
     (the same example's GRPO group) as an off-policy row: the retry's sampled tokens after the group's
     own context, the first-attempt prompt, so that the row answers the original question without the
     failed attempt or the reflection in view (R3L's and Critique-GRPO's way of learning from a guided
-    success). Its reward is the validator's, 1; its behaviour log-probs stay the engine's (computed with
-    the reflection in context; greedy retries put probability 1 on each token). ``distinct``: a token
+    success). Its reward is the validator's, 1; its behaviour log-probs stay the engine's (of each greedy
+    token at temperature 1, with the reflection in context; the greedy choice itself had probability 1),
+    for the ``distill/context_gap`` metric only. ``distinct``: a token
     sequence joins once (several reflections often lead to the same greedy retry). Returns the rows added."""
     if not attempts.off_policy:
         attempts.off_policy = [False] * len(attempts.reflections)

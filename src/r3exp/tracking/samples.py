@@ -104,7 +104,7 @@ class ReflectionSamples(L.Callback):
     def _log_table(self, trainer) -> None:
         from lightning.pytorch.loggers import WandbLogger
 
-        data = [[row[c] for c in SAMPLE_COLUMNS] for row in self.rows]
+        data = [[row.get(c) for c in SAMPLE_COLUMNS] for row in self.rows]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_table(self.key, columns=list(SAMPLE_COLUMNS), data=data)
