@@ -1,6 +1,7 @@
 """The pre-registered hypotheses' decisions (r3exp.results.hypotheses, analysis/r3_question.py)."""
 from __future__ import annotations
 
+import json
 import runpy
 import sys
 from pathlib import Path
@@ -55,6 +56,12 @@ def write_sweep(root):
             write_run(run, seed, [f"seed={seed}", f"rollout.protocol={protocol}"], (0, 0), (0, 0))
             write_episodes(run / "eval_base_episodes.jsonl", base)
             write_episodes(run / "eval_trained_episodes.jsonl", trained)
+            results = json.loads((run / "results.json").read_text())
+            results["trained"].update(shuffled_reflection_fixed=10 * seed, empty_reflection_fixed=0, followed=1,
+                                      follow_defined=4)
+            results["phases"] = {"training": 60.0, "trained evaluation": 30.0}
+            (run / "results.json").write_text(json.dumps(results))
+            (run / "train_metrics.csv").write_text("step,sampled_tokens\n0,100\n1,150\n")
 
 
 def test_the_preregistered_analysis_decides_from_the_run_directories_of_every_part(tmp_path, capsys, monkeypatch):
@@ -74,3 +81,5 @@ def test_the_preregistered_analysis_decides_from_the_run_directories_of_every_pa
     printed = capsys.readouterr().out
     assert "| H3: R3+GRPO+distill > GRPO | r3_grpo_distill | grpo | first try | +30.0 ± 0.0 |" in printed
     assert (tmp_path / "hypotheses.md").read_text().strip() == printed.strip()
+    # the controls as shares of the 100 failed first attempts (seeds 0 and 1: 0 and 10), steps, tokens, minutes
+    assert "| grpo | 0.0 ± 0.0 | 5.0 ± 7.1 | 0.0 ± 0.0 | 25.0 ± 0.0 | 2 ± 0 | 250 ± 0 | 1.5 ± 0.0 |" in printed
