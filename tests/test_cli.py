@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 
-from tests.conftest import CACHE, ROOT
+from tests.conftest import CACHE, CONF, ROOT
 
 SHORT = ["evaluation.limit=16", "trainer.max_steps=2", "rollout.examples_per_step=2", "rollout.group_size=2",
          "rollout.attempt.max_tokens=16", "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=16",
@@ -175,6 +178,30 @@ def test_the_real_model_experiment_is_nine_jobs_on_smollm2_at_one_token_budget()
     job = r3exp("experiment=r3_smollm2", "--cfg", "job").stdout
     assert "name: smollm2_135m" in job and "name: arithmetic" in job and "max_sampled_tokens: " in job
     assert "  enabled: true\n  tasks:\n  - r3exp_arithmetic\n" in job  # the forgetting check
+
+
+def test_the_preregistered_question_is_twelve_jobs_on_a_test_split_that_can_separate_arms():
+    """experiment=r3_question (docs/results/preregistration-2026-12-07.md): four arms x three seeds at 36,000
+    sampled tokens, 258 test examples disjoint from the 2,101 training ones, every part of the sweep under
+    multiruns/r3_question/ (an experiment's sweep_name names its directory)."""
+    hydra_cfg = r3exp("experiment=r3_question", "--cfg", "hydra").stdout
+    assert "seed: 0,1,2" in hydra_cfg and "rollout.protocol: grpo,r3,r3_grpo,r3_grpo_distill" in hydra_cfg
+    job = r3exp("experiment=r3_question", "--cfg", "job").stdout
+    assert "max_sampled_tokens: 36000" in job and "name: smollm2_135m" in job
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=r3_question"], return_hydra_config=True)
+        smollm2 = compose("config", overrides=["experiment=r3_smollm2"], return_hydra_config=True)
+    try:  # ${now:} and ${hydra:} resolve against the global HydraConfig, as in a run
+        HydraConfig.instance().set_config(cfg)
+        assert cfg.hydra.sweep.dir.startswith("outputs/multiruns/r3_question/")
+        HydraConfig.instance().set_config(smollm2)
+        assert smollm2.hydra.sweep.dir.endswith("_r3_smollm2")
+    finally:
+        HydraConfig.instance().cfg = None
+    task = instantiate(cfg.task)
+    test, train = task.examples("test"), task.examples("train")
+    assert (len(test), len(train)) == (258, 2101)
+    assert not {task._key(ex) for ex in test} & {task._key(ex) for ex in train}
 
 
 PALINDROMES = '''
