@@ -91,10 +91,17 @@ def verdicts_markdown(verdicts: list[Verdict]) -> str:
     header = ("| hypothesis | a | b | measure | gain (points, mean ± std over seeds) | 95% interval | a only / b only "
               "| McNemar p | bootstrap p | Holm p | outcome |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    corrected = sum(v.adjusted_p is not None for v in verdicts)
     for v in verdicts:
         h, t = v.hypothesis, v.test
-        adjusted = "–" if v.adjusted_p is None else f"{v.adjusted_p:.2g}"
+        # 10,000 resamples: a bootstrap p of 0 is below 1e-4, and Holm's multiplies it by at most the tests
+        adjusted = "–" if v.adjusted_p is None else p_text(v.adjusted_p, floor=corrected * 1e-4)
         lines.append(f"| {h.name} | {h.a} | {h.b} | {h.measure} | {100 * t.mean_gain:+.1f} ± {100 * t.std_gain:.1f} "
                      f"| {100 * t.interval[0]:+.1f} to {100 * t.interval[1]:+.1f} | {t.a_only} / {t.b_only} "
-                     f"| {t.mcnemar_p:.2g} | {t.bootstrap_p:.2g} | {adjusted} | {v.outcome} |")
+                     f"| {t.mcnemar_p:.2g} | {p_text(t.bootstrap_p)} | {adjusted} | {v.outcome} |")
     return "\n".join(lines)
+
+
+def p_text(value: float, floor: float = 1e-4) -> str:
+    """A p-value in two significant digits; a bootstrap's 0 (no resample on the other side) as "< floor"."""
+    return f"{value:.2g}" if value > 0 else "< " + f"{floor:.0e}".replace("e-0", "e-")
