@@ -44,7 +44,8 @@ def run_figures(directory: Path, label: str) -> dict[str, float]:
     if ev.get("follow_defined"):
         figures["follow rate"] = ev["followed"] / ev["follow_defined"]
     if label == "trained":
-        figures.update({f"forgetting {k}": v for k, v in (results.get("forgetting") or {}).get("difference", {}).items()})
+        differences = (results.get("forgetting") or {}).get("difference", {})
+        figures.update({f"forgetting {k}": v for k, v in differences.items()})
         if (directory / "train_metrics.csv").exists():
             with (directory / "train_metrics.csv").open() as handle:
                 steps = list(csv.DictReader(handle))

@@ -240,7 +240,8 @@ def test_the_protocol_without_distilled_rows_is_r3_grpo_and_with_them_adds_the_r
         passed = [] if r3 is None else [tuple(c.token_ids) for c, ok in zip(r3.retries, r3.retry_successes) if ok]
         extra = [tuple(grpo.reflections[j].token_ids) for j in range(len(grpo.reflections)) if grpo.is_off_policy(j)]
         assert extra == list(dict.fromkeys(passed))  # each distinct rewarded retry, in order
-        assert grpo.reflection_prompt_ids == render.for_task(task, grpo.example, task.first_attempt_messages(grpo.example))
+        prompt = render.for_task(task, grpo.example, task.first_attempt_messages(grpo.example))
+        assert grpo.reflection_prompt_ids == prompt
         added += len(extra)
     assert added > 0 and distilled.stats[keys.DISTILLED_ROWS] == added
     assert distilled.tensors["off_policy"].sum() == added

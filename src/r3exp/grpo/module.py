@@ -389,7 +389,8 @@ def merge_rank_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     if len(stats) == 1:
         return dict(stats[0])
     slowest = {keys.SECONDS, keys.WALL_SECONDS}
-    additive = {keys.GROUPS, keys.SAMPLED_TOKENS, keys.DISTILLED_ROWS} | {key for key in stats[0] if key.endswith("/groups")}
+    additive = {keys.GROUPS, keys.SAMPLED_TOKENS, keys.DISTILLED_ROWS} | \
+        {key for key in stats[0] if key.endswith("/groups")}
     return {key: max(s[key] for s in stats) if key in slowest
             else sum(s[key] for s in stats) if key in additive else _mean_of_defined([s[key] for s in stats])
             for key in stats[0]}

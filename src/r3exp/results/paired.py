@@ -4,8 +4,9 @@ and "R3 beats plain GRPO". Outcomes are paired per example within a seed and poo
 - the gain: mean over seeds of (accuracy of a - accuracy of b), with the per-seed gains and their std;
 - McNemar's exact test on the pooled discordant pairs (a right and b wrong, and the reverse);
 - a paired bootstrap: examples resampled with replacement, the pooled mean difference recomputed; the
-  p-value is two-sided (twice the smaller tail at zero), the 95% interval the percentiles of the resamples. When every seed evaluated the same examples (the
-  same test split; the pairs are in example order), an example is resampled in all seeds at once: the
+  p-value is two-sided (twice the smaller tail at zero), the 95% interval the percentiles of the resamples.
+  When every seed evaluated the same examples (the same test split; the pairs are in example order), an
+  example is resampled in all seeds at once: the
   example, not the (seed, example) pair, is the unit, since one base model's outcomes recur in every
   seed's pairs. McNemar's test treats the pooled pairs as independent and is the less conservative one.
 

@@ -76,7 +76,8 @@ def row_stats(episodes: list[Episode]) -> dict[str, float]:
     lengths = [len(f.token_ids) for f in completions]
     tensor = torch.tensor(rewards) if rewards else torch.zeros(0)
     return {
-        keys.RETRY_SUCCESS: sum(ep.retry_successes[j] for ep in failed for j in ep.on_policy_rows) / max(len(rewards), 1),
+        keys.RETRY_SUCCESS: sum(ep.retry_successes[j] for ep in failed for j in ep.on_policy_rows)
+        / max(len(rewards), 1),
         keys.REWARD_MEAN: tensor.mean().item() if rewards else 0.0,
         "rollout/reward_std": tensor.std().item() if len(rewards) > 1 else 0.0,
         keys.FRAC_REWARD_ZERO_STD: sum(max(g) == min(g) for g in groups) / max(len(groups), 1),
