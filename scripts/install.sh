@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 TORCH_VERSION="${R3EXP_TORCH_VERSION:-2.13.0}"
-EXTRAS="cpu,smollm2"
+EXTRAS="cpu,smollm2,kahan"
 for extra in "$@"; do
   case "$extra" in
     dev|trl) EXTRAS="$EXTRAS,$extra" ;;

@@ -54,7 +54,7 @@ def test_every_key_that_maps_onto_no_class_is_typed():
 
 @pytest.mark.parametrize("override, says", [
     ("optimizer.optimizer.lr=fast",
-     "optimizer.optimizer.lr='fast': expected a number or Tensor (lr of torch.optim.AdamW)"),
+     "optimizer.optimizer.lr='fast': expected a number (lr of r3exp.grpo.optimizers.adamw)"),
     ("rollout.group_size=eight", "rollout.group_size='eight': expected an integer"),
     ("rollout.group_size=8.5", "rollout.group_size=8.5: expected an integer"),
     ("rollout.attempt.temperature=hot", "rollout.attempt.temperature='hot': expected a number"),
@@ -64,7 +64,7 @@ def test_every_key_that_maps_onto_no_class_is_typed():
     ("seed=abc", "seed='abc': expected an integer"),
     ("evaluation.limit=lots", "evaluation.limit='lots': expected an integer or null"),
     ("evaluation.reuse_base=sometimes", "evaluation.reuse_base='sometimes': expected true/false"),
-    ("+optimizer.optimizer.lrr=1", "optimizer.optimizer.lrr: not a setting of torch.optim.AdamW (its settings: "),
+    ("+optimizer.optimizer.lrr=1", "optimizer.optimizer.lrr: not a setting of r3exp.grpo.optimizers.adamw (its settings: "),
 ])
 def test_a_value_of_the_wrong_type_is_named_with_what_the_key_takes(override, says):
     with pytest.raises(ConfigError) as raised:

@@ -3,8 +3,8 @@
 Every config node with a ``_target_`` maps onto a class or function; its keys are that callable's
 parameters, and their annotations say what each value must be. :func:`check_config_types` checks every
 such node of a composed config against its target's signature and raises one :class:`ConfigError` that
-names each offending key (``optimizer.optimizer.lr='fast': expected a number or Tensor (lr of
-torch.optim.AdamW)``), instead of the library's own error deep inside a run, after the engine has started.
+names each offending key (``optimizer.optimizer.lr='fast': expected a number (lr of
+r3exp.grpo.optimizers.adamw)``), instead of the library's own error deep inside a run, after the engine has started.
 A key the target does not take is named too, with the parameters it does take.
 
 Annotations it understands: ``int``, ``float`` (an int is a float), ``bool``, ``str``, ``None``, unions

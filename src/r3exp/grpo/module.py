@@ -17,6 +17,7 @@ from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
 from r3exp.grpo.logprobs import can_share_prompts
+from r3exp.grpo.optimizers import check_updates_kept
 from r3exp.grpo.step import (LossSettings, StepRows, accumulate_gradients, correct_for_engine, micro_batch_count,
                              reference_logprobs, share_of_engine, step_rows)
 from r3exp.models.export import hf_state_dict, is_peft, merged_lora, save_policy, save_weights
@@ -344,6 +345,7 @@ class R3GRPOModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
+        check_updates_kept(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.max_steps)

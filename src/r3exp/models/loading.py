@@ -8,10 +8,14 @@ from typing import Any
 
 import torch
 
-from r3exp.errors import ModelUnavailable
+from r3exp.errors import ConfigError, ModelUnavailable
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# How trainable weights are kept (r3exp.grpo.optimizers explains why it matters in bf16):
+# float32: float32 whatever model.dtype is (full fine-tuning loads the model in float32; LoRA adapters are
+#   float32 over a model.dtype base); kahan: in model.dtype, stepped by a Kahan-compensated AdamW.
+MASTER_WEIGHTS = ("float32", "kahan")
 
 
 @dataclass
@@ -72,22 +76,37 @@ def load_tokenizer(path: str | Path):
 
 
 def load_policy(path: str | Path, dtype: str = "float32", lora: LoraSpec | dict | None = None,
-                gradient_checkpointing: bool = False) -> Any:
-    """The causal LM at ``path`` (hub id or directory), optionally wrapped with a fresh LoRA adapter."""
+                gradient_checkpointing: bool = False, master_weights: str = "float32") -> Any:
+    """The causal LM at ``path`` (hub id or directory), optionally wrapped with a fresh LoRA adapter.
+
+    ``dtype`` is the weights' dtype as loaded; ``master_weights`` (:data:`MASTER_WEIGHTS`) the dtype the
+    trainable ones are kept in: under ``float32``, full fine-tuning loads every weight in float32 (the
+    frozen base of a LoRA adapter stays in ``dtype``)."""
     from transformers import AutoModelForCausalLM
 
+    check_master_weights(master_weights)
+    load_dtype = "float32" if master_weights == "float32" and not lora else dtype
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype), **hub_kwargs(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(load_dtype), **hub_kwargs(path))
     except ModelUnavailable:
         raise
     except Exception as err:  # noqa: BLE001
         raise ModelUnavailable(_explain(path, err)) from None
-    return prepare_policy(model, lora, gradient_checkpointing)
+    return prepare_policy(model, lora, gradient_checkpointing, master_weights)
 
 
-def prepare_policy(model, lora: LoraSpec | dict | None = None, gradient_checkpointing: bool = False) -> Any:
+def check_master_weights(master_weights: str) -> None:
+    if master_weights not in MASTER_WEIGHTS:
+        raise ConfigError(f"model.master_weights={master_weights!r} is not one of {list(MASTER_WEIGHTS)}")
+
+
+def prepare_policy(model, lora: LoraSpec | dict | None = None, gradient_checkpointing: bool = False,
+                   master_weights: str = "float32") -> Any:
     """A loaded causal LM made ready to train: gradient checkpointing (non-reentrant, so it also holds
-    under a LoRA adapter whose frozen inputs need no gradient), then a fresh LoRA adapter, train mode."""
+    under a LoRA adapter whose frozen inputs need no gradient), then a fresh LoRA adapter (its weights in
+    float32 over a base of any dtype, as peft's ``autocast_adapter_dtype`` does), train mode. Under
+    ``master_weights="float32"`` every trainable weight ends in float32."""
+    check_master_weights(master_weights)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -98,7 +117,11 @@ def prepare_policy(model, lora: LoraSpec | dict | None = None, gradient_checkpoi
         model = get_peft_model(model, LoraConfig(
             r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
             target_modules=list(spec.target_modules), task_type="CAUSAL_LM",
-        ))
+        ), autocast_adapter_dtype=True)
+    if master_weights == "float32":
+        for param in model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
     model.train()
     return model
 
@@ -134,7 +157,11 @@ class ModelSpec:
         embedded: a ``TinySpec`` to build the embedded model instead.
         gguf: a ``GGUFSpec`` (``r3exp.models.gguf``): the package and file of a GGUF model, converted once
             to a Hugging Face directory under ``paths.cache_dir/models/gguf``.
-        dtype: weights dtype (``float32`` on CPU, ``bfloat16`` on GPU).
+        dtype: weights dtype as loaded (``float32`` on CPU, ``bfloat16`` on GPU).
+        master_weights: how trainable weights are kept (:data:`MASTER_WEIGHTS`): ``float32`` (full
+            fine-tuning holds float32 weights, bf16 compute comes from ``trainer.precision=bf16-mixed``;
+            16 bytes per parameter with AdamW) or ``kahan`` (weights in ``dtype``, AdamW with Kahan
+            summation from torch-optimi: 10 bytes per parameter). LoRA adapters are float32 either way.
         lora: LoRA settings (``LoraSpec`` fields) or None for full fine-tuning.
         gradient_checkpointing: trade compute for activation memory.
         warm_start: a ``WarmStartSpec`` (see ``r3exp.warmstart``) for the embedded model: supervised
@@ -149,6 +176,7 @@ class ModelSpec:
     lora: Any = None
     gradient_checkpointing: bool = False
     warm_start: Any = None
+    master_weights: str = "float32"
 
     @property
     def is_embedded(self) -> bool:
@@ -171,4 +199,4 @@ class ModelSpec:
 
     def load(self, path: str):
         lora = dict(self.lora) if self.lora else None
-        return load_policy(path, self.dtype, lora, self.gradient_checkpointing)
+        return load_policy(path, self.dtype, lora, self.gradient_checkpointing, self.master_weights)
