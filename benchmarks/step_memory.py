@@ -66,13 +66,15 @@ def build_policy(args):
     if args.config_from:  # a real model's architecture and every one of its layers, random weights
         config = AutoConfig.from_pretrained(args.config_from)
         model = AutoModelForCausalLM.from_config(config).to(dtype=torch_dtype(args.dtype), device=args.device)
-        return prepare_policy(model, LoraSpec() if not args.full else None, args.gradient_checkpointing)
+        return prepare_policy(model, LoraSpec() if not args.full else None, args.gradient_checkpointing,
+                              args.master_weights)
     config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
                          num_key_value_heads=args.kv_heads, tie_word_embeddings=not args.untied,
                          max_position_embeddings=max(args.context + args.reflection, 2048))
     model = Qwen2ForCausalLM(config).to(dtype=torch_dtype(args.dtype), device=args.device)
-    return prepare_policy(model, LoraSpec() if not args.full else None, args.gradient_checkpointing)
+    return prepare_policy(model, LoraSpec() if not args.full else None, args.gradient_checkpointing,
+                          args.master_weights)
 
 
 def synthetic_rollout(args) -> dict:
@@ -148,7 +150,12 @@ def main() -> None:
                         help="grpo.logprob_chunk_size (default: the packaged grpo/default.yaml's)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--logprobs", choices=["reflection", "full-logits"], default="reflection")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="float32", help="the weights' dtype as loaded (model.dtype); bfloat16 "
+                        "also computes in bf16 under autocast, as trainer.precision=bf16-mixed")
+    parser.add_argument("--master-weights", choices=["float32", "kahan"], default="float32",
+                        help="model.master_weights: float32 trainable weights, or --dtype ones with Kahan AdamW")
+    parser.add_argument("--plain-adamw", action="store_true", help="torch.optim.AdamW whatever the weights' dtype: "
+                        "with --dtype bfloat16 --master-weights kahan, pure bf16 (the updates are rounded away)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ranks", type=int, default=1, help="gloo processes, each stepping on its own --rows rows")
     parser.add_argument("--sharded", action="store_true", help="with --ranks: shard the policy (FSDP2, trainer=fsdp)")
@@ -176,6 +183,7 @@ def main() -> None:
 
 def run_rank(rank: int, args, port: int) -> None:
     from r3exp import distributed
+    from r3exp.grpo.optimizers import adamw
     from r3exp.grpo.step import LossSettings, accumulate_gradients, micro_batch_count, step_rows
 
     if args.ranks > 1:
@@ -191,7 +199,7 @@ def run_rank(rank: int, args, port: int) -> None:
 
         model = shard_policy(policy, init_device_mesh(torch.device(args.device).type, (args.ranks,)))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5) if args.plain_adamw else adamw(trainable, lr=1e-5)
     materialise_optimizer_state(optimizer, trainable)  # part of the static memory, not of the step's
     settings = LossSettings(epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_type="dapo", temperature=1.0,
                             max_reflection_tokens=args.reflection, max_tokens_per_micro_batch=args.micro_batch_tokens,
@@ -205,11 +213,13 @@ def run_rank(rank: int, args, port: int) -> None:
     distributed.barrier()
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    if args.logprobs == "reflection":
-        metrics = accumulate_gradients(model, rows, settings, device=args.device, pad_to=pad_to)
-    else:
-        full_logits_step(policy, rows, settings)
-        metrics = {"micro_batches": 1.0}
+    autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    with autocast:  # bf16 compute over weights of any dtype, as trainer.precision=bf16-mixed
+        if args.logprobs == "reflection":
+            metrics = accumulate_gradients(model, rows, settings, device=args.device, pad_to=pad_to)
+        else:
+            full_logits_step(policy, rows, settings)
+            metrics = {"micro_batches": 1.0}
     if not args.sharded:
         distributed.sum_gradients(trainable)  # as trainer=ddp does, once per step
     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -224,11 +234,13 @@ def run_rank(rank: int, args, port: int) -> None:
         (static, peak, seconds, gpu_peak))))
     if rank != 0:
         return
+    trainable_dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in trainable})
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     ranks = "" if args.ranks == 1 else f"; {args.ranks} ranks, {'sharded (FSDP2)' if args.sharded else 'replicated'}"
     print(f"shape: {args.config_from or 'Qwen2'}: vocab {args.vocab}, hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, "
-          f"{'untied' if args.untied else 'tied'}; {'full' if args.full else 'LoRA r16'} ({trainable / 1e6:.1f}M trainable), "
-          f"{args.dtype}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+          f"{'untied' if args.untied else 'tied'}; {'full' if args.full else 'LoRA r16'} ({trainable / 1e6:.1f}M trainable, {'/'.join(trainable_dtypes)}), "
+          f"{args.dtype}, master weights {args.master_weights}, {type(optimizer).__module__}.{type(optimizer).__name__}, "
+          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
           f"torch threads {torch.get_num_threads()}{ranks}")
     print(f"step: {args.rows} rows x ({args.context} + {args.reflection}) tokens, log-probs {args.logprobs}, "
           f"{int(metrics['micro_batches'])} micro-batches under {args.micro_batch_tokens} tokens, chunk {args.chunk}; "
