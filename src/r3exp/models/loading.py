@@ -16,6 +16,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # float32: float32 whatever model.dtype is (full fine-tuning loads the model in float32; LoRA adapters are
 #   float32 over a model.dtype base); kahan: in model.dtype, stepped by a Kahan-compensated AdamW.
 MASTER_WEIGHTS = ("float32", "kahan")
+INITS = ("pretrained", "random")  # model.init
 
 
 @dataclass
@@ -166,6 +167,11 @@ class ModelSpec:
         gradient_checkpointing: trade compute for activation memory.
         warm_start: a ``WarmStartSpec`` (see ``r3exp.warmstart``) for the embedded model: supervised
             training on the task's scripted episodes before R3. Ignored unless the model is embedded.
+        init: ``pretrained`` (the weights at ``name_or_path``) or ``random``: ``architecture`` with random
+            weights and the embedded tokenizer grown to its vocabulary (``r3exp.models.random_init``), for
+            measuring a paper model's memory and speed on a machine without the hub.
+        architecture: the model's ``config.json`` fields (``model_type``, ``vocab_size``, ``hidden_size``,
+            ...), written out in the paper models' configs; used by ``init=random``.
     """
 
     name: str
@@ -177,14 +183,28 @@ class ModelSpec:
     gradient_checkpointing: bool = False
     warm_start: Any = None
     master_weights: str = "float32"
+    init: str = "pretrained"
+    architecture: Any = None
 
     @property
     def is_embedded(self) -> bool:
         """The embedded tiny model (built here, and warm-started when ``warm_start`` is set)."""
-        return self.name_or_path is None and self.gguf is None and self.embedded is not None
+        return self.init == "pretrained" and self.name_or_path is None and self.gguf is None \
+            and self.embedded is not None
 
     def resolve(self, cache_dir: str | Path, corpus=None) -> str:
-        """The path or hub id to load; builds the embedded model (from ``corpus()``) if needed."""
+        """The path or hub id to load; builds the embedded model, or a random-weight one under
+        ``init=random`` (tokenizer from ``corpus()``), if needed."""
+        if self.init not in INITS:
+            raise ConfigError(f"model.init={self.init!r} is not one of {list(INITS)}")
+        if self.init == "random":
+            if not self.architecture:
+                raise ConfigError(f"model.init=random: model {self.name!r} has no model.architecture (the fields of "
+                                  "its config.json; the paper models' configs write them out)")
+            from r3exp.models.random_init import ensure_random_model
+
+            return str(ensure_random_model(dict(self.architecture), self.dtype, 0, corpus() if corpus else [],
+                                           Path(cache_dir) / "models"))
         if self.name_or_path:
             return str(self.name_or_path)
         if self.gguf is not None:
