@@ -59,6 +59,12 @@ def test_a_paper_model_with_random_weights_runs_the_main_job_on_the_hf_engine_wi
     assert list(results["phases"])[:2] == ["model build", "engine start"]
     merged = run_dir / "policy" / "merged"
     assert json.loads((merged / "config.json").read_text())["vocab_size"] == 151_936
+    import csv
+
+    logged = [row for row in csv.DictReader((run_dir / "csv" / "version_0" / "metrics.csv").open())
+              if row["memory/peak_gib"]]  # every logged metric, logger=csv
+    assert len(logged) == 2 and all(0.1 < float(row["memory/peak_gib"]) < 24 for row in logged)  # peak RSS on CPU
+    assert all(float(row["time/step_seconds"]) >= float(row["time/generation_seconds"]) > 0 for row in logged)
 
 
 def test_a_model_without_an_architecture_cannot_be_random(tmp_path):
