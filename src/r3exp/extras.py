@@ -32,8 +32,8 @@ class Need:
         missing = [PACKAGES.get(name, name) for name in self.missing()]
         names = " and ".join(filter(None, [", ".join(missing[:-1]), missing[-1]]))
         packages = f"the {names} package{'s' if len(missing) > 1 else ''}"
-        return f"{self.setting} needs {packages}: pip install {self.install}" + (f" (or {self.instead})"
-                                                                                 if self.instead else "")
+        instead = f" (or {self.instead})" if self.instead else ""
+        return f"{self.setting} needs {packages}: pip install {self.install}{instead}"
 
 
 def needs(cfg: DictConfig, engine: bool) -> list[Need]:
