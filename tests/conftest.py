@@ -99,7 +99,7 @@ def chat_ids(tokenizer, text: str) -> list[int]:
 
 # a real vLLM engine, or the real pretrained model (converted once from its GGUF file, ~45 s)
 ENGINE_FIXTURES = {"engine_pool", "vllm_engine", "fresh_vllm", "smollm2_engine", "smollm2_path", "smollm2_tokenizer"}
-PROCESS_CALLS = ("r3exp(", "subprocess.", "mp.start_processes", "dvc(", "multirun")
+PROCESS_CALLS = ("r3exp(", "subprocess.", "mp.start_processes", "dvc(", "multirun", "python_without_site(")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,29 +2,18 @@
 environment without what that machine lacks (vLLM, Hydra, OmegaConf, W&B, lm-eval, DVC), so it cannot rot."""
 from __future__ import annotations
 
-import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 from tests.conftest import ROOT
+from tests.site_packages import packages_without, python_without_site
 
 ABSENT_ON_THE_GPU_MACHINE = ("vllm", "hydra", "omegaconf", "wandb", "lm_eval", "dvc")
 
 
 def gpu_machine_packages(directory: Path) -> Path:
     """This environment's site-packages less the packages the GPU machine lacks (links to the rest)."""
-    directory.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not entry.name.lower().startswith(ABSENT_ON_THE_GPU_MACHINE):
-            (directory / entry.name).symlink_to(entry)
-    return directory
-
-
-def python_without_site(packages: Path, *args: str, timeout: int) -> subprocess.CompletedProcess:
-    """``python -S`` (no site-packages, no .pth files) with only ``packages`` on the path."""
-    return subprocess.run([sys.executable, "-S", *args], cwd=ROOT, env={"PYTHONPATH": str(packages), "HOME": "/tmp"},
-                          capture_output=True, text=True, timeout=timeout)
+    return packages_without(directory, ABSENT_ON_THE_GPU_MACHINE)
 
 
 def test_the_gpu_check_runs_every_configuration_with_only_torch_transformers_and_peft(tmp_path):

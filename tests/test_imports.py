@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 # low to high; a package may import any package of a lower layer and its own modules
 LAYERS = [
     {"errors", "r3exp", "keys", "timing", "host_memory", "cache_entries"},
-    {"distributed", "records", "config_types"},
+    {"distributed", "records", "config_types", "extras"},
     {"tasks", "models"},
     {"rollout"},
     {"grpo", "evaluation", "warmstart", "tracking"},

@@ -19,3 +19,7 @@ class RankFailed(R3Error):
     def __init__(self, exit_code: int):
         super().__init__(f"another rank exited with code {exit_code}")
         self.exit_code = exit_code
+
+
+class MissingExtra(R3Error):
+    """The config needs a package of an optional extra that is not installed (``r3exp.extras``)."""

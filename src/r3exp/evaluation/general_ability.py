@@ -72,7 +72,7 @@ def task_manager(spec: GeneralAbility, workdir: Path):
     """lm-eval's TaskManager over r3exp's shipped tasks (their data files made absolute, in ``workdir``)
     and the user's ``include_path``."""
     import yaml
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # imported here: lm-eval is optional (r3exp[forgetting])
 
     shipped = workdir / "r3exp_tasks"
     shipped.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def task_manager(spec: GeneralAbility, workdir: Path):
 def check_tasks(spec: GeneralAbility, manager) -> None:
     """Load each task's data before any model is built, so that a task lm-eval does not know, or whose
     dataset needs the unreachable hub, fails in one line naming it."""
-    from lm_eval.tasks import get_task_dict
+    from lm_eval.tasks import get_task_dict  # imported here: lm-eval is optional (r3exp[forgetting])
 
     unknown = [t for t in spec.tasks if t not in manager.all_tasks]
     if unknown:
@@ -122,7 +122,7 @@ def score_model(model_path: str | Path, label: str, spec: GeneralAbility, out_di
     """Run lm-eval on ``model_path``; its output files go to ``<out_dir>/<label>/``. Returns
     ``{"<task>/<metric>": value}`` for every numeric metric (standard errors left out)."""
     import torch
-    from lm_eval import simple_evaluate
+    from lm_eval import simple_evaluate  # imported here: lm-eval is optional (r3exp[forgetting])
     from lm_eval.loggers import EvaluationTracker
 
     out = Path(out_dir) / label

@@ -73,7 +73,7 @@ def finish_wandb() -> None:
     import sys
 
     if "wandb" in sys.modules:
-        import wandb
+        import wandb  # imported here: wandb is optional (r3exp[wandb])
 
         if wandb.run is not None:
             wandb.finish()

@@ -9,6 +9,7 @@ from r3exp import distributed
 from r3exp.config_types import check_config_types
 from r3exp.distributed import Ranks
 from r3exp.errors import ConfigError, RankFailed
+from r3exp.extras import check_extras
 from r3exp.modes.components import build_components
 from r3exp.modes.publishing import finish_wandb
 from r3exp.modes.registry import MODES, Mode, RunContext, RunResult
@@ -27,6 +28,7 @@ def run(cfg: DictConfig) -> RunResult:
         raise ConfigError(f"mode={cfg.mode!r}; expected one of {tuple(MODES)}")
     selected = MODES[cfg.mode]
     check_config_types(cfg)
+    check_extras(cfg, engine=selected.engine)  # a missing optional package: one line, before anything starts
     setup_environment(verbose=cfg.get("verbose", False), keep_freed_memory=cfg.get("reuse_freed_memory", True))
     if not selected.ranked:
         if distributed.launched_rank() > 0:  # SLURM or torchrun started several tasks: one does this mode's work

@@ -12,7 +12,7 @@ COLOURS = {"base_first_try": "#c6dbef", "base_after_reflection": "#6baed6",
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # imported here: matplotlib is optional (r3exp[reports])
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -84,7 +84,7 @@ def plot_training(rows: list[ComparisonRow], path: str | Path, window: int = 10)
         if any(c.get("follow_rate") is not None and c["follow_rate"] == c["follow_rate"] for c in run.curves):
             follow_ax.plot(xs, moving_average([c.get("follow_rate") for c in run.curves], window), **style)
         length_ax.plot(xs, moving_average([c["reflection_length"] for c in run.curves], window), **style)
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # imported here: matplotlib is optional (r3exp[reports])
 
     xlabel = "thousand tokens sampled for training" if by_tokens else "step"
     reward_ax.set(xlabel=xlabel, ylabel=f"mean reward, {window}-step average", title="Reward", ylim=(-0.03, 1.03))

@@ -23,11 +23,11 @@ def load_hub_rows(
     Otherwise the whole dataset is shuffled once with ``seed``; ``test`` takes the first rows, ``validation`` the
     next, ``train`` the rest (capped at its size), so the splits are disjoint and stable.
     """
-    import datasets
-
     path = Path(source).expanduser()
     if path.is_dir():
         return read_split_file(path / f"{split}.jsonl", int(split_sizes.get(split, 0)) or None, required)
+    import datasets  # imported here: datasets is optional (r3exp[data]); a split directory does without it
+
     try:
         if path.exists():
             fmt = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)

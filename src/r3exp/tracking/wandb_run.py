@@ -29,7 +29,7 @@ def log_evaluation(logger, results: dict[str, dict], samples: dict[str, Sequence
     run = wandb_run(logger)
     if run is None:
         return
-    import wandb
+    import wandb  # imported here: wandb is optional (r3exp[wandb])
 
     rows = [[label, r["split"], r["total"], r["first_try_accuracy"], r["after_reflection_accuracy"],
              r["after_reflection_accuracy"] - r["first_try_accuracy"]] for label, r in results.items()]
@@ -78,7 +78,7 @@ def log_forgetting(logger, scores: dict[str, dict[str, float]]) -> None:
     run = wandb_run(logger)
     if run is None or not scores:
         return
-    import wandb
+    import wandb  # imported here: wandb is optional (r3exp[wandb])
 
     base, trained = scores.get(keys.BASE, {}), scores.get(keys.TRAINED, {})
     for label, values in scores.items():
@@ -111,7 +111,7 @@ def log_dataset_artifact(logger, task_name: str, source: str, metadata: dict) ->
     run = wandb_run(logger)
     if run is None:
         return
-    import wandb
+    import wandb  # imported here: wandb is optional (r3exp[wandb])
 
     artifact = wandb.Artifact(artifact_name(f"{task_name}-data"), type="dataset", metadata=metadata)
     path = Path(source).expanduser()
@@ -128,7 +128,7 @@ def log_policy_artifact(logger, name: str, policy_dir: str | Path, metadata: dic
     run = wandb_run(logger)
     if run is None:
         return
-    import wandb
+    import wandb  # imported here: wandb is optional (r3exp[wandb])
 
     artifact = wandb.Artifact(artifact_name(name), type="model", metadata=metadata)
     artifact.add_reference(Path(policy_dir).resolve().as_uri(), name="policy")

@@ -98,7 +98,7 @@ class VLLMEngine(GenerationEngine):
             block_size = CPU_BLOCK_SIZE
         self.sleep_level = sleep_level if on_gpu else None
         self._asleep = self._weights_discarded = False
-        from vllm import LLM
+        from vllm import LLM  # imported here: vLLM is optional (r3exp[cpu] or r3exp[gpu])
 
         # several ranks on GPUs, or several ranks per engine: the engine joins the torch.distributed world the
         # trainer started (vLLM's external_launcher, TRL's colocate mode); one process per engine on CPUs: uni
@@ -134,7 +134,7 @@ class VLLMEngine(GenerationEngine):
         return bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
 
     def _generate(self, prompts, n, sampling: SamplingConfig, seeds):
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # imported here: vLLM is optional (r3exp[cpu] or r3exp[gpu])
         from vllm.inputs import TokensPrompt
 
         self.wake_up()
