@@ -16,7 +16,7 @@ from tests.test_cli import SHORT
 
 # every optional extra's packages (pyproject.toml) and vLLM (the cpu and gpu extras); names as in site-packages
 EXTRAS = ("wandb", "lm_eval", "datasets", "dvc", "matplotlib", "mpl_toolkits", "pylab", "optuna", "submitit",
-          "hydra_plugins", "hydra_optuna", "hydra_submitit", "vllm")
+          "hydra_plugins", "hydra_optuna", "hydra_submitit", "vllm", "optimi", "torch_optimi")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def error_lines(out) -> list[str]:
 
 def test_that_environment_lacks_the_extras_and_has_the_core(core_only):
     """Else the tests below prove nothing."""
-    for name in ("wandb", "lm_eval", "datasets", "dvc", "matplotlib", "wandb_workspaces", "vllm",
+    for name in ("wandb", "lm_eval", "datasets", "dvc", "matplotlib", "wandb_workspaces", "vllm", "optimi",
                  "hydra_plugins.hydra_optuna_sweeper", "hydra_plugins.hydra_submitit_launcher"):
         out = python_without_site(core_only, "-c", f"import {name}", timeout=120)
         assert out.returncode != 0 and "ModuleNotFoundError" in out.stderr, name
