@@ -77,18 +77,22 @@ def check_gap(mismatches: list[dict[str, float]], dtype: str) -> Check:
 
 def check_weight_push(engine_state: dict[str, torch.Tensor], trainer_state: dict[str, torch.Tensor]) -> Check:
     """Every tensor the engine holds equals the trainer's exported one (``hf_state_dict`` of the merged
-    policy), bit for bit, and neither side has a name the other lacks."""
+    policy) as the engine's dtype stores it (float32 master weights are held in the engine's bfloat16), bit
+    for bit, and neither side has a name the other lacks."""
     missing = sorted(trainer_state.keys() - engine_state.keys())
     extra = sorted(engine_state.keys() - trainer_state.keys())
     if missing or extra:
         return False, f"names differ: not in the engine {missing[:3]}, only in the engine {extra[:3]}"
+    cast = {}
     for name, tensor in trainer_state.items():
         held = engine_state[name]
-        same = held.dtype == tensor.dtype and held.shape == tensor.shape and torch.equal(held.to(tensor.device), tensor)
-        if not same:
+        if held.dtype != tensor.dtype:
+            cast[(tensor.dtype, held.dtype)] = cast.get((tensor.dtype, held.dtype), 0) + 1
+        if held.shape != tensor.shape or not torch.equal(held, tensor.to(device=held.device, dtype=held.dtype)):
             return False, (f"{name} differs (held {held.dtype} {tuple(held.shape)}, pushed {tensor.dtype} "
                            f"{tuple(tensor.shape)}); {len(trainer_state)} tensors")
-    return bool(trainer_state), f"{len(trainer_state)} tensors equal"
+    casts = "".join(f"; {n} pushed in {a}, held in {b}" for (a, b), n in cast.items())
+    return bool(trainer_state), f"{len(trainer_state)} tensors equal{casts}"
 
 
 def check_paper_step(outcome: dict[str, float] | torch.OutOfMemoryError, budget: int) -> Check:

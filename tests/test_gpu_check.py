@@ -56,6 +56,8 @@ def test_the_gpu_check_runs_every_configuration_with_only_torch_transformers_and
         assert f"{prefix}reflection groups carry a reward" in out.stdout
         # embeddings, 2 layers x 12 tensors, the final norm and the output layer (listed even when tied)
         assert f"{prefix}weight push reaches the engine: 27 tensors equal" in out.stdout
+    if dtype == "bfloat16":  # full fine-tuning trains float32 master weights (model.master_weights' default)
+        assert out.stdout.count("27 tensors equal; 27 pushed in torch.float32, held in torch.bfloat16") == 2
     small = benchmark("gpu_check").SMALL
     tied, untied = (benchmark("gpu_checks").qwen2_parameter_count(dict(small, tie_word_embeddings=tied))
                     for tied in (True, False))
@@ -141,8 +143,12 @@ def test_the_weight_push_check_compares_every_tensor_bit_for_bit():
     assert not passed and detail.startswith("names differ: not in the engine ['model.norm.weight']")
     passed, detail = check(dict(held, extra=torch.zeros(1)), pushed)
     assert not passed and detail.endswith("only in the engine ['extra']")
-    widened = dict(held, **{name: held[name].float()})  # the same values in another dtype
-    assert not check(widened, pushed)[0]
+    master = {k: v.float() for k, v in pushed.items()}  # float32 master weights, held in bfloat16
+    assert check(held, master) == (True, f"{len(pushed)} tensors equal; {len(pushed)} pushed in torch.float32, "
+                                         "held in torch.bfloat16")
+    master[name] = master[name].clone()
+    master[name][3, 5] = held[name][3, 5].float() * (1 + 2**-6)  # a few bfloat16 ulps: the engine would hold it
+    assert not check(held, master)[0]
     assert not check({}, {})[0]  # nothing compared is no proof
 
 
