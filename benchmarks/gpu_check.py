@@ -10,7 +10,8 @@ LoRA r16 and full fine-tuning, it runs what a GPU user's run does, through r3exp
 
 1. builds the model in bf16 on the device and saves it with a tokenizer of its whole vocabulary;
 2. starts the Hugging Face engine (``r3exp.rollout.engines.hf_engine``) on it and the policy beside it
-   (gradient checkpointing on, as the paper configs);
+   (gradient checkpointing on, as the paper configs; float32 master weights under bf16 autocast, as
+   model.master_weights and trainer.precision=bf16-mixed);
 3. runs ``--steps`` R3 steps: first attempts, G reflections per failure, one retry each, on a task whose
    validator any model passes about half the time (the answer text's hash is even), so that reflection
    groups carry a reward; the engine sleeps while the trainer steps (its weights to CPU memory) and
@@ -194,6 +195,12 @@ def weight_gib(model: torch.nn.Module) -> float:
     return sum(storages.values()) / GIB
 
 
+def bf16_mixed(device: torch.device, dtype: str):
+    """The trainer's forward and backward as ``trainer.precision=bf16-mixed`` (trainer=gpu) runs them: bf16
+    compute over the policy's float32 master weights (``prepare_policy``'s default) and LoRA adapters."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
 def paper_settings() -> tuple[dict, dict]:
     """The paper config's rollout and GRPO settings (micro-batch and chunk sizes, lengths)."""
     paper = yaml.safe_load(PAPER_CONFIG.read_text())
@@ -270,9 +277,10 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
                 sleeps.append(check_sleep(freed, weight_gib(engine.model)))
             trained = [0]
             with phase(report, memory, "training step", trained):
-                mismatch = correct_for_engine(policy, rows.batch, settings, correction, device=device)
-                optimizer.zero_grad(set_to_none=True)
-                metrics = accumulate_gradients(policy, rows, settings, device=device)
+                with bf16_mixed(device, args.dtype):
+                    mismatch = correct_for_engine(policy, rows.batch, settings, correction, device=device)
+                    optimizer.zero_grad(set_to_none=True)
+                    metrics = accumulate_gradients(policy, rows, settings, device=device)
                 norms.append(float(torch.nn.utils.clip_grad_norm_(trainable, 1.0)))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -321,7 +329,8 @@ def paper_step(report: Report, memory: Memory, policy, trainable, optimizer, set
     trained = [0]
     try:
         with phase(report, memory, f"paper-scale step ({n} x {context}+{reflection})", trained):
-            outcome = accumulate_gradients(policy, rows, settings, device=device)
+            with bf16_mixed(device, args.dtype):
+                outcome = accumulate_gradients(policy, rows, settings, device=device)
             outcome["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, 1.0))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

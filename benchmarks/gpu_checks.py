@@ -12,8 +12,9 @@ Check = tuple[bool, str]
 # each update) allowed per dtype. float32: the two must agree (the runs' own logprob_diff_max bound). bfloat16:
 # they differ by rounding, which grows with width and depth. Measured, largest per step: an H200 at the real
 # shapes (HF engine, 2 steps, LoRA and full; docs/measurements/gpu_*-h200-2026-12-01.log) max 0.071 at 1.5B and
-# 0.204 at 7B, mean 0.015 and 0.037; this CPU (avx512_bf16) at --cpu-shapes (seeds 0-4, 4 steps, LoRA and full,
-# correction none and truncate: 148 steps) max 0.0039, mean 0.00084. The bounds are 2.5x and 2.7x the H200's
+# 0.204 at 7B, mean 0.015 and 0.037 (pure bf16 weights, before model.master_weights); this CPU (avx512_bf16) at
+# --cpu-shapes (seeds 0-4, 4 steps, LoRA and full, correction none and truncate: 148 steps; float32 master
+# weights under bf16 autocast) max 0.0039, mean 0.00086, as with pure bf16. The bounds are 2.5x and 2.7x the H200's
 # largest: the max is a tail that grows with the tokens sampled, so it gets the larger margin; the mean is
 # steadier and the sharper check: log-probs read one position off give a mean gap of 0.89 at 1.5B's width
 # (random weights, measured; 0.17 at the CPU shapes), where a few stray tokens only move the max.
