@@ -10,7 +10,8 @@ LoRA r16 and full fine-tuning, it runs what a GPU user's run does, through r3exp
 
 1. builds the model in bf16 on the device and saves it with a tokenizer of its whole vocabulary;
 2. starts the Hugging Face engine (``r3exp.rollout.engines.hf_engine``) on it and the policy beside it
-   (gradient checkpointing on, as the paper configs);
+   (gradient checkpointing on, as the paper configs; float32 master weights under bf16 autocast, as
+   model.master_weights and trainer.precision=bf16-mixed);
 3. runs ``--steps`` R3 steps: first attempts, G reflections per failure, one retry each, on a task whose
    validator any model passes about half the time (the answer text's hash is even), so that reflection
    groups carry a reward; the engine sleeps while the trainer steps (its weights to CPU memory) and
@@ -21,7 +22,9 @@ LoRA r16 and full fine-tuning, it runs what a GPU user's run does, through r3exp
    tokens, every row trained), for the peak memory of a paper-scale step.
 
 It prints a table per configuration (seconds, tokens/s and peak memory of each phase) and one line per
-check, ``PASS`` or ``FAIL``; the exit code is 1 when any check failed. Peak memory is torch's peak
+check, ``PASS`` or ``FAIL`` (each check a pure function in ``benchmarks/gpu_checks.py``: the architecture's
+parameter count from its config, every pushed tensor equal in the engine, the log-prob gap under its dtype's
+bound, ...); the exit code is 1 when any check failed. Peak memory is torch's peak
 allocated GPU memory on CUDA and the process's peak resident set on CPU (VmHWM, reset per phase).
 """
 from __future__ import annotations
@@ -54,10 +57,13 @@ from r3exp.rollout.engines.hf_engine import HFEngine  # noqa: E402
 from r3exp.rollout.episodes import R3Protocol  # noqa: E402
 from r3exp.tasks.base import Task  # noqa: E402
 
+from gpu_checks import (GAP_BOUNDS, check_architecture, check_gap, check_paper_step, check_signal,  # noqa: E402
+                        check_sleep, check_training, check_weight_push, first_failure)
+
 GIB = 1024**3
 PAPER_CONFIG = ROOT / "src" / "r3exp" / "conf" / "experiment" / "paper_countdown.yaml"
-# The real architectures (their config.json on the hub, written out). Parameter counts: 1,543,714,304 and
-# 7,615,616,512.
+# The real architectures (their config.json on the hub, written out); qwen2_parameter_count gives their
+# sizes, 1,543,714,304 and 7,615,616,512 (tests/test_gpu_check.py holds it to them).
 REAL = {
     "qwen2_1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                        num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True,
@@ -66,7 +72,6 @@ REAL = {
                      num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False,
                      rope_theta=1_000_000.0, rms_norm_eps=1e-6, max_position_embeddings=32768),
 }
-PARAMETERS = {"qwen2_1.5b": 1_543_714_304, "qwen2_7b": 7_615_616_512}
 SMALL = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, rope_theta=1_000_000.0, rms_norm_eps=1e-6, max_position_embeddings=4096)
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -190,20 +195,26 @@ def weight_gib(model: torch.nn.Module) -> float:
     return sum(storages.values()) / GIB
 
 
+def bf16_mixed(device: torch.device, dtype: str):
+    """The trainer's forward and backward as ``trainer.precision=bf16-mixed`` (trainer=gpu) runs them: bf16
+    compute over the policy's float32 master weights (``prepare_policy``'s default) and LoRA adapters."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
 def paper_settings() -> tuple[dict, dict]:
     """The paper config's rollout and GRPO settings (micro-batch and chunk sizes, lengths)."""
     paper = yaml.safe_load(PAPER_CONFIG.read_text())
     return paper["rollout"], paper["grpo"]
 
 
-def build_model(config: dict, device: torch.device, dtype: torch.dtype, out_dir: Path):
+def build_model(config: dict, device: torch.device, dtype: torch.dtype, out_dir: Path, seed: int = 0):
     """Random weights at ``config`` (initialised on the device in ``dtype``), saved with a tokenizer."""
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = whole_vocabulary_tokenizer(config["vocab_size"])
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     qwen = Qwen2Config(**config, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -226,17 +237,16 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
                             max_reflection_tokens=args.reflection_tokens,
                             max_tokens_per_micro_batch=grpo_cfg["max_tokens_per_micro_batch"],
                             logprob_chunk_size=grpo_cfg["logprob_chunk_size"])
-    correction = SimpleNamespace(correction="truncate", correction_cap=2.0, correction_low=0.5, behaviour="engine")
+    correction = SimpleNamespace(correction=args.correction, correction_cap=2.0, correction_low=0.5,
+                                 behaviour="engine")
     with tempfile.TemporaryDirectory() as workdir:
         path = Path(workdir) / "model"
         with phase(report, memory, "build and save"):
-            model, tokenizer = build_model(config, device, dtype, path)
-        count = sum(p.numel() for p in model.parameters())
-        expected = PARAMETERS.get(name) if not args.cpu_shapes else None
-        report.check("architecture", expected is None or count == expected,
-                     f"{count:,} parameters" + (f" (expected {expected:,})" if expected else ""))
+            model, tokenizer = build_model(config, device, dtype, path, args.seed)
+        report.check("architecture", *check_architecture(model, config))
         with phase(report, memory, "engine start"):
-            engine = HFEngine(str(path), dtype=args.dtype, device=str(device), batch_size=args.examples)
+            engine = HFEngine(str(path), dtype=args.dtype, seed=args.seed, device=str(device),
+                              batch_size=args.examples)
         policy = prepare_policy(model, LoraSpec() if lora else None, gradient_checkpointing=True)
         trainable = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-5)
@@ -245,7 +255,7 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
         protocol = R3Protocol(task, engine, tokenizer, SamplingConfig(max_tokens=args.attempt_tokens, **sampling),
                               SamplingConfig(max_tokens=args.reflection_tokens, **sampling),
                               SamplingConfig(max_tokens=args.attempt_tokens, **sampling))
-        signal_steps, gaps, losses, norms, pushed = 0, [], [], [], True
+        signal_steps, mismatches, losses, norms, sleeps, pushes = 0, [], [], [], [], []
         for step in range(args.steps):
             generated = [0]
             with phase(report, memory, "generation (R3 rollout)", generated):
@@ -263,20 +273,19 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
             asleep_before = memory.allocated_gib()
             engine.sleep()
             freed = asleep_before - memory.allocated_gib()
-            if device.type == "cuda" and not any(what.startswith("engine sleep") for what, _, _ in report.checks):
-                weights = weight_gib(engine.model)
-                report.check("engine sleep frees its weights", freed >= 0.9 * weights,
-                             f"{freed:.2f} GiB freed of {weights:.2f} GiB of weights")
+            if device.type == "cuda":  # on CPU the engine's sleep keeps its weights where they are
+                sleeps.append(check_sleep(freed, weight_gib(engine.model)))
             trained = [0]
             with phase(report, memory, "training step", trained):
-                mismatch = correct_for_engine(policy, rows.batch, settings, correction, device=device)
-                optimizer.zero_grad(set_to_none=True)
-                metrics = accumulate_gradients(policy, rows, settings, device=device)
+                with bf16_mixed(device, args.dtype):
+                    mismatch = correct_for_engine(policy, rows.batch, settings, correction, device=device)
+                    optimizer.zero_grad(set_to_none=True)
+                    metrics = accumulate_gradients(policy, rows, settings, device=device)
                 norms.append(float(torch.nn.utils.clip_grad_norm_(trainable, 1.0)))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 trained[0] = int(metrics["trained_tokens"])
-            gaps.append(mismatch["engine_gap_max"])
+            mismatches.append(mismatch)
             print(f"  step {step + 1}: engine/trainer gap mean {mismatch['engine_gap_mean']:.2e} max "
                   f"{mismatch['engine_gap_max']:.2e}; ratio pi_trainer/pi_engine {mismatch['engine_ratio_min']:.3f}-"
                   f"{mismatch['engine_ratio_max']:.3f}; share of tokens truncated at {correction.correction_cap:g}: "
@@ -286,20 +295,14 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
                 with merged_lora(policy):
                     state = hf_state_dict(policy)
                     engine.update_weights(state)
-                    key, tensor = next((k, v) for k, v in state.items() if k.endswith("q_proj.weight"))
-                    pushed &= torch.equal(engine.model.state_dict()[key].to(tensor.device), tensor)
-        report.check("reflection groups carry a reward", signal_steps > 0,
-                     f"{signal_steps} of {args.steps} steps had a group with signal")
-        report.check("training steps are finite", losses and all(map(math.isfinite, losses + norms))
-                     and any(n > 0 for n in norms), f"losses {[round(x, 4) for x in losses]}, "
-                     f"grad norms {[round(x, 4) for x in norms]}")
-        # fp32: the two must agree (the runs' own logprob_diff_max bound); bf16: they differ, and the gap is
-        # what grpo.loss.correction exists for, so it is reported
-        bound = 1e-3 if dtype == torch.float32 else math.inf
-        report.check("engine/trainer log-prob gap", gaps and all(math.isfinite(g) and g < bound for g in gaps),
-                     f"max |trainer - engine| per step {[f'{g:.2e}' for g in gaps]} ({args.dtype}"
-                     + ("; must stay under 1e-3)" if bound < math.inf else "; reported, for grpo.loss.correction)"))
-        report.check("weight push reaches the engine", pushed and bool(losses), "the engine holds the merged policy")
+                    # inside the merge: unmerging changes the policy's weights back
+                    pushes.append(check_weight_push(engine.model.state_dict(), state))
+        if device.type == "cuda":
+            report.check("engine sleep frees its weights", *first_failure(sleeps, "the engine never slept"))
+        report.check("reflection groups carry a reward", *check_signal(signal_steps, args.steps))
+        report.check("training steps are finite", *check_training(losses, norms))
+        report.check("engine/trainer log-prob gap", *check_gap(mismatches, args.dtype))
+        report.check("weight push reaches the engine", *first_failure(pushes, "no step pushed weights"))
         del engine, protocol  # the paper-scale step's peak is the trainer's alone
         gc.collect()
         if device.type == "cuda":
@@ -326,16 +329,15 @@ def paper_step(report: Report, memory: Memory, policy, trainable, optimizer, set
     trained = [0]
     try:
         with phase(report, memory, f"paper-scale step ({n} x {context}+{reflection})", trained):
-            metrics = accumulate_gradients(policy, rows, settings, device=device)
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            with bf16_mixed(device, args.dtype):
+                outcome = accumulate_gradients(policy, rows, settings, device=device)
+            outcome["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, 1.0))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            trained[0] = int(metrics["trained_tokens"])
-        report.check("paper-scale step fits", math.isfinite(metrics["loss"]),
-                     f"{int(metrics['micro_batches'])} micro-batches of <= "
-                     f"{settings.max_tokens_per_micro_batch} tokens")
+            trained[0] = int(outcome["trained_tokens"])
     except torch.OutOfMemoryError as err:
-        report.check("paper-scale step fits", False, f"out of memory: {str(err).splitlines()[0][:160]}")
+        outcome = err
+    report.check("paper-scale step fits", *check_paper_step(outcome, settings.max_tokens_per_micro_batch))
 
 
 def main() -> int:
@@ -351,7 +353,11 @@ def main() -> int:
                         help="rows of the paper-scale step (0: skip it); the paper config's step trains up to 256")
     parser.add_argument("--paper-context", type=int, default=600)
     parser.add_argument("--paper-reflection", type=int, default=256)
-    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--correction", default="truncate", choices=["none", "truncate"],
+                        help="grpo.loss.correction of the training steps (the gap is measured before it applies)")
+    parser.add_argument("--seed", type=int, default=0, help="the random weights' and the engine's seed")
+    parser.add_argument("--dtype", default=None, choices=list(GAP_BOUNDS),
+                        help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--cpu-shapes", action="store_true",
                         help="small shapes of the same architecture, on CPU (what the test suite runs)")
     args = parser.parse_args()

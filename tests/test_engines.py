@@ -102,6 +102,17 @@ def test_hf_engine_logprobs_and_update_weights(tiny_path, tokenizer):
     assert greedy[0][0].token_ids == greedy[1][0].token_ids
 
 
+def test_hf_engine_holds_its_weights_in_the_dtype_it_is_given(tiny_path):
+    """The trainer keeps float32 master weights (model.master_weights); the engine samples in its own dtype
+    (bfloat16 on a GPU), as vLLM does. benchmarks/gpu_check.py's push check found the HF engine in float32."""
+    from r3exp.rollout.engines.hf_engine import HFEngine
+
+    for dtype in (torch.bfloat16, torch.float32):
+        engine = HFEngine(str(tiny_path), dtype=str(dtype).removeprefix("torch."))
+        assert {p.dtype for p in engine.model.parameters()} == {dtype}
+        assert not engine.model.training
+
+
 def test_hf_engine_rejects_foreign_weights(tiny_path):
     from r3exp.rollout.engines.hf_engine import HFEngine
 

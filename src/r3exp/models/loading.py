@@ -83,17 +83,22 @@ def load_policy(path: str | Path, dtype: str = "float32", lora: LoraSpec | dict 
     ``dtype`` is the weights' dtype as loaded; ``master_weights`` (:data:`MASTER_WEIGHTS`) the dtype the
     trainable ones are kept in: under ``float32``, full fine-tuning loads every weight in float32 (the
     frozen base of a LoRA adapter stays in ``dtype``)."""
+    check_master_weights(master_weights)
+    model = load_model(path, "float32" if master_weights == "float32" and not lora else dtype)
+    return prepare_policy(model, lora, gradient_checkpointing, master_weights)
+
+
+def load_model(path: str | Path, dtype: str = "float32") -> Any:
+    """The causal LM at ``path`` (hub id or directory) with its weights in ``dtype``, as stored: a copy that
+    only samples (the HF engine's), with no master weights."""
     from transformers import AutoModelForCausalLM
 
-    check_master_weights(master_weights)
-    load_dtype = "float32" if master_weights == "float32" and not lora else dtype
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(load_dtype), **hub_kwargs(path))
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype), **hub_kwargs(path))
     except ModelUnavailable:
         raise
     except Exception as err:  # noqa: BLE001
         raise ModelUnavailable(_explain(path, err)) from None
-    return prepare_policy(model, lora, gradient_checkpointing, master_weights)
 
 
 def check_master_weights(master_weights: str) -> None:
