@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the checkout's r3exp, installed or not
 
 from r3exp.grpo.step import LossSettings, accumulate_gradients, correct_for_engine, step_rows  # noqa: E402
-from r3exp.models.export import hf_state_dict, merged_lora  # noqa: E402
+from r3exp.models.export import hf_state_dict  # noqa: E402
 from r3exp.models.loading import LoraSpec, prepare_policy  # noqa: E402
 from r3exp.rollout.batching import build_batch, reflection_mask  # noqa: E402
 from r3exp.rollout.engines.base import SamplingConfig  # noqa: E402
@@ -292,11 +292,9 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
                   f"{mismatch['correction_share']:.2%}", flush=True)
             losses.append(metrics["loss"])
             with phase(report, memory, "weight push"):
-                with merged_lora(policy):
-                    state = hf_state_dict(policy)
-                    engine.update_weights(state)
-                    # inside the merge: unmerging changes the policy's weights back
-                    pushes.append(check_weight_push(engine.model.state_dict(), state))
+                state = hf_state_dict(policy)  # the merged policy, the policy itself unchanged
+                engine.update_weights(state)
+                pushes.append(check_weight_push(engine.model.state_dict(), state))
         if device.type == "cuda":
             report.check("engine sleep frees its weights", *first_failure(sleeps, "the engine never slept"))
         report.check("reflection groups carry a reward", *check_signal(signal_steps, args.steps))

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from r3exp.grpo import functions as F
 from r3exp.grpo.step import accumulate_gradients, micro_batch_count, reference_logprobs
-from r3exp.models.export import hf_state_dict, merged_lora
+from r3exp.models.export import hf_state_dict
 from tests.test_distributed import SGD_LR, free_port, rank_rollout, rows_of, settings
 from tests.test_micro_batches import causal_lm
 
@@ -94,11 +94,9 @@ def test_one_sharded_step_on_two_ranks_equals_one_step_on_the_union_of_their_row
     loss = sgd_step(policy, policy.parameters(), union, case)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert ranks[0]["loss"] + ranks[1]["loss"] == pytest.approx(loss, abs=1e-5)  # the shares sum to the loss
-    with merged_lora(policy):  # copies: the unmerge changes the weights back in place
-        expected = {name: t.clone() for name, t in hf_state_dict(policy).items()}
+    expected = hf_state_dict(policy)
     before = model_of(case)
-    with merged_lora(before):
-        initial = {name: t.clone() for name, t in hf_state_dict(before).items()}
+    initial = {name: t.clone() for name, t in hf_state_dict(before).items()}
     for result in ranks:
         tied = {"lm_head.weight"} if CASES[case][2] else set()  # the engine and the export tie it themselves
         assert set(result["weights"]) == set(expected) - tied

@@ -20,7 +20,7 @@ from r3exp.grpo.logprobs import can_share_prompts
 from r3exp.grpo.optimizers import check_updates_kept
 from r3exp.grpo.step import (LossSettings, StepRows, accumulate_gradients, correct_for_engine, micro_batch_count,
                              reference_logprobs, share_of_engine, step_rows)
-from r3exp.models.export import hf_state_dict, is_peft, merged_lora, save_policy, save_weights
+from r3exp.models.export import is_peft, merged_weights, save_policy, save_weights
 from r3exp.records import StepRecord
 from r3exp.rollout.batching import Rollout
 from r3exp.rollout.engines.base import GenerationEngine
@@ -169,8 +169,7 @@ class R3GRPOModule(L.LightningModule):
 
             self.engine.update_weights(gathered_hf_weights(self.sharded.policy))
         else:
-            with merged_lora(self.policy):
-                self.engine.update_weights(hf_state_dict(self.policy))
+            self.engine.update_weights(merged_weights(self.policy))  # streamed, one merged tensor at a time
         self.engine.policy_version = self.global_step
         self.synced_version = self.global_step
         return time.perf_counter() - start

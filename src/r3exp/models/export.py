@@ -1,7 +1,6 @@
 """Policy weights in plain Hugging Face names: for the engine's weight sync and for export."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -12,37 +11,37 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-@contextmanager
-def merged_lora(model) -> Iterator[None]:
-    """Temporarily merge the LoRA adapter into the base weights (no-op for a plain model)."""
+def merged_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights under the base model's own parameter names, a LoRA adapter merged in, without
+    changing the model: one ``(name, tensor)`` at a time.
+
+    A plain model's tensors are its own (detached). For a peft model, each LoRA layer's base weight comes as a
+    new tensor ``W + ΔW`` (peft's ``get_delta_weight``, added in ΔW's float32 and rounded once to W's dtype,
+    as peft's ``merge`` does), the rest as themselves; peft's ``base_model.model.`` prefix and
+    ``.base_layer`` infix are removed and the adapter's own tensors skipped (as TRL does). Merging in place
+    and unmerging after (peft's ``merge_adapter``/``unmerge_adapter``) would round a bf16 base twice: each
+    weight push moved the frozen base weights a little (half of a small model's tensors after one push).
+    """
     if not is_peft(model):
-        yield
+        for name, tensor in model.state_dict().items():
+            yield name, tensor.detach()
         return
-    with torch.no_grad():
-        model.merge_adapter()
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            model.unmerge_adapter()
+    adapter = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapter[0]
+    modules = dict(model.named_modules())
+    for name, tensor in model.state_dict().items():
+        if model.prefix in name:  # "lora_": the adapter's own tensors
+            continue
+        clean = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        if name.endswith(".base_layer.weight"):
+            with torch.no_grad():
+                delta = modules[name.removesuffix(".base_layer.weight")].get_delta_weight(adapter)
+                tensor = (tensor.to(delta.dtype) + delta).to(tensor.dtype)
+        yield clean, tensor.detach()
 
 
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
-    """The (merged) weights under the base model's own parameter names, detached.
-
-    For a peft model this is called inside :func:`merged_lora`; peft's ``base_model.model.`` prefix and
-    ``.base_layer`` infix are removed and the adapter's own tensors are skipped (as TRL does).
-    """
-    if not is_peft(model):
-        return {name: t.detach() for name, t in model.state_dict().items()}
-    state = {}
-    prefix = model.prefix  # "lora_"
-    for name, tensor in model.state_dict().items():
-        if prefix in name:
-            continue
-        clean = name.removeprefix("base_model.model.").replace(".base_layer", "")
-        state[clean] = tensor.detach()
-    return state
+    """:func:`merged_weights` as a dict (for export and checks; a push streams them instead)."""
+    return dict(merged_weights(model))
 
 
 def save_policy(model, tokenizer, out_dir: str | Path) -> dict[str, Path]:
@@ -53,8 +52,7 @@ def save_policy(model, tokenizer, out_dir: str | Path) -> dict[str, Path]:
         paths["adapter"] = out_dir / "adapter"
         model.save_pretrained(paths["adapter"])
         tokenizer.save_pretrained(paths["adapter"])
-        with merged_lora(model):  # copies: the unmerge on leaving changes the weights back in place
-            state = {name: tensor.clone() for name, tensor in hf_state_dict(model).items()}
+        state = hf_state_dict(model)
         base = model.get_base_model()
         base.save_pretrained(paths["merged"], state_dict=state, safe_serialization=True)
     else:

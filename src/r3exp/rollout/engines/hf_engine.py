@@ -84,9 +84,16 @@ class HFEngine(GenerationEngine):
 
     def _load_weights(self, state: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
         self.wake_up()
-        result = self.model.load_state_dict(dict(state), strict=False)  # its own copy: the whole model anyway
-        if result.unexpected_keys:
-            raise KeyError(f"weights not in the engine's model: {result.unexpected_keys[:5]}")
+        held = self.model.state_dict()  # views of its parameters: each pushed tensor is copied in as it comes
+        unexpected = []
+        with torch.no_grad():
+            for name, tensor in (state.items() if isinstance(state, Mapping) else state):
+                if name in held:
+                    held[name].copy_(tensor)  # to the engine's device and dtype
+                else:
+                    unexpected.append(name)
+        if unexpected:
+            raise KeyError(f"weights not in the engine's model: {unexpected[:5]}")
 
     def sleep(self) -> None:
         """On an accelerator, move the engine's copy of the model to CPU memory while the trainer steps."""
