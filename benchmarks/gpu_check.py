@@ -10,8 +10,10 @@ LoRA r16 and full fine-tuning, it runs what a GPU user's run does, through r3exp
 
 1. builds the model in bf16 on the device and saves it with a tokenizer of its whole vocabulary;
 2. starts the Hugging Face engine (``r3exp.rollout.engines.hf_engine``) on it and the policy beside it
-   (gradient checkpointing on, as the paper configs; float32 master weights under bf16 autocast, as
-   model.master_weights and trainer.precision=bf16-mixed);
+   (gradient checkpointing on, as the paper configs; bf16 autocast, as trainer.precision=bf16-mixed; each model
+   config's ``model.master_weights``: Qwen2-1.5B float32 master weights, Qwen2-7B bf16 weights with
+   torch-optimi's Kahan AdamW, taken from ``.cache/gpu-wheels`` (``benchmarks/gpu_main_job.sh fetch``) when the
+   environment lacks it; LoRA adapters float32 either way);
 3. runs ``--steps`` R3 steps: first attempts, G reflections per failure, one retry each, on a task whose
    validator any model passes about half the time (the answer text's hash is even), so that reflection
    groups carry a reward; the engine sleeps while the trainer steps (its weights to CPU memory) and
@@ -50,6 +52,7 @@ sys.path.insert(0, str(ROOT / "src"))  # the checkout's r3exp, installed or not
 
 from r3exp.grpo.step import LossSettings, accumulate_gradients, correct_for_engine, step_rows  # noqa: E402
 from r3exp.models.export import hf_state_dict  # noqa: E402
+from r3exp.grpo.optimizers import adamw  # noqa: E402
 from r3exp.models.loading import LoraSpec, prepare_policy  # noqa: E402
 from r3exp.rollout.batching import build_batch, reflection_mask  # noqa: E402
 from r3exp.rollout.engines.base import SamplingConfig  # noqa: E402
@@ -201,6 +204,21 @@ def bf16_mixed(device: torch.device, dtype: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
 
+def master_weights_of(name: str) -> str:
+    """``model.master_weights`` of the model's own config (``conf/model/<name>.yaml``): float32 or kahan."""
+    return yaml.safe_load((ROOT / "src" / "r3exp" / "conf" / "model" / f"{name}.yaml").read_text())["master_weights"]
+
+
+def find_optimi() -> None:
+    """torch-optimi (``model.master_weights=kahan``) from the wheel ``benchmarks/gpu_main_job.sh fetch`` builds,
+    when the environment lacks it (the GPU image does): a pure-Python wheel imports from its zip."""
+    import importlib.util
+
+    wheels = sorted((ROOT / ".cache" / "gpu-wheels").glob("torch_optimi-*.whl"))
+    if importlib.util.find_spec("optimi") is None and wheels:
+        sys.path.append(str(wheels[-1]))
+
+
 def paper_settings() -> tuple[dict, dict]:
     """The paper config's rollout and GRPO settings (micro-batch and chunk sizes, lengths)."""
     paper = yaml.safe_load(PAPER_CONFIG.read_text())
@@ -247,9 +265,14 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
         with phase(report, memory, "engine start"):
             engine = HFEngine(str(path), dtype=args.dtype, seed=args.seed, device=str(device),
                               batch_size=args.examples)
-        policy = prepare_policy(model, LoraSpec() if lora else None, gradient_checkpointing=True)
+        master_weights = args.master_weights or master_weights_of(name)
+        policy = prepare_policy(model, LoraSpec() if lora else None, gradient_checkpointing=True,
+                                master_weights=master_weights)
         trainable = [p for p in policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+        optimizer = adamw(trainable, lr=1e-5)  # r3exp's optimizer=adamw: Kahan-compensated over bf16 weights
+        print(f"  {report.name}: master weights {master_weights}, trainable "
+              f"{'/'.join(sorted({str(p.dtype).removeprefix('torch.') for p in trainable}))}, "
+              f"{type(optimizer).__module__}.{type(optimizer).__name__}", flush=True)
         task = HalfTheTimeTask(args.examples)
         sampling = dict(temperature=1.0, top_p=1.0)
         protocol = R3Protocol(task, engine, tokenizer, SamplingConfig(max_tokens=args.attempt_tokens, **sampling),
@@ -354,11 +377,15 @@ def main() -> int:
     parser.add_argument("--correction", default="truncate", choices=["none", "truncate"],
                         help="grpo.loss.correction of the training steps (the gap is measured before it applies)")
     parser.add_argument("--seed", type=int, default=0, help="the random weights' and the engine's seed")
+    parser.add_argument("--master-weights", choices=["float32", "kahan"], default=None,
+                        help="model.master_weights for every model (default: each model config's own: 1.5B float32, "
+                             "7B kahan)")
     parser.add_argument("--dtype", default=None, choices=list(GAP_BOUNDS),
                         help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--cpu-shapes", action="store_true",
                         help="small shapes of the same architecture, on CPU (what the test suite runs)")
     args = parser.parse_args()
+    find_optimi()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_shapes else "cpu")
     args.dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     if device.type == "cuda":

@@ -56,8 +56,14 @@ def test_the_gpu_check_runs_every_configuration_with_only_torch_transformers_and
         assert f"{prefix}reflection groups carry a reward" in out.stdout
         # embeddings, 2 layers x 12 tensors, the final norm and the output layer (listed even when tied)
         assert f"{prefix}weight push reaches the engine: 27 tensors equal" in out.stdout
-    if dtype == "bfloat16":  # full fine-tuning trains float32 master weights (model.master_weights' default)
-        assert out.stdout.count("27 tensors equal; 27 pushed in torch.float32, held in torch.bfloat16") == 2
+    if dtype == "bfloat16":  # each model config's model.master_weights: 1.5B float32, 7B kahan
+        assert out.stdout.count("27 tensors equal; 27 pushed in torch.float32, held in torch.bfloat16") == 1
+        assert "qwen2_1.5b · full fine-tuning · bfloat16 · cpu: master weights float32, trainable float32, " \
+               "torch.optim.adamw.AdamW" in out.stdout
+        assert "qwen2_7b · full fine-tuning · bfloat16 · cpu: master weights kahan, trainable bfloat16, " \
+               "optimi.adamw.AdamW" in out.stdout  # torch-optimi: this view has it, as the carried wheel gives it
+        assert "qwen2_7b · LoRA r16 · bfloat16 · cpu: master weights kahan, trainable float32, " \
+               "torch.optim.adamw.AdamW" in out.stdout  # float32 adapters need no compensation
     small = benchmark("gpu_check").SMALL
     tied, untied = (benchmark("gpu_checks").qwen2_parameter_count(dict(small, tie_word_embeddings=tied))
                     for tied in (True, False))
