@@ -43,6 +43,7 @@ def test_fetch_builds_the_four_wheels_from_the_lock_file(wheels):
 
 
 def test_the_main_job_runs_where_only_torch_transformers_peft_and_lightning_are(wheels, tmp_path):
+    """``gpu_main_job.sh run`` at CPU shapes: the wheels installed offline, the main job, its figures."""
     view = packages_without(tmp_path / "site-packages", ABSENT_ON_THE_GPU_IMAGE)
     missing = subprocess.run([sys.executable, "-S", "-c", "import hydra"], env={"PYTHONPATH": str(view)},
                              capture_output=True, text=True)
