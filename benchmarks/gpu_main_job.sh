@@ -24,12 +24,12 @@ read -ra PY <<< "${PYTHON:-python3}"
 PACKAGES=(hydra-core omegaconf antlr4-python3-runtime torch-optimi)
 
 pinned() {  # the version scripts/cpu.lock pins for $1
-  grep -i "^$1==" "$ROOT/scripts/cpu.lock" | head -1
+  grep -i "^$1==" "$ROOT/scripts/cpu.lock" | head -1 | grep . || { echo "error: scripts/cpu.lock pins no $1" >&2; exit 2; }
 }
 
 case "${1:-}" in
   fetch)
-    mkdir -p "$WHEELS"
+    rm -rf "$WHEELS" && mkdir -p "$WHEELS"  # only the pinned versions: no stale wheel beside them
     specs=()
     for package in "${PACKAGES[@]}"; do specs+=("$(pinned "$package")"); done
     # pip wheel: a wheel where the index has one, built here from the sdist where not (antlr4's runtime)
@@ -38,9 +38,10 @@ case "${1:-}" in
     ;;
   run)
     shift
-    if ! "${PY[@]}" -c "import hydra, omegaconf, optimi" 2>/dev/null; then
+    if ! "${PY[@]}" -c "import hydra, omegaconf" 2>/dev/null; then  # (torch-optimi: only for master_weights=kahan)
       ls "$WHEELS"/*.whl > /dev/null 2>&1 || { echo "error: no wheels in $WHEELS: run '$0 fetch' where the registries answer, then carry that folder" >&2; exit 2; }
       site="$(mktemp -d)"
+      trap 'rm -rf "$site"' EXIT
       "${PY[@]}" -m pip install --quiet --no-index --no-deps --target "$site" "$WHEELS"/*.whl
       export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
       echo "[gpu_main_job] installed $(ls "$WHEELS" | tr '\n' ' ')into $site"
@@ -50,9 +51,10 @@ case "${1:-}" in
     defaults=(task=countdown model=qwen2_1.5b model.init=random engine=hf trainer=gpu logger=csv
               trainer.max_steps=3 rollout.examples_per_step=16 evaluation.limit=64 task.split_sizes.test=64
               callbacks.checkpoint.every_n_train_steps=3)
+    echo "[gpu_main_job] run directory $run_dir"
     started=$(date +%s)
     "${PY[@]}" -m r3exp "${defaults[@]}" "$@" "hydra.run.dir=$run_dir"
-    echo "[gpu_main_job] main job: $(( $(date +%s) - started )) s; run directory $run_dir"
+    echo "[gpu_main_job] main job: $(( $(date +%s) - started )) s"
     "${PY[@]}" "$ROOT/benchmarks/gpu_main_job_figures.py" "$run_dir"
     ;;
   *)

@@ -96,6 +96,9 @@ def test_both_precision_settings_track_the_float32_reference(saved_model, refere
     ref_losses, ref_delta = reference
     assert share_moved(delta) > 0.95
     assert relative_error(delta, ref_delta) < tolerance
+    if master_weights == "kahan":  # the bf16 weights the model computes with: within half an ulp of that sum
+        weights_alone = {n: delta[n] - optimizer.state[p]["kahan_comp"].float() for n, p in model.named_parameters()}
+        assert relative_error(weights_alone, ref_delta) < 0.25  # measured 0.143
     # the loss falls as the reference's (measured: 0.0371 and 0.0353 against 0.0370)
     assert abs((losses[0] - losses[-1]) - (ref_losses[0] - ref_losses[-1])) < 0.1 * (ref_losses[0] - ref_losses[-1])
 
@@ -110,6 +113,27 @@ def test_an_optimizer_that_would_round_bf16_updates_away_is_refused(saved_model)
     assert not compensates(optimi.AdamW(trainable(model), lr=LR, kahan_sum=False))
     with pytest.raises(ConfigError):
         check_updates_kept(optimi.AdamW(trainable(model), lr=LR, kahan_sum=False))
+
+
+def test_adamw_hands_its_settings_to_the_kahan_optimizer(saved_model):
+    model = load_policy(saved_model, "bfloat16", master_weights="kahan")
+    optimizer = adamw(trainable(model), lr=3e-6, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.05)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["beta1"], group["beta2"], group["eps"], group["weight_decay"]) == \
+        (3e-6, 0.8, 0.95, 1e-7, 0.05)
+    assert group["kahan_sum"] is True and group["decouple_lr"] is False  # decay scaled by lr, as PyTorch's
+    assert compensates(optimizer)
+
+
+def test_a_full_fine_tuning_reference_is_kept_in_the_models_dtype(saved_model):
+    """With beta > 0, float32 master weights of a bf16 model keep a bf16 frozen reference (no master copy)."""
+    from r3exp.grpo.module import GRPOLoss, R3GRPOModule
+
+    policy = load_policy(saved_model, "bfloat16", master_weights="float32")
+    module = R3GRPOModule(policy, engine=None, optimizer=adamw, loss=GRPOLoss(beta=0.04), reference_dtype="bfloat16")
+    assert {p.dtype for p in module.policy.parameters()} == {torch.float32}
+    assert {p.dtype for p in module.reference.parameters()} == {torch.bfloat16}
+    assert not any(p.requires_grad for p in module.reference.parameters())
 
 
 def test_the_kahan_optimizer_is_pytorchs_adamw_rule(saved_model):

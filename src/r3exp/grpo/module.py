@@ -110,6 +110,8 @@ class R3GRPOModule(L.LightningModule):
         max_grad_norm: clip the gradient's total 2-norm (None or 0: no clipping).
         sharded_compute_dtype: under ``trainer=fsdp``, the dtype in which the gathered weights compute
             (e.g. ``bfloat16`` over float32 weights); None: the weights' own dtype.
+        reference_dtype: the frozen reference's weights dtype (``model.dtype``: the model as loaded); None: the
+            policy's, which under ``model.master_weights=float32`` is float32.
         share_prompts: the rows of a group run their shared prompt once (the same values and gradients,
             fewer tokens: :func:`r3exp.grpo.logprobs.shared_prompt_logprobs`); off under gradient
             checkpointing and sharding, where every row runs whole.
@@ -122,7 +124,7 @@ class R3GRPOModule(L.LightningModule):
                  rollouts_per_step: int = 1, max_tokens_per_micro_batch: int | None = 2048,
                  logprob_chunk_size: int = 512, max_grad_norm: float | None = 1.0,
                  sharded_compute_dtype: str | None = None, share_prompts: bool = True,
-                 ranks: distributed.Ranks | None = None):
+                 ranks: distributed.Ranks | None = None, reference_dtype: str | None = None):
         super().__init__()
         for key, value in {"mu": mu, "rollouts_per_step": rollouts_per_step, "logprob_chunk_size": logprob_chunk_size,
                            "max_tokens_per_micro_batch": max_tokens_per_micro_batch or 1}.items():
@@ -140,6 +142,8 @@ class R3GRPOModule(L.LightningModule):
         self.reference = None
         if loss.beta != 0.0 and not is_peft(policy):
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+            if reference_dtype:  # frozen: no master copy (float32 master weights keep a bf16 model's reference bf16)
+                self.reference.to(getattr(torch, reference_dtype))
         self.sharded_compute_dtype = getattr(torch, sharded_compute_dtype, None) if sharded_compute_dtype else None
         if sharded_compute_dtype and not isinstance(self.sharded_compute_dtype, torch.dtype):
             raise ConfigError(f"grpo.sharded_compute_dtype={sharded_compute_dtype!r}: not a torch dtype "

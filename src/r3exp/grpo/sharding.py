@@ -105,7 +105,8 @@ def gathered_hf_weights(root: torch.nn.Module, adapter: bool = False) -> Iterato
                     tensor = param.detach().clone()
                     if peft and name.endswith(".base_layer.weight"):
                         owner = root.get_submodule(_qualified_name(root, module).rpartition(".")[0])
-                        tensor += _lora_delta(owner, policy).to(tensor.dtype)
+                        delta = _lora_delta(owner, policy)  # added in its float32, rounded once (as peft's merge)
+                        tensor = (tensor.to(delta.dtype) + delta).to(tensor.dtype)
                     yield name.replace(".base_layer", ""), tensor
         finally:
             unit.reshard()

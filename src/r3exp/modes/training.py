@@ -97,7 +97,7 @@ def run_training(cfg: DictConfig, parts: Components, logger, extra_callbacks: li
     optimizer = instantiate(cfg.optimizer.optimizer)
     scheduler = instantiate(cfg.optimizer.scheduler) if cfg.optimizer.get("scheduler") else None
     module = instantiate(cfg.grpo)(policy=policy, engine=parts.engine, optimizer=optimizer, scheduler=scheduler,
-                                   ranks=parts.ranks)
+                                   ranks=parts.ranks, reference_dtype=parts.model.dtype)
     datamodule = instantiate(cfg.rollout)(task=parts.task, engine=parts.engine, tokenizer=parts.tokenizer,
                                           ranks=parts.ranks)
     callbacks = [instantiate_callback(c, output_dir(cfg)) for c in (cfg.get("callbacks") or {}).values()]
