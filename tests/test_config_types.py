@@ -62,6 +62,7 @@ def test_every_key_that_maps_onto_no_class_is_typed():
     ("engine.enforce_eager=maybe", "engine.enforce_eager='maybe': expected true/false or null"),
     ("trainer.max_steps=1.5", "trainer.max_steps=1.5: expected an integer (max_steps of lightning.Trainer)"),
     ("seed=abc", "seed='abc': expected an integer"),
+    ("+model.master_weights=fp8", "model.master_weights='fp8': expected one of 'float32', 'kahan'"),
     ("evaluation.limit=lots", "evaluation.limit='lots': expected an integer or null"),
     ("evaluation.reuse_base=sometimes", "evaluation.reuse_base='sometimes': expected true/false"),
     ("+optimizer.optimizer.lrr=1", "optimizer.optimizer.lrr: not a setting of r3exp.grpo.optimizers.adamw (its settings: "),

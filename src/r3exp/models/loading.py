@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -187,8 +187,8 @@ class ModelSpec:
     lora: Any = None
     gradient_checkpointing: bool = False
     warm_start: Any = None
-    master_weights: str = "float32"
-    init: str = "pretrained"
+    master_weights: Literal["float32", "kahan"] = "float32"  # MASTER_WEIGHTS: checked with the config's types
+    init: Literal["pretrained", "random"] = "pretrained"  # INITS
     architecture: Any = None
 
     @property
