@@ -276,7 +276,7 @@ def test_bad_settings_fail_with_one_line_naming_the_key(override, says, tmp_path
 
 
 @pytest.mark.parametrize("override, says", [
-    ("optimizer.optimizer.lr=fast", "optimizer.optimizer.lr='fast': expected a number or Tensor"),
+    ("optimizer.optimizer.lr=fast", "optimizer.optimizer.lr='fast': expected a number"),
     ("ckpt_path={files}/corrupt.ckpt", "corrupt.ckpt is not a Lightning checkpoint (not a torch zip archive"),
     ("ckpt_path={files}/incomplete.ckpt", "incomplete.ckpt is not a readable Lightning checkpoint"),
 ])
