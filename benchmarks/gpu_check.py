@@ -1,4 +1,4 @@
-"""The GPU check: one command for a machine with an accelerator, PyTorch, transformers and peft, and nothing
+"""The GPU check: one command for a machine with an accelerator, PyTorch, transformers, peft and Lightning, and nothing
 else (no vLLM, no Hydra, no network).
 
     PYTHONPATH=src python benchmarks/gpu_check.py                  # Qwen2-1.5B and Qwen2-7B, bf16, on CUDA
@@ -54,6 +54,7 @@ from r3exp.grpo.step import LossSettings, accumulate_gradients, correct_for_engi
 from r3exp.models.export import hf_state_dict  # noqa: E402
 from r3exp.grpo.optimizers import adamw  # noqa: E402
 from r3exp.models.loading import LoraSpec, prepare_policy  # noqa: E402
+from r3exp.tracking.step_timer import peak_memory_gib, reset_peak_memory  # noqa: E402
 from r3exp.rollout.batching import build_batch, reflection_mask  # noqa: E402
 from r3exp.rollout.engines.base import SamplingConfig  # noqa: E402
 from r3exp.rollout.engines.hf_engine import HFEngine  # noqa: E402
@@ -152,23 +153,10 @@ class Memory:
         self.device = device
 
     def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            try:
-                Path("/proc/self/clear_refs").write_text("5")
-            except OSError:
-                pass
+        reset_peak_memory(self.device)
 
     def peak_gib(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() / GIB
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / GIB
-        return float("nan")
+        return peak_memory_gib(self.device)
 
     def allocated_gib(self) -> float:
         return torch.cuda.memory_allocated() / GIB if self.device.type == "cuda" else float("nan")

@@ -17,6 +17,7 @@ GIB = 1024**3
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak: torch's peak allocated memory on CUDA, the process's resident set (VmHWM) elsewhere."""
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     else:
         try:
@@ -28,6 +29,7 @@ def reset_peak_memory(device: torch.device) -> None:
 def peak_memory_gib(device: torch.device) -> float:
     """The peak since :func:`reset_peak_memory` (GiB); NaN where the platform does not say."""
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) / GIB
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
