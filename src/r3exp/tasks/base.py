@@ -59,6 +59,10 @@ class Task(ABC):
     def validate(self, example: Example, answer: str) -> bool:
         """True when ``answer`` solves ``example``. Must return a bool for any string and never raise."""
 
+    def group(self, example: Example) -> str | None:
+        """The group evaluation reports ``example``'s accuracy under (BFCL: its category); None for none."""
+        return None
+
     def tools(self, example: Example) -> list[dict] | None:
         """Tool schemas offered to the model for ``example`` (function-calling tasks); None for most tasks."""
         return None

@@ -12,6 +12,7 @@ from r3exp import keys
 from r3exp.records import EPISODE_FIELDS
 
 EVAL_COLUMNS = ("model", "split", "n", "first_try", "after_reflection", "delta")
+EVAL_GROUP_COLUMNS = ("model", "category", "n", "first_try", "after_reflection", "delta")
 EVAL_SAMPLE_COLUMNS = ("model", *(f for f in EPISODE_FIELDS if f != "example"))
 
 
@@ -35,11 +36,19 @@ def log_evaluation(logger, results: dict[str, dict], samples: dict[str, Sequence
              r["after_reflection_accuracy"] - r["first_try_accuracy"]] for label, r in results.items()]
     episodes = [[label, *(row.get(c) for c in EVAL_SAMPLE_COLUMNS[1:])]
                 for label, label_rows in samples.items() for row in list(label_rows)[:max_rows]]
-    run.log({"evaluation": wandb.Table(columns=list(EVAL_COLUMNS), data=rows),
-             "evaluation_samples": wandb.Table(columns=list(EVAL_SAMPLE_COLUMNS), data=episodes)})
+    tables = {"evaluation": wandb.Table(columns=list(EVAL_COLUMNS), data=rows),
+              "evaluation_samples": wandb.Table(columns=list(EVAL_SAMPLE_COLUMNS), data=episodes)}
+    by_group = [[label, group, g["total"], g["first_try_accuracy"], g["after_reflection_accuracy"],
+                 g["after_reflection_accuracy"] - g["first_try_accuracy"]]
+                for label, r in results.items() for group, g in (r.get("groups") or {}).items()]
+    if by_group:  # BFCL: one row per model and category
+        tables["evaluation_by_category"] = wandb.Table(columns=list(EVAL_GROUP_COLUMNS), data=by_group)
+    run.log(tables)
     for label, r in results.items():
         for key in ("first_try_accuracy", "after_reflection_accuracy", "total"):
             run.summary[keys.eval_key(label, key)] = r[key]
+            for group, g in (r.get("groups") or {}).items():
+                run.summary[keys.eval_key(label, f"{group}/{key}")] = g[key]
 
 
 def backfill_history(logger, run_dir: str | Path, resumed_step: int) -> list[int]:
