@@ -11,7 +11,7 @@ Two answer formats are read:
   ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``), read as JSON.
 
 BFCL evaluates arithmetic in an answer with ``eval`` (``f(x=2*3)``); here an arithmetic expression over
-number and string literals is computed by an AST walk with size limits, and anything else in it (names,
+number, string, list and tuple literals is computed by an AST walk with size limits, and anything else in it (names,
 calls, attributes) fails the decode instead of running. The only other difference: BFCL's ``eval``
 can reach Python builtins (``f(x=abs(-3)+1)``), which here fails the decode.
 
@@ -120,7 +120,7 @@ _LITERALS = (int, float, complex, str)
 
 
 def arithmetic(expression: ast.BinOp) -> Any:
-    """The value Python gives a binary expression over number and string literals, computed here without
+    """The value Python gives a binary expression over number, string, list and tuple literals, computed without
     ``eval``; sizes are bounded (no ``9**9**9``), and anything but literals and + - * / // % ** fails."""
     if sum(1 for _ in ast.walk(expression)) > MAX_EXPRESSION_NODES:
         raise DecodeError("arithmetic expression too large")
@@ -130,6 +130,9 @@ def arithmetic(expression: ast.BinOp) -> Any:
 def _compute(node: ast.AST) -> Any:
     if isinstance(node, ast.Constant) and isinstance(node.value, _LITERALS):  # bool is an int, as in Python
         return node.value
+    if isinstance(node, (ast.List, ast.Tuple)):  # [0] * 3, (1, 2) + (3,)
+        items = [_compute(element) for element in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _SIGNS:
         return _bounded(_SIGNS[type(node.op)](_compute(node.operand)))
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
@@ -145,9 +148,10 @@ def _check_size(op: ast.operator, left: Any, right: Any) -> None:
         if abs(left) > 1 and right * abs(left).bit_length() > MAX_INT_BITS:
             raise DecodeError("power too large")
     if isinstance(op, ast.Mult):
-        for text, count in ((left, right), (right, left)):
-            if isinstance(text, str) and isinstance(count, int) and len(text) * max(count, 0) > MAX_STRING_CHARS:
-                raise DecodeError("string too long")
+        for sequence, count in ((left, right), (right, left)):
+            if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) \
+                    and len(sequence) * max(count, 0) > MAX_STRING_CHARS:
+                raise DecodeError("sequence too long")
         if isinstance(left, int) and isinstance(right, int) \
                 and abs(left).bit_length() + abs(right).bit_length() > MAX_INT_BITS:
             raise DecodeError("product too large")
@@ -156,7 +160,7 @@ def _check_size(op: ast.operator, left: Any, right: Any) -> None:
 def _bounded(value: Any) -> Any:
     if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
         raise DecodeError("number too large")
-    if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+    if isinstance(value, (str, list, tuple)) and len(value) > MAX_STRING_CHARS:
         raise DecodeError("string too long")
     return value
 
