@@ -357,16 +357,28 @@ def test_main_job_on_the_embedded_default(tmp_path):
 
     out = r3exp(*TINY, f"hydra.run.dir={tmp_path}", f"paths.results_cache={tmp_path / 'results'}")
     assert out.returncode == 0, out.stderr[-3000:]
+    # the same six test questions, from the task built here: the categories with questions that short
+    expected = task(max_prompt_chars=1100, tools_prompt="Functions: {functions}. Answer as [name(param=value)].",
+                    split_sizes={"test": 6}).examples("test")
+    counts = {}
+    for example in expected:
+        counts[example["category"]] = counts.get(example["category"], 0) + 1
+    assert len(counts) >= 3
     results = json.loads((tmp_path / "results.json").read_text())
     for label in ("base", "trained"):
         groups = results[label]["groups"]
-        assert sum(g["total"] for g in groups.values()) == results[label]["total"] == 6
-        assert set(groups) <= set(TEST) and len(groups) == 5  # 6 examples: every test category, taken in turn
-        assert f"| {label} | live_simple | 2 |" in out.stdout
+        assert {name: g["total"] for name, g in groups.items()} == counts and results[label]["total"] == 6
+        assert list(groups) == list(counts)  # in the config's order
+        assert all(f"| {label} | {name} | {count} |" in out.stdout for name, count in counts.items())
+        irrelevance = groups.get("live_irrelevance")
+        if irrelevance:  # the tiny model never writes a call, which is right on irrelevance questions
+            assert irrelevance["first_try_correct"] == irrelevance["total"]
     (wandb_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     run = read_offline_run(wandb_dir)
-    assert run.summary["eval/trained/live_simple/total"] == 2
-    assert [row[1] for row in run.table("evaluation_by_category")["data"]][:5] == TEST
+    assert run.summary["eval/trained/live_simple/total"] == counts["live_simple"]
+    table = run.table("evaluation_by_category")["data"]
+    assert [(row[0], row[1], row[2]) for row in table] == [(label, name, count) for label in ("base", "trained")
+                                                           for name, count in counts.items()]
 
 
 def test_evaluation_on_the_real_model_reports_bfcl_categories(tmp_path):
@@ -380,3 +392,21 @@ def test_evaluation_on_the_real_model_reports_bfcl_categories(tmp_path):
         assert f"| smollm2_135m | {category} | 1 |" in out.stdout
     episodes = [json.loads(line) for line in (tmp_path / "eval_smollm2_135m_episodes.jsonl").read_text().splitlines()]
     assert len(episodes) == 5 and pathlib.Path(tmp_path / "results.json").exists()
+
+
+def test_base_rates_benchmark_reports_each_bfcl_category(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    overrides = [arg for arg in TINY if arg.startswith(("model=", "task.context", "task.max_prompt", "task.tools"))]
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "base_rates.py"), "--tasks", "bfcl", "--split",
+                             "test", "--examples", "6", "--samples", "2", "rollout.attempt.max_tokens=16", *overrides],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "; test split" in result.stdout
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in result.stdout.splitlines()
+            if line.startswith("| bfcl")}
+    assert rows.pop("bfcl") == "6" and sum(map(int, rows.values())) == 6
+    assert all(name.removeprefix("bfcl/") in TEST for name in rows) and "bfcl/live_simple" in rows
