@@ -59,6 +59,50 @@ def test_table_shows_the_controls_and_the_follow_rate():
     assert EvalResult.from_dict(r.to_dict()) == r
 
 
+def test_grouped_counts_split_the_totals_by_group_with_their_controls():
+    """Per-group results (BFCL's categories) count each group's episodes and control retries; summed over the
+    groups they give the whole; results.json round-trips them; ungrouped tasks write no groups."""
+    from r3exp.evaluation.accuracy import result_with_controls
+    from r3exp.rollout.engines import Completion
+    from r3exp.rollout.episodes import Episode
+
+    class Grouped:
+        def group(self, example):
+            return example["category"]
+
+        def reflection_followed(self, *args):
+            return None
+
+    def failed(example_id, category, fixed):
+        ep = _failed(example_id, "r")
+        ep.example["category"], ep.retry_successes = category, [fixed]
+        return ep
+
+    solved = Episode({"id": 9, "category": "b"}, Completion([1], [0.0], "right", True), True)
+    episodes = [failed(0, "b", True), solved, failed(1, "a", False), failed(2, "a", True), failed(3, "b", False)]
+    outcomes = {"shuffled": [(episodes[0], True), (episodes[2], True), (episodes[3], False), (episodes[4], True)],
+                "empty": [(episodes[0], False), (episodes[2], False), (episodes[3], True), (episodes[4], False)]}
+    result = result_with_controls(Grouped(), episodes, "test", outcomes)
+    assert list(result.groups) == ["b", "a"]  # in the order the groups first appear
+    b, a = result.groups["b"], result.groups["a"]
+    assert (b.total, b.first_try_correct, b.reflection_fixed, b.shuffled_reflection_fixed, b.empty_reflection_fixed) \
+        == (3, 1, 1, 2, 0)
+    assert (a.total, a.first_try_correct, a.reflection_fixed, a.shuffled_reflection_fixed, a.empty_reflection_fixed) \
+        == (2, 0, 1, 1, 1)
+    for field in ("total", "first_try_correct", "reflection_fixed", "shuffled_reflection_fixed",
+                  "empty_reflection_fixed"):
+        assert getattr(result, field) == getattr(a, field) + getattr(b, field)
+    assert EvalResult.from_dict(result.to_dict()) == result
+    assert "| m | b | 3 | 33.3% (1) | 66.7% (2) | +33.3 | 100.0% (3/3) | 33.3% (1/3) |" in format_table({"m": result})
+
+    class Ungrouped(Grouped):
+        def group(self, example):
+            return None
+
+    plain = result_with_controls(Ungrouped(), episodes, "test", outcomes)
+    assert plain.groups is None and "groups" not in plain.to_dict() and "category" not in format_table({"m": plain})
+
+
 def test_even_batches_are_the_fewest_under_the_size_and_differ_by_at_most_one():
     from r3exp.evaluation.accuracy import even_batches
 

@@ -16,7 +16,7 @@ from tests.test_cli import SHORT
 
 # every optional extra's packages (pyproject.toml) and vLLM (the cpu and gpu extras); names as in site-packages
 EXTRAS = ("wandb", "lm_eval", "datasets", "dvc", "matplotlib", "mpl_toolkits", "pylab", "optuna", "submitit",
-          "hydra_plugins", "hydra_optuna", "hydra_submitit", "vllm", "optimi", "torch_optimi")
+          "hydra_plugins", "hydra_optuna", "hydra_submitit", "vllm", "optimi", "torch_optimi", "bfcl_eval")
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,13 @@ def test_the_default_config_without_its_extras_is_one_line_naming_them_before_an
     assert not (tmp_path / "provenance.json").exists() and not (tmp_path / "checkpoints").exists()
 
 
+def test_bfcl_without_its_data_package_is_one_line_naming_the_install(core_only, tmp_path):
+    out = r3exp(core_only, "mode=evaluate", "task=bfcl", "engine=hf", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert error_lines(out) == ["error: task=bfcl needs the bfcl-eval package: pip install --no-deps "
+                                "bfcl-eval==2026.3.23"], out.stderr[-2000:]
+
+
 def test_the_forgetting_check_without_lm_eval_is_one_line_naming_its_extra(core_only, tmp_path):
     out = r3exp(core_only, "forgetting.enabled=true", "engine=hf", "logger=csv", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2, out.stderr[-2000:]
@@ -100,6 +107,7 @@ def extras_needed(*overrides: str) -> list[str]:
     (("model=qwen2_7b", "model.lora=null", "engine=hf", "logger=csv"), ["'r3exp[kahan]'"]),
     (("model=qwen2_7b", "engine=hf", "logger=csv"), []),
     (("model=qwen2_1.5b", "model.lora=null", "engine=hf", "logger=csv"), []),  # float32 master weights
+    (("mode=evaluate", "task=bfcl", "engine=hf"), ["--no-deps bfcl-eval==2026.3.23"]),  # BFCL's data files
 ])
 def test_what_needs_which_extra(overrides, extras):
     assert extras_needed(*overrides) == extras
@@ -108,6 +116,6 @@ def test_what_needs_which_extra(overrides, extras):
 def test_with_every_extra_installed_nothing_more_is_needed():
     """This environment has r3exp[all] and vLLM: the check raises nothing (a full install runs as before)."""
     for overrides in ((), ("forgetting.enabled=true",), ("mode=compare",), ("experiment=paper_apigen",),
-                      ("model=qwen2_7b", "model.lora=null")):
+                      ("model=qwen2_7b", "model.lora=null"), ("task=bfcl",)):
         cfg = composed(*overrides)
         check_extras(cfg, engine=MODES[cfg.mode].engine)
