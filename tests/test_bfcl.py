@@ -331,6 +331,8 @@ def test_overlapping_or_unknown_categories_fail_in_one_line():
     message = str(raised.value)
     assert message.startswith("task.categories.test: unknown BFCL category 'live_simpel'; known: simple_python, ")
     assert all(name in message for name in CATEGORIES) and "\n" not in message
+    with pytest.raises(ConfigError, match=r"task.categories.test=live_simple: expected a list"):
+        task(categories={"train": [], "test": "live_simple"})
 
 
 def test_unknown_category_on_the_command_line_is_one_error_line(tmp_path):

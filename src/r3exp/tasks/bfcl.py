@@ -179,6 +179,10 @@ def check_categories(categories: Any) -> dict[str, list[str]]:
     """``{train: [...], test: [...]}`` of known, disjoint category names, or ConfigError naming the problem."""
     if not hasattr(categories, "get") or categories.get("test") is None:
         raise ConfigError("task.categories: expected {train: [...], test: [...]} of BFCL category names")
+    for side in ("train", "test"):
+        if isinstance(categories.get(side), str):
+            raise ConfigError(f"task.categories.{side}={categories.get(side)}: expected a list, "
+                              f"e.g. task.categories.{side}=[{categories.get(side)}]")
     result = {side: list(categories.get(side) or []) for side in ("train", "test")}
     for side, names in result.items():
         unknown = [name for name in names if name not in CATEGORIES]
