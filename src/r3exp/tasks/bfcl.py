@@ -84,7 +84,7 @@ class BfclTask(Task):
         self.context_tokens = context_tokens
         self.tools_prompt = tools_prompt or BFCL_SYSTEM_PROMPT
         self.seed = seed
-        self.left_out: dict[str, int] = {}  # questions over max_prompt_chars, by category
+        self.left_out: dict[str, dict[str, int]] = {}  # questions over max_prompt_chars, by split and category
         self._checked = False
 
     def split_of(self, example: Example) -> str:
@@ -121,7 +121,7 @@ class BfclTask(Task):
         for category, questions in self._questions(split).items():
             kept = [ex for ex in questions if self.fits(ex)]
             if len(kept) < len(questions):
-                self.left_out[category] = len(questions) - len(kept)
+                self.left_out.setdefault(split, {})[category] = len(questions) - len(kept)
                 log.info("bfcl %s: %d of %d %s questions left out: prompt over task.max_prompt_chars=%s",
                          split, len(questions) - len(kept), len(questions), category, self.max_prompt_chars)
             random.Random(f"bfcl/{self.seed}/{category}").shuffle(kept)
