@@ -144,6 +144,8 @@ def _compute(node: ast.AST) -> Any:
 
 def _check_size(op: ast.operator, left: Any, right: Any) -> None:
     """Refuse an operation whose result would be too large to compute quickly."""
+    if isinstance(op, ast.Mod) and isinstance(left, str):  # printf-style formatting: '%*d' % (10**9, 1)
+        raise DecodeError("string formatting")
     if isinstance(op, ast.Pow) and isinstance(left, int) and isinstance(right, int) and right > 0:
         if abs(left) > 1 and right * abs(left).bit_length() > MAX_INT_BITS:
             raise DecodeError("power too large")
