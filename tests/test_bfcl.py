@@ -239,7 +239,6 @@ def test_hostile_answers_fail_without_running_anything_or_hanging(tmp_path, temp
     assert not worker.is_alive(), "the decoder hung"
     decoded, valid = verdicts[0]
     assert valid is False and not marker.exists()
-    assert decoded is None or is_calls_format(decoded) or isinstance(decoded, list)
     assert decode_calls(answer.encode("utf-8", "surrogatepass")) is None  # bytes are not an answer
 
 

@@ -31,7 +31,7 @@ def parse_calls(text: str) -> list[dict] | None:
     if fenced:
         body = fenced.group(1).strip()
     try:
-        calls = json.loads(body, parse_constant=_reject_constant)
+        calls = json.loads(body, parse_constant=reject_constant)
     except (ValueError, RecursionError):
         return None
     if not isinstance(calls, list):
@@ -43,7 +43,8 @@ def parse_calls(text: str) -> list[dict] | None:
     return calls
 
 
-def _reject_constant(name: str):
+def reject_constant(name: str):
+    """``json.loads``'s ``parse_constant``: NaN and Infinity are not JSON."""
     raise ValueError(f"{name} is not JSON")
 
 

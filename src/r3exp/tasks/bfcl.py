@@ -101,8 +101,15 @@ class BfclTask(Task):
 
     def _questions(self, split: str) -> dict[str, list[Example]]:
         side = "test" if split == "test" else "train"
-        return {name: [ex for ex in load_category(name) if self.split_of(ex) == split]
+        return {name: [ex for ex in self._category(name) if self.split_of(ex) == split]
                 for name in self.categories[side]}
+
+    def _category(self, name: str) -> list[Example]:
+        """A category's questions, its files read once per task (the disjointness check, then each split)."""
+        files = self.__dict__.setdefault("_category_cache", {})
+        if name not in files:
+            files[name] = load_category(name)
+        return files[name]
 
     def check_disjoint(self) -> None:
         """No question id in two splits (ConfigError naming one); run once, when examples are first loaded."""

@@ -8,12 +8,11 @@ its data.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from r3exp.tasks.hub import DataUnavailable
+from r3exp.tasks.hub import DataUnavailable, read_split_file
 
 DISTRIBUTION = "bfcl-eval"
 VERSION = "2026.3.23"
@@ -55,15 +54,7 @@ def data_dir() -> Path:
 def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataUnavailable(f"{path} does not exist (is {DISTRIBUTION}=={VERSION} installed? {INSTALL})")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataUnavailable(f"{path}:{line_no}: not JSON ({err})") from None
-    return rows
+    return read_split_file(path, None, required=("id",))
 
 
 def load_category(name: str, directory: Path | None = None) -> list[dict]:

@@ -26,6 +26,8 @@ import operator
 import re
 from typing import Any
 
+from r3exp.tasks.apigen_validator import reject_constant
+
 MAX_ANSWER_CHARS = 20_000  # BFCL answers are a few hundred characters; longer ones fail the decode
 MAX_EXPRESSION_NODES = 256
 MAX_INT_BITS = 4096
@@ -175,18 +177,14 @@ def decode_tool_call_blocks(answer: str) -> Calls:
         raise DecodeError("an unclosed <tool_call> block")
     calls = []
     for block in blocks:
-        call = json.loads(block.strip(), parse_constant=_reject_constant)
+        call = json.loads(block.strip(), parse_constant=reject_constant)
         arguments = call.get("arguments", call.get("parameters")) if isinstance(call, dict) else None
         if isinstance(arguments, str):  # some templates write the arguments as a JSON string
-            arguments = json.loads(arguments, parse_constant=_reject_constant)
+            arguments = json.loads(arguments, parse_constant=reject_constant)
         if not (isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(arguments, dict)):
             raise DecodeError("a <tool_call> block is not {name, arguments}")
         calls.append({call["name"]: arguments})
     return calls
-
-
-def _reject_constant(name: str):
-    raise DecodeError(f"{name} is not JSON")
 
 
 def is_calls_format(decoded: Any) -> bool:
