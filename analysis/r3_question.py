@@ -17,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from r3exp.results.compare import (ComparisonRow, arm_of, collect_runs, comparison_rows, paired_comparisons,
+from r3exp.results.across_runs import (ComparisonRow, arm_of, collect_runs, comparison_rows, paired_comparisons,
                                    paired_markdown, to_markdown)
 from r3exp.results.hypotheses import BASE, Hypothesis, evaluate, verdicts_markdown
 

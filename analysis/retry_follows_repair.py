@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from r3exp.rollout.engines.base import SamplingConfig
+from r3exp.rollout.engines.interface import SamplingConfig
 from r3exp.rollout.engines.hf_engine import HFEngine
 from r3exp.rollout.episodes import ChatRenderer
 from r3exp.tasks.countdown import extract_answer, is_correct

@@ -58,8 +58,8 @@ def main() -> None:
     parser.add_argument("--split", default="validation", help="the split the examples come from (task=bfcl's "
                         "test split holds its test categories)")
     args, overrides = parser.parse_known_args()
-    from r3exp.modes.components import resolve_model
-    from r3exp.modes.setup import setup_environment
+    from r3exp.runtime.components import resolve_model
+    from r3exp.runtime.environment import setup_environment
 
     setup_environment()
     rows = []

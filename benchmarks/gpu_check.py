@@ -56,7 +56,7 @@ from r3exp.grpo.optimizers import adamw  # noqa: E402
 from r3exp.models.loading import LoraSpec, prepare_policy  # noqa: E402
 from r3exp.tracking.step_timer import peak_memory_gib, reset_peak_memory  # noqa: E402
 from r3exp.rollout.batching import build_batch, reflection_mask  # noqa: E402
-from r3exp.rollout.engines.base import SamplingConfig  # noqa: E402
+from r3exp.rollout.engines.interface import SamplingConfig  # noqa: E402
 from r3exp.rollout.engines.hf_engine import HFEngine  # noqa: E402
 from r3exp.rollout.episodes import R3Protocol  # noqa: E402
 from r3exp.tasks.base import Task  # noqa: E402

@@ -129,9 +129,9 @@ def profile(args, overrides: list[str]) -> list[dict]:
     from hydra.utils import instantiate
 
     from r3exp import CONF_DIR
-    from r3exp.modes.components import build_components
-    from r3exp.modes.setup import setup_environment
-    from r3exp.modes.training import run_training
+    from r3exp.runtime.components import build_components
+    from r3exp.runtime.environment import setup_environment
+    from r3exp.runtime.fitting import fit_policy
 
     setup_environment()
     with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -146,7 +146,7 @@ def profile(args, overrides: list[str]) -> list[dict]:
         parts = build_components(cfg)
         engine_start = time.perf_counter() - started
         profiler = StepProfile()
-        run_training(cfg, parts, logger=False, extra_callbacks=[profiler])
+        fit_policy(cfg, parts, Path(cfg.paths.output_dir), extra_callbacks=[profiler])
         module = profiler.module
         sampling = instantiate(cfg.rollout.reflection)
         for row, (prompts, n), trained in zip(profiler.rows, profiler.reflection_prompts, profiler.trained):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+from pathlib import Path
 import tempfile
 
 from hydra import compose, initialize_config_dir
@@ -17,9 +18,9 @@ from r3exp import CONF_DIR
 
 
 def main(overrides: list[str]) -> None:
-    from r3exp.modes.components import build_components
-    from r3exp.modes.setup import setup_environment
-    from r3exp.modes.training import run_training
+    from r3exp.runtime.components import build_components
+    from r3exp.runtime.environment import setup_environment
+    from r3exp.runtime.fitting import fit_policy
     from r3exp.tracking.step_timer import StepTimer
 
     setup_environment()
@@ -31,7 +32,7 @@ def main(overrides: list[str]) -> None:
         L.seed_everything(cfg.seed)
         parts = build_components(cfg)
         timer = StepTimer()
-        run_training(cfg, parts, logger=False, extra_callbacks=[timer])
+        fit_policy(cfg, parts, Path(cfg.paths.output_dir), extra_callbacks=[timer])
     rows = timer.history
     keys = ["time/step_seconds", "time/generation_seconds", "time/train_seconds", "time/sync_seconds"]
     print(f"\n{'step':>4} " + " ".join(f"{k.split('/')[1].removesuffix('_seconds'):>10}" for k in keys)

@@ -122,9 +122,9 @@ def run_r3exp(model: str, lora: bool, steps: int, bf16: bool, extra: list[str]) 
     import lightning as L
 
     from r3exp import keys
-    from r3exp.modes.components import build_components
-    from r3exp.modes.setup import setup_environment
-    from r3exp.modes.training import run_training
+    from r3exp.runtime.components import build_components
+    from r3exp.runtime.environment import setup_environment
+    from r3exp.runtime.fitting import fit_policy
     from r3exp.tracking.step_timer import StepTimer
 
     class Rows(L.Callback):
@@ -147,7 +147,7 @@ def run_r3exp(model: str, lora: bool, steps: int, bf16: bool, extra: list[str]) 
         L.seed_everything(cfg.seed)
         parts = build_components(cfg)
         timer, rows = StepTimer(), Rows()
-        run_training(cfg, parts, logger=False, extra_callbacks=[timer, rows])
+        fit_policy(cfg, parts, Path(cfg.paths.output_dir), extra_callbacks=[timer, rows])
         parts.engine.close()
     return [{"step": t["step"], "seconds": t["time/step_seconds"], "generation_seconds": t["time/generation_seconds"],
              "train_seconds": t["time/step_seconds"] - t["time/generation_seconds"],

@@ -51,7 +51,7 @@ def test_sampled_tokens_add_up_over_rollouts_and_ranks_and_undefined_rates_are_s
     import math
 
     from r3exp import keys
-    from r3exp.grpo.module import merge_rank_rollout_stats, merge_rollout_stats
+    from r3exp.grpo.step_metrics import merge_rank_rollout_stats, merge_rollout_stats
 
     def stats(tokens, follow, seconds):
         return {keys.SAMPLED_TOKENS: tokens, keys.FOLLOW_RATE: follow, keys.REWARD_MEAN: 0.5, keys.SECONDS: seconds,

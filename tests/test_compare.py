@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from r3exp.results.compare import collect_runs, comparison_rows, to_markdown, write_csv
+from r3exp.results.across_runs import collect_runs, comparison_rows, to_markdown, write_csv
 
 
 def write_run(directory, seed, overrides, base, trained, model="tiny"):

@@ -1,5 +1,5 @@
 """The console shows the run; the libraries' routine records go to the run directory's engine log
-(r3exp.tracking.console), with real loggers and handlers."""
+(r3exp.console.library_logs), with real loggers and handlers."""
 from __future__ import annotations
 
 import logging
@@ -8,8 +8,8 @@ import warnings
 import pytest
 
 from r3exp import keys
-from r3exp.tracking.console import ConsoleRecords, quiet_console
-from r3exp.tracking.progress import progress_metrics
+from r3exp.console.library_logs import ConsoleRecords, quiet_console
+from r3exp.console.progress import progress_metrics
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_library_records_go_to_the_engine_log_and_the_run_s_own_stay(root_with_c
         library.info("Reloading and processing weights took 0.01 seconds")
         library.warning("RotaryEmbedding: Failed to load weights")  # routine: never on the console
         library.warning("KV cache is too small for %d tokens", 4096)  # not routine: once
-    logging.getLogger("r3exp.modes.evaluation_runs").info("base evaluation stored")
+    logging.getLogger("r3exp.runtime.policy_evaluation").info("base evaluation stored")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.warn("a library's FutureWarning", FutureWarning)

@@ -3,6 +3,7 @@ original prompt, trained with LUFFY's shaped loss; without them the protocol is 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,12 +14,12 @@ from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
 from r3exp.grpo.module import GRPOLoss
 from r3exp.grpo.step import LossSettings, accumulate_gradients, correct_for_engine, step_rows
-from r3exp.modes.components import Components
-from r3exp.modes.training import run_training
+from r3exp.runtime.components import Components
+from r3exp.runtime.fitting import fit_policy
 from r3exp.rollout.batching import batch_rows, build_batch
 from r3exp.rollout.datamodule import ReflectionRolloutDataModule, rollout_stats
 from r3exp.rollout.engines import SamplingConfig
-from r3exp.rollout.engines.base import Completion
+from r3exp.rollout.engines.interface import Completion
 from r3exp.rollout.episodes import ATTEMPT, ChatRenderer, Episode, add_distilled_rows
 from r3exp.tasks.countdown import CountdownTask
 from tests.conftest import load_task
@@ -260,7 +261,7 @@ def test_a_distilling_run_trains_every_step_with_its_retries(tmp_path, tiny_path
     fresh_vllm.seek("training", 0)
     task = load_task("countdown", _target_=f"{__name__}.EvenLengthTask")
     parts = Components(task, instantiate(cfg.model), str(tiny_path), tokenizer, fresh_vllm)
-    run_training(cfg, parts, logger=False, extra_callbacks=[recorder])
+    fit_policy(cfg, parts, Path(cfg.paths.output_dir), extra_callbacks=[recorder])
     assert len(recorder.rows) == 2
     for row in recorder.rows:
         assert row[keys.DISTILLED_ROWS] > 0 and 0 < row["train/distill/prob_mean"] < 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from r3exp.results.compare import collect_runs, comparison_rows
+from r3exp.results.across_runs import collect_runs, comparison_rows
 from r3exp.results.hypotheses import BASE, Hypothesis, decide, evaluate, holm
 from r3exp.results.paired import PairedTest
 from tests.test_compare import write_run

@@ -12,8 +12,9 @@ LAYERS = [
     {"distributed", "records", "config_types", "extras"},
     {"tasks", "models"},
     {"rollout"},
-    {"grpo", "evaluation", "warmstart", "tracking"},
+    {"grpo", "evaluation", "scripted_sft", "tracking", "console"},
     {"results", "embedded"},
+    {"runtime"},
     {"modes"},
     {"cli"},
     {"__main__"},
@@ -50,3 +51,10 @@ def test_no_package_imports_a_higher_or_same_layer_package():
             if layer[other] >= layer[mine]:
                 upward.append(f"{path.relative_to(SRC)} imports {other} (layer {layer[other]} >= {layer[mine]})")
     assert not upward, "\n".join(upward)
+
+
+def test_the_architecture_pages_diagram_is_these_layers():
+    page = (ROOT / "docs" / "concepts" / "architecture.md").read_text()
+    block = page.split("<!-- layers:", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    drawn = [set(line.split(" · ")) for line in block.strip().splitlines()]
+    assert drawn == LAYERS[::-1]

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from r3exp.errors import ConfigError
-from r3exp.results.compare import collect_runs, comparison_rows, paired_comparisons, paired_markdown
+from r3exp.results.across_runs import collect_runs, comparison_rows, paired_comparisons, paired_markdown
 from r3exp.results.paired import (bootstrap_interval, mcnemar_exact_p, pair, paired_bootstrap_p, paired_test,
                                   solved_after_reflection)
 from tests.test_compare import write_run

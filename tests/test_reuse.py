@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from r3exp.evaluation.reuse import ResultStore, inputs_key, path_fingerprint
-from r3exp.modes.evaluation_runs import evaluation_inputs
+from r3exp.runtime.policy_evaluation import evaluation_inputs
 from tests.conftest import CONF
 from tests.test_cli import SHORT, r3exp
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from r3exp.rollout.batching import batch_rows
-from r3exp.rollout.engines.base import Completion
+from r3exp.rollout.engines.interface import Completion
 from r3exp.rollout.episodes import Episode
 from r3exp.tasks.hub import DataUnavailable, read_split_file, write_jsonl
 from r3exp.tracking.offline_run import OfflineRunError, iter_records

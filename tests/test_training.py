@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from r3exp.modes.components import Components
-from r3exp.modes.training import run_training
+from r3exp.runtime.components import Components
+from r3exp.runtime.fitting import fit_policy
 from r3exp.rollout.engines import SamplingConfig
 from r3exp.tasks.countdown import CountdownTask
 from tests.conftest import CONF, load_task
@@ -42,7 +43,7 @@ class StepRecorder(L.Callback):
 def train(cfg, tiny_path, tokenizer, engine, recorder):
     engine.seek("training", 0)  # each run samples as a new process would
     parts = Components(instantiate(cfg.task), instantiate(cfg.model), str(tiny_path), tokenizer, engine)
-    return run_training(cfg, parts, logger=False, extra_callbacks=[recorder])
+    return fit_policy(cfg, parts, Path(cfg.paths.output_dir), extra_callbacks=[recorder])
 
 
 @pytest.mark.parametrize("protocol, behaviour", [("r3", "engine"), ("r3_grpo", "trainer")])
@@ -121,7 +122,7 @@ def module_weights(tiny_path):
 
 def test_lightning_accumulation_and_clipping_point_to_r3exp_settings(tmp_path):
     from r3exp.errors import ConfigError
-    from r3exp.modes.training import check_trainer_config
+    from r3exp.runtime.trainer_settings import check_trainer_config
 
     check_trainer_config(training_config(tmp_path))
     with pytest.raises(ConfigError, match="grpo.rollouts_per_step"):
@@ -172,7 +173,7 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path, tiny_path, tokenizer
 
 def test_first_failure_dataset_feeds_training(tmp_path, tiny_path, tokenizer, fresh_vllm, countdown):
     from r3exp.rollout.engines import SamplingConfig
-    from r3exp.rollout.failures import collect_failures, write_failures
+    from r3exp.rollout.first_failures import collect_failures, write_failures
 
     examples = countdown.examples("train")[:6]
     solvable = dict(examples[0], nums=[1, 2, 3], target=6)
@@ -230,7 +231,7 @@ def test_grpo_baseline_reward_rises_on_a_learnable_toy(tmp_path, tiny_path, toke
     fresh_vllm.seek("training", 0)
     task = load_task("countdown", _target_=f"{__name__}.SevenTask")
     parts = Components(task, instantiate(cfg.model), str(tiny_path), tokenizer, fresh_vllm)
-    run_training(cfg, parts, logger=False, extra_callbacks=[recorder])
+    fit_policy(cfg, parts, Path(cfg.paths.output_dir), extra_callbacks=[recorder])
     rewards = [r["rollout/reward_mean"] for r in recorder.rows]
     assert all(r["rollout/groups"] == 4 for r in recorder.rows)  # every example is a group: no failure filter
     first, last = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6

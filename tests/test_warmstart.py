@@ -12,7 +12,7 @@ from r3exp.evaluation.reflection_repairs import repair_statistics
 from r3exp.rollout.episodes import ChatRenderer
 from r3exp.tasks.countdown import extract_answer
 from r3exp.tasks.countdown_reflections import Repair, apply_repair, near_miss, read_repair, repairs
-from r3exp.warmstart import IGNORE, WarmStartSpec, build_sequences, encode_conversation, ensure_warm_start
+from r3exp.scripted_sft import IGNORE, WarmStartSpec, build_sequences, encode_conversation, ensure_warm_start
 
 
 def test_scripted_episodes_pair_a_wrong_attempt_and_its_reflection_with_a_right_answer(countdown):
@@ -182,7 +182,7 @@ def test_a_shipped_warm_start_is_used_and_lands_in_the_accuracy_band(overrides, 
     """The default main job and experiment=r3_demo start from their shipped warm starts (nothing is built),
     which solve part of the validation split on the first try and more after reflection (the band of
     test_warm_start_lands_in_the_accuracy_band, the recipe's target; measured figures: docs/results/r3-effect.md)."""
-    from r3exp.warmstart import SHIPPED
+    from r3exp.scripted_sft import SHIPPED
     from tests.test_cli import r3exp
 
     out = r3exp(*overrides, "mode=evaluate", "evaluation.split=validation", f"hydra.run.dir={tmp_path}",
@@ -218,8 +218,8 @@ def test_a_shipped_warm_start_is_what_its_recipe_builds(overrides):
     from hydra.utils import instantiate
 
     from r3exp.embedded import tiny_corpus
-    from r3exp.modes.components import warm_start_task_settings
-    from r3exp.warmstart import SHIPPED, warm_start_key
+    from r3exp.runtime.components import warm_start_task_settings
+    from r3exp.scripted_sft import SHIPPED, warm_start_key
     from tests.conftest import CACHE, CONF
 
     with initialize_config_dir(str(CONF), version_base="1.3"):

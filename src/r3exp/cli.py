@@ -1,10 +1,12 @@
 """The Hydra entry point: ``python -m r3exp [group=option ...] [key=value ...]``."""
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,11 +20,11 @@ OmegaConf.register_new_resolver("truncate", lambda text, n: str(text)[: int(n)],
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")  # the packaged configs
 def app(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    # imported here: torch, Lightning and the rest load in seconds, which `--help` and Hydra's own errors skip
+    from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: PLC0415 - seconds to import
 
-    from r3exp.modes import run
-    from r3exp.tracking.preemption import EXIT_CODE, hand_over
+    from r3exp.modes import run  # noqa: PLC0415 - seconds to import (torch, Lightning, transformers)
+    from r3exp.runtime.preemption import EXIT_CODE, Preempted  # noqa: PLC0415 - imports Lightning
 
     if cfg.paths.get("output_dir") is None:
         cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
@@ -36,10 +38,11 @@ def app(cfg: DictConfig) -> float | None:
     except R3Error as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 2))
-    except SIGTERMException:  # r3exp.tracking.preemption saved the step's checkpoint
+    except (SIGTERMException, Preempted) as stop:  # r3exp.runtime.preemption saved the step's checkpoint
         print("stopped by a scheduler's signal after an optimizer step; its checkpoint is last.ckpt: rerun with "
               "ckpt_path=last to continue", file=sys.stderr)
-        hand_over()  # a requeue signal: the scheduler's own handler (submitit requeues the job and exits)
+        if isinstance(stop, Preempted):
+            stop.hand_over()  # a requeue signal: the scheduler's own handler (submitit requeues the job and exits)
         sys.exit(EXIT_CODE)
     return produced.objective  # what Hydra's sweepers maximise
 

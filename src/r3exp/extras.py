@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from r3exp.errors import MissingExtra
 
-# The modes that log through cfg.logger (r3exp.modes.publishing.build_logger).
+# The modes that log through cfg.logger (r3exp.runtime.publishing.build_logger).
 LOGGER_MODES = ("main", "train")
 PACKAGES = {"lm_eval": "lm-eval", "wandb_workspaces": "wandb-workspaces", "optimi": "torch-optimi",
             "bfcl_eval": "bfcl-eval"}  # what pip calls a module's package

@@ -170,7 +170,7 @@ class ModelSpec:
             summation from torch-optimi: 10 bytes per parameter). LoRA adapters are float32 either way.
         lora: LoRA settings (``LoraSpec`` fields) or None for full fine-tuning.
         gradient_checkpointing: trade compute for activation memory.
-        warm_start: a ``WarmStartSpec`` (see ``r3exp.warmstart``) for the embedded model: supervised
+        warm_start: a ``WarmStartSpec`` (see ``r3exp.scripted_sft``) for the embedded model: supervised
             training on the task's scripted episodes before R3. Ignored unless the model is embedded.
         init: ``pretrained`` (the weights at ``name_or_path``) or ``random``: ``architecture`` with random
             weights and the embedded tokenizer grown to its vocabulary (``r3exp.models.random_init``), for

@@ -1,28 +1,23 @@
 """``mode=failures``: the first-failure dataset (the paper's training data for R3)."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
 
-from r3exp.modes.components import Components
-from r3exp.modes.registry import RunContext, RunResult, mode
-from r3exp.modes.setup import output_dir
-from r3exp.rollout.failures import collect_failures, write_failures
+from r3exp.rollout.first_failures import collect_failures, write_failures
+from r3exp.runtime.run import ModeResult, Run
 
 
-@mode("failures")
-def failures_mode(cfg: DictConfig, ctx: RunContext) -> RunResult:
-    return RunResult(ctx.run_dir, failures=run_failures(cfg, ctx.parts))
-
-
-def run_failures(cfg: DictConfig, parts: Components) -> Path:
+def failures_mode(run: Run) -> ModeResult:
+    """Sample ``failures.attempts`` first tries per training example; keep those ``failures.rule`` calls failed."""
+    cfg, parts = run.cfg, run.parts
     sampling = instantiate(cfg.rollout.attempt, temperature=cfg.failures.temperature)
     rows, stats = collect_failures(parts.task, parts.engine, parts.tokenizer, list(parts.task.examples("train")),
                                    sampling, cfg.failures.attempts, cfg.failures.rule)
-    path = write_failures(rows, cfg.failures.output or output_dir(cfg) / "failures.jsonl")
+    path = write_failures(rows, cfg.failures.output or run.run_dir / "failures.jsonl")
     Path(path).with_suffix(".stats.json").write_text(json.dumps(stats, indent=2))
     print(f"first-failure dataset: kept {stats['kept']} of {stats['examples']} examples -> {path}")
-    return path
+    return ModeResult(run.run_dir, failures=path)

@@ -3,7 +3,7 @@ correction over the primary ones (docs/results/preregistration-2026-12-07.md).
 
 A hypothesis compares arm ``a`` (a ``rollout.protocol``) with arm ``b`` or, when ``b`` is ``base``, with the
 base model of ``a``'s own runs, on one measure (``after reflection`` or ``first try``), paired per test example
-and pooled over seeds (:func:`r3exp.results.compare.paired_evaluations`). ``superiority``: supported when the
+and pooled over seeds (:func:`r3exp.results.across_runs.paired_evaluations`). ``superiority``: supported when the
 pooled difference is positive and the Holm-adjusted bootstrap p is below ``alpha``, refuted when it is negative
 and so significant, else not shown. ``non-inferiority`` (``margin`` points): supported when the bootstrap's
 95% interval lies above ``-margin``, refuted when it lies below 0, else inconclusive.
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from r3exp import keys
-from r3exp.results.compare import ComparisonRow, arm_of, paired_evaluations
+from r3exp.results.across_runs import ComparisonRow, arm_of, paired_evaluations
 from r3exp.results.paired import PairedTest
 
 BASE = "base"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from r3exp.results.compare import (RunResult, comparison_rows, paired_comparisons, paired_markdown, to_markdown,
+from r3exp.results.across_runs import (RunResult, comparison_rows, paired_comparisons, paired_markdown, to_markdown,
                                    write_csv)
 from r3exp.results.plots import plot_accuracy, plot_training
 

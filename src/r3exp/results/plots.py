@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from r3exp.results.compare import COLUMNS, ComparisonRow
+from r3exp.results.across_runs import COLUMNS, ComparisonRow
 
 LABELS = {"base_first_try": "base, first try", "base_after_reflection": "base, after reflection",
           "trained_first_try": "trained, first try", "trained_after_reflection": "trained, after reflection"}

@@ -29,7 +29,7 @@ class CompareSweep(Callback):
                   "".join(traceback.format_exception(type(error), error, error.__traceback__)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from r3exp.results.compare import collect_runs
+        from r3exp.results.across_runs import collect_runs
         from r3exp.results.outputs import write_comparison
 
         sweep_dir = Path(config.hydra.sweep.dir)

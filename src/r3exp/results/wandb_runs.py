@@ -1,5 +1,5 @@
 """Read compared runs back from W&B (online): the runs of a group, their config, evaluation summary and
-training curves, as :class:`r3exp.results.compare.RunResult` (what ``mode=compare`` reads from run
+training curves, as :class:`r3exp.results.across_runs.RunResult` (what ``mode=compare`` reads from run
 directories offline)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from r3exp import keys
 from r3exp.errors import ConfigError
-from r3exp.results.compare import RunResult
+from r3exp.results.across_runs import RunResult
 from r3exp.tracking.metrics_file import COLUMNS as CURVE_COLUMNS
 
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.rollout.batching import Rollout, rollout_batch
-from r3exp.rollout.engines.base import GenerationEngine, SamplingConfig
+from r3exp.rollout.engines.interface import GenerationEngine, SamplingConfig
 from r3exp.rollout.episodes import (ATTEMPT, DISTILL_MODES, REFLECTION, Episode, R3Protocol, RewardFn,
                                     RolloutTiming, retry_succeeds)
 from r3exp.tasks.base import Task

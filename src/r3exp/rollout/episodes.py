@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from r3exp.rollout.engines.base import Completion, GenerationEngine, SamplingConfig
+from r3exp.rollout.engines.interface import Completion, GenerationEngine, SamplingConfig
 from r3exp.tasks.base import Example, Message, Task
 
 RewardFn = Callable[[Task, Example, Completion, Completion], float]

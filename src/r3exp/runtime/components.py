@@ -1,5 +1,6 @@
 """The run's parts: the task, the model (built and warm-started on first use for the embedded one), its
 tokenizer, the engine, and how the ranks share engines."""
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from r3exp import distributed
 from r3exp.distributed import Ranks
+from r3exp.embedded import tiny_corpus
 from r3exp.errors import ConfigError
 from r3exp.models import ModelSpec, load_tokenizer
+from r3exp.scripted_sft import SHIPPED, ensure_warm_start
 from r3exp.tasks.base import Task
 from r3exp.timing import PhaseTimes
 
@@ -35,7 +38,7 @@ class Components:
 
 def build_components(cfg: DictConfig, phases: PhaseTimes | None = None, ranks: Ranks | None = None) -> Components:
     """The task, model, tokenizer and engine of ``cfg``; ``ranks`` (default: one engine per rank) as
-    :func:`r3exp.modes.run.run` found them."""
+    :func:`r3exp.runtime.launch.launch` found them."""
     phases, ranks = phases or PhaseTimes(), ranks or Ranks()
     task, model, path = resolve_model(cfg, phases)
     with phases("engine start"):
@@ -48,8 +51,6 @@ def build_components(cfg: DictConfig, phases: PhaseTimes | None = None, ranks: R
 def resolve_model(cfg: DictConfig, phases: PhaseTimes | None = None) -> tuple[Task, ModelSpec, str]:
     """The task, the model spec and the model's directory (or hub id): the embedded model is built, and
     warm-started, on first use."""
-    from r3exp.embedded import tiny_corpus
-
     phases = phases or PhaseTimes()
     task = instantiate(cfg.task)
     model: ModelSpec = instantiate(cfg.model)
@@ -78,8 +79,6 @@ def resolve_warm_start(cfg: DictConfig, task: Task, model: ModelSpec, base_path:
     """The warm-started embedded model: from ``warm_start_path`` (``mode=warmstart``'s output, e.g. the
     DVC stage) when set, else the one shipped with the package for these inputs, else built once and cached
     under ``paths.cache_dir/warmstart``."""
-    from r3exp.warmstart import SHIPPED, ensure_warm_start
-
     if cfg.get("warm_start_path"):
         built = Path(cfg.warm_start_path) / "model"
         if not (built / "config.json").exists():

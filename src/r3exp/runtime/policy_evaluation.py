@@ -1,5 +1,6 @@
 """Evaluations as the modes run them: the engine's current weights on a split, sharded over the ranks,
 and the base model's evaluation, reused across runs with the same inputs."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ from r3exp import distributed, keys
 from r3exp.evaluation import EvalResult, evaluate
 from r3exp.evaluation.accuracy import control_reflections, result_with_controls
 from r3exp.evaluation.reuse import ResultStore, code_identity, library_versions, path_fingerprint
-from r3exp.modes.components import Components
-from r3exp.modes.setup import CODE_DIR, local_data_paths, output_dir
+from r3exp.runtime.environment import CODE_DIR, local_data_paths
+from r3exp.runtime.run import Run
 from r3exp.records import episode_record
 from r3exp.rollout.episodes import R3Protocol
 from r3exp.tasks.hub import write_jsonl
@@ -22,10 +23,10 @@ from r3exp.tasks.hub import write_jsonl
 log = logging.getLogger(__name__)
 
 
-def run_evaluation(cfg: DictConfig, parts: Components, label: str, split: str | None = None,
-                   ) -> tuple[EvalResult, list[dict]]:
-    """Evaluate the engine's current weights on ``split`` (default ``evaluation.split``) as ``label``."""
-    ev = cfg.evaluation
+def run_evaluation(run: Run, label: str, split: str | None = None) -> tuple[EvalResult, list[dict]]:
+    """Evaluate the engine's current weights on ``split`` (default ``evaluation.split``) as ``label``; its
+    episodes to ``<run dir>/eval_<label>_episodes.jsonl``."""
+    ev, parts = run.cfg.evaluation, run.parts
     split = split or ev.split
     protocol = R3Protocol(parts.task, parts.engine, parts.tokenizer, instantiate(ev.attempt),
                           instantiate(ev.reflection), instantiate(ev.retry), stream="evaluation")
@@ -43,7 +44,7 @@ def run_evaluation(cfg: DictConfig, parts: Components, label: str, split: str | 
     result = result_with_controls(parts.task, episodes, split, outcomes)
     rows = [episode_record(parts.task.user_prompt(ep.example), ep) for ep in episodes]
     if distributed.is_main():
-        write_jsonl(rows, output_dir(cfg) / f"eval_{label}_episodes.jsonl")
+        write_jsonl(rows, run.run_dir / f"eval_{label}_episodes.jsonl")
     return result, rows
 
 
@@ -64,17 +65,18 @@ def evaluation_inputs(cfg: DictConfig, model_path: str) -> dict:
             "code": code_identity(CODE_DIR), "versions": library_versions()}
 
 
-def run_base_evaluation(cfg: DictConfig, parts: Components) -> tuple[EvalResult, list[dict], bool]:
+def run_base_evaluation(run: Run) -> tuple[EvalResult, list[dict], bool]:
     """The base model's evaluation, and whether it was reused: with ``evaluation.reuse_base`` an earlier
     run's, stored under ``paths.results_cache`` for the same inputs (:func:`evaluation_inputs`), else
     evaluated now (and stored for the next run)."""
+    cfg = run.cfg
     if not cfg.evaluation.get("reuse_base"):
-        return (*run_evaluation(cfg, parts, keys.BASE), False)
+        return (*run_evaluation(run, keys.BASE), False)
     store = ResultStore(cfg.paths.results_cache, "evaluations")
-    inputs = evaluation_inputs(cfg, parts.model_path)
+    inputs = evaluation_inputs(cfg, run.parts.model_path)
     entry = store.load(inputs)
     if distributed.any_rank(entry is None):  # every rank evaluates, or none does
-        result, rows = run_evaluation(cfg, parts, keys.BASE)
+        result, rows = run_evaluation(run, keys.BASE)
         if distributed.is_main():
             def fill(directory: Path) -> None:
                 (directory / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
@@ -85,7 +87,7 @@ def run_base_evaluation(cfg: DictConfig, parts: Components) -> tuple[EvalResult,
     result = EvalResult.from_dict(json.loads((entry / "result.json").read_text()))
     rows = [json.loads(line) for line in (entry / "episodes.jsonl").read_text().splitlines() if line]
     if distributed.is_main():
-        write_jsonl(rows, output_dir(cfg) / f"eval_{keys.BASE}_episodes.jsonl")
+        write_jsonl(rows, run.run_dir / f"eval_{keys.BASE}_episodes.jsonl")
         print(f"base evaluation reused from {entry} (same weights, task, evaluation and engine settings; "
               "evaluation.reuse_base=false evaluates again)", flush=True)
     return result, rows, True

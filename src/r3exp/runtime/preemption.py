@@ -11,26 +11,57 @@ Two kinds of notice:
   started (submitit: requeue the job, then exit) is called once the checkpoint is saved, not mid-step; the
   requeued job starts in the same run directory and ``ckpt_path: auto`` resumes it. With no such handler
   the run stops as on SIGTERM.
+
+Through Lightning's public surface only: SIGTERM is Lightning's own (``Trainer.received_sigterm``, then its
+``SIGTERMException`` after the step); a requeue signal sets ``Trainer.should_stop`` (the fit ends after this
+step, its callbacks and loggers done) and :func:`raise_if_preempted`, called right after ``Trainer.fit``, turns it
+into :class:`Preempted`, which carries the earlier handler to the entry point. No module state.
 """
+
 from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 
+from r3exp.errors import ConfigError
+
 log = logging.getLogger(__name__)
 EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a job the signal ended
+
+
+class Preempted(Exception):
+    """A requeue signal stopped the run after an optimizer step whose checkpoint was saved. The entry point
+    calls :meth:`hand_over` once the run is closed (engine stopped, W&B finished), then exits with
+    :data:`EXIT_CODE`."""
+
+    def __init__(self, signum: signal.Signals, earlier: Callable | None):
+        super().__init__(f"{signum.name}: stopped after an optimizer step, its checkpoint saved")
+        self.signum, self.earlier = signum, earlier
+
+    def hand_over(self) -> None:
+        """Call the handler that held the signal before the run started (submitit: requeue the job, then exit).
+        Nothing when there was none, or when it returns (submitit on ranks other than 0)."""
+        if self.earlier is None:
+            return
+        log.warning("%s: handing over to %s", self.signum.name, getattr(self.earlier, "__qualname__", self.earlier))
+        self.earlier(self.signum, None)
+
+
+def raise_if_preempted(callbacks: Iterable[L.Callback]) -> None:
+    """After ``Trainer.fit``: raise the :class:`Preempted` of a :class:`CheckpointOnSignal` that stopped it."""
+    for callback in callbacks:
+        if isinstance(callback, CheckpointOnSignal) and callback.preempted is not None:
+            raise callback.preempted
 
 
 def signal_numbers(names: Sequence[str]) -> list[signal.Signals]:
     """The signals named (``SIGUSR2``, ...); an unknown name is a config error naming the key."""
     unknown = [name for name in names if not isinstance(getattr(signal, str(name), None), signal.Signals)]
     if unknown:
-        from r3exp.errors import ConfigError
-
         raise ConfigError(f"callbacks.preemption.signals: unknown signal {unknown[0]!r} (e.g. SIGUSR2, SIGUSR1)")
     return [getattr(signal, name) for name in names]
 
@@ -47,6 +78,7 @@ class CheckpointOnSignal(L.Callback):
     def __init__(self, signals: Sequence[str] = ("SIGUSR2",)):
         self.signals = signal_numbers(signals)
         self.received: signal.Signals | None = None
+        self.preempted: Preempted | None = None  # set when a requeue signal stopped the fit
         self._earlier: dict[signal.Signals, object] = {}
 
     def on_train_start(self, trainer: L.Trainer, module) -> None:
@@ -66,7 +98,7 @@ class CheckpointOnSignal(L.Callback):
         self._earlier = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx) -> None:
-        sigterm = bool(getattr(trainer, "received_sigterm", False))
+        sigterm = trainer.received_sigterm
         requeue = self.received is not None
         if trainer.world_size > 1:  # one rank may have been signalled: all save, or none
             sigterm = trainer.strategy.reduce_boolean_decision(sigterm, all=False)
@@ -84,26 +116,7 @@ class CheckpointOnSignal(L.Callback):
                         name, trainer.global_step, path)
         if sigterm:
             return  # Lightning raises SIGTERMException after this step's callbacks and logging
-        global _handover
         earlier = self._earlier.get(self.received) if self.received is not None else None
         self._restore()
-        _handover = (earlier, self.received) if callable(earlier) else None
-        # stop as on SIGTERM, once this step's other callbacks and loggers have run (Lightning's own flag);
-        # the entry point then calls hand_over()
-        trainer._signal_connector.received_sigterm = True
-
-
-_handover: tuple | None = None  # (the scheduler's handler, the signal), set when a requeue signal stopped the run
-
-
-def hand_over() -> None:
-    """After a run stopped on a requeue signal (its checkpoint saved, W&B closed): call the handler that
-    held the signal before the run started (submitit: requeue the job, then exit). Nothing otherwise, or
-    when that handler returns (submitit on ranks other than 0)."""
-    global _handover
-    if _handover is None:
-        return
-    handler, signum = _handover
-    _handover = None
-    log.warning("%s: handing over to %s", signum.name, getattr(handler, "__qualname__", handler))
-    handler(signum, None)
+        self.preempted = Preempted(self.received or self.signals[0], earlier if callable(earlier) else None)
+        trainer.should_stop = True  # the fit ends once this step's other callbacks and loggers have run

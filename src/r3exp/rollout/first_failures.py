@@ -7,7 +7,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from r3exp.errors import ConfigError
-from r3exp.rollout.engines.base import GenerationEngine, SamplingConfig
+from r3exp.rollout.engines.interface import GenerationEngine, SamplingConfig
 from r3exp.rollout.episodes import ChatRenderer
 from r3exp.tasks.base import Task
 from r3exp.tasks.hub import write_jsonl
