@@ -43,7 +43,7 @@ from pathlib import Path
 
 import lightning as L
 
-from r3exp.rollout.datamodule import has_signal
+from r3exp.rollout.rollout_stats import has_signal
 
 TURNS = ("attempt", "reflection", "retry")
 PARTS = ("generation (engine)", "reward", "rollout bookkeeping", "trainer log-probs", "forward+backward",

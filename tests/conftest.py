@@ -13,6 +13,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+pytest_plugins = ("pytester",)  # tests/test_markers.py checks the tier check on a suite of its own
+
 
 @pytest.fixture(scope="session")
 def tiny_path() -> Path:
@@ -97,19 +99,30 @@ def chat_ids(tokenizer, text: str) -> list[int]:
                                               tokenize=True, return_dict=False))
 
 
-# a real vLLM engine, or the real pretrained model (converted once from its GGUF file, ~45 s)
-ENGINE_FIXTURES = {"engine_pool", "vllm_engine", "fresh_vllm", "smollm2_engine", "smollm2_path", "smollm2_tokenizer"}
-PROCESS_CALLS = ("r3exp(", "subprocess.", "mp.start_processes", "dvc(", "multirun", "python_without_site(")
+# the fixtures that start a real vLLM engine or load the real pretrained model (converted once from its GGUF file,
+# ~45 s): a test that asks for one is integration tier, and says so itself
+ENGINE_FIXTURES = frozenset({"engine_pool", "vllm_engine", "fresh_vllm", "smollm2_engine", "smollm2_path",
+                             "smollm2_tokenizer"})
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tier the suite: a test is ``integration`` when it uses the real vLLM engine or starts processes
-    (the command line, several ranks, DVC, a sweep) or the real pretrained model; ``pytest -m "not integration"``
-    is the fast unit tier."""
-    import inspect
+def unmarked_engine_tests(items) -> list[str]:
+    """The tests among ``items`` that use an engine fixture but are not marked ``integration``."""
+    return [item.nodeid for item in items if isinstance(item, pytest.Item)
+            and ENGINE_FIXTURES & set(getattr(item, "fixturenames", ()))
+            and item.get_closest_marker("integration") is None]
 
-    for item in items:
-        function = getattr(item, "function", None)
-        source = inspect.getsource(function) if function is not None else ""
-        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())) or any(call in source for call in PROCESS_CALLS):
-            item.add_marker(pytest.mark.integration)
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """Checks, never marks: each test declares its own tier (``pytestmark = pytest.mark.integration`` or
+    ``@pytest.mark.integration``: it uses the real vLLM engine or the real pretrained model, or starts
+    processes), and ``pytest -m "not integration"`` is the fast unit tier. A file with a test that uses an
+    engine fixture without the marker fails to collect (whatever ``-m`` selects), naming the test."""
+    report = yield
+    offenders = unmarked_engine_tests(report.result) if report.passed else []
+    if offenders:
+        report.outcome, report.result = "failed", []
+        fixtures = ", ".join(sorted(ENGINE_FIXTURES))
+        report.longrepr = (f"these tests use the real engine or model (a fixture of {fixtures}) but are not marked "
+                           "@pytest.mark.integration:\n  " + "\n  ".join(offenders))
+    return report

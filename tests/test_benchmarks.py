@@ -13,9 +13,12 @@ import statistics
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
+@pytest.mark.integration
 def test_the_same_work_benchmark_trains_every_row_and_times_each_part(tmp_path):
     out = tmp_path / "r3exp.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")}
@@ -32,6 +35,7 @@ def test_the_same_work_benchmark_trains_every_row_and_times_each_part(tmp_path):
         assert 0 < row["sampled_tokens"] <= 64 * 48 and row["prompt_tokens"] > 0
 
 
+@pytest.mark.integration
 def test_the_steady_steps_benchmark_prints_each_steps_time_faults_and_memory(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "steady_steps.py"), "--model", "tiny",
                              "--steps", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -42,6 +46,7 @@ def test_the_steady_steps_benchmark_prints_each_steps_time_faults_and_memory(tmp
     assert lines[-1].endswith("(freed memory kept)")
 
 
+@pytest.mark.integration
 def test_the_r3_step_profile_splits_each_step_and_measures_its_floor(tmp_path):
     out = tmp_path / "profile.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "r3_step_profile.py"), "--model", "tiny",
@@ -61,6 +66,7 @@ def test_the_r3_step_profile_splits_each_step_and_measures_its_floor(tmp_path):
     assert "step / floor:" in result.stdout and "floor: generation" in result.stdout
 
 
+@pytest.mark.integration
 def test_the_step_memory_benchmark_steps_a_small_model_and_prints_its_figures(tmp_path):
     """benchmarks/step_memory.py at a tiny width (its real use is a real model's width and vocabulary)."""
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_memory.py"), "--rows", "2", "--context",
@@ -73,6 +79,7 @@ def test_the_step_memory_benchmark_steps_a_small_model_and_prints_its_figures(tm
     assert float(last["peak_rss_gib"]) >= float(last["static_gib"]) > 0 and float(last["tokens_per_second"]) > 0
 
 
+@pytest.mark.integration
 def test_the_step_time_benchmark_prints_every_steps_split_and_their_median(tmp_path):
     """benchmarks/step_time.py on the main job's config, 2 steps: a row per step (seconds of the step, its
     generation, training and weight sync; tokens per second of each) and the median over steps 2..n."""
@@ -99,6 +106,7 @@ def test_the_step_time_benchmark_prints_every_steps_split_and_their_median(tmp_p
         assert abs(statistics.median(row[column] for row in steady) - figure) <= (0.001 if column < 5 else 1)
 
 
+@pytest.mark.integration
 def test_the_base_rates_benchmark_prints_each_tasks_success_rates(tmp_path):
     """benchmarks/base_rates.py on one task, 8 validation examples x 4 samples: rates that are counts of
     those, the share of examples some sample solves at least the per-sample rate."""

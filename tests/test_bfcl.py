@@ -334,6 +334,7 @@ def test_overlapping_or_unknown_categories_fail_in_one_line():
         task(categories={"train": [], "test": "live_simple"})
 
 
+@pytest.mark.integration
 def test_unknown_category_on_the_command_line_is_one_error_line(tmp_path):
     out = r3exp("mode=evaluate", "task=bfcl", "model=tiny", "task.categories.test=[live_simpel]", "logger=csv",
                 f"hydra.run.dir={tmp_path}", timeout=300)
@@ -353,6 +354,7 @@ TINY = ["task=bfcl", "model=tiny", "task.context_tokens=1024", "task.max_prompt_
         "rollout.max_draws=1", "task.split_sizes.train=40", "task.split_sizes.validation=4"]
 
 
+@pytest.mark.integration
 def test_main_job_on_the_embedded_default(tmp_path):
     from r3exp.tracking.offline_run import read_offline_run
 
@@ -382,6 +384,7 @@ def test_main_job_on_the_embedded_default(tmp_path):
                                                            for name, count in counts.items()]
 
 
+@pytest.mark.integration
 def test_evaluation_on_the_real_model_reports_bfcl_categories(tmp_path):
     out = r3exp("mode=evaluate", "task=bfcl", "model=smollm2_135m", "evaluation.limit=5", "logger=csv",
                 "rollout.attempt.max_tokens=48", "rollout.reflection.max_tokens=32", f"hydra.run.dir={tmp_path}",
@@ -395,6 +398,7 @@ def test_evaluation_on_the_real_model_reports_bfcl_categories(tmp_path):
     assert len(episodes) == 5 and pathlib.Path(tmp_path / "results.json").exists()
 
 
+@pytest.mark.integration
 def test_base_rates_benchmark_reports_each_bfcl_category(tmp_path):
     import subprocess
     import sys

@@ -13,6 +13,8 @@ from hydra.utils import instantiate
 
 from tests.conftest import CACHE, CONF, ROOT
 
+pytestmark = pytest.mark.integration  # every test here runs the real command line in a subprocess
+
 SHORT = ["evaluation.limit=16", "trainer.max_steps=2", "rollout.examples_per_step=2", "rollout.group_size=2",
          "rollout.attempt.max_tokens=16", "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=16",
          "rollout.max_draws=1", "task.split_sizes.train=100", "task.split_sizes.validation=16",

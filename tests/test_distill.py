@@ -17,7 +17,8 @@ from r3exp.grpo.step import LossSettings, accumulate_gradients, correct_for_engi
 from r3exp.runtime.components import Components
 from r3exp.runtime.fitting import fit_policy
 from r3exp.rollout.batching import batch_rows, build_batch
-from r3exp.rollout.datamodule import ReflectionRolloutDataModule, rollout_stats
+from r3exp.rollout.datamodule import ReflectionRolloutDataModule
+from r3exp.rollout.rollout_stats import rollout_stats
 from r3exp.rollout.engines import SamplingConfig
 from r3exp.rollout.engines.interface import Completion
 from r3exp.rollout.episodes import ATTEMPT, ChatRenderer, Episode, add_distilled_rows
@@ -216,6 +217,7 @@ def datamodule(cfg, engine, tokenizer, task, **overrides):
     return instantiate(cfg.rollout, **overrides)(task=task, engine=engine, tokenizer=tokenizer)
 
 
+@pytest.mark.integration
 def test_the_protocol_without_distilled_rows_is_r3_grpo_and_with_them_adds_the_rewarded_retries(
         tmp_path, tokenizer, fresh_vllm):
     cfg = training_config(tmp_path, "rollout.examples_per_step=4", "rollout.group_size=4", "rollout.on_no_signal=skip")
@@ -252,6 +254,7 @@ def test_the_protocol_without_distilled_rows_is_r3_grpo_and_with_them_adds_the_r
             assert torch.equal(value, distilled.tensors[key][on_policy]), key
 
 
+@pytest.mark.integration
 def test_a_distilling_run_trains_every_step_with_its_retries(tmp_path, tiny_path, tokenizer, fresh_vllm):
     """The real Lightning module over r3_grpo_distill's batches: the distilled rows are trained (their
     metrics are logged) and the sampled rows' ratio is still 1 on the first update."""

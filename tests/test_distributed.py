@@ -129,6 +129,7 @@ def _rank_step(rank: int, case: str, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_one_ddp_step_on_two_ranks_equals_one_step_on_the_union_of_their_rows(case, tmp_path):
     port = free_port()
@@ -168,6 +169,7 @@ def _engine_group_step(rank: int, case: str, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", ["dapo", "dapo-batch-scaling-kl"])
 def test_two_ranks_sharing_one_engine_split_its_rows_and_step_as_one_process(case, tmp_path):
     port = free_port()
@@ -194,6 +196,7 @@ def drawn_examples(log_file) -> list[str]:
 TWO_RANKS = ["trainer=cpu_ddp", "hydra.verbose=r3exp.rollout.datamodule"]
 
 
+@pytest.mark.integration
 def test_main_job_on_two_ranks_then_resume(tmp_path):
     run_dir = tmp_path / "run"
     out = r3exp(*SHORT, *TWO_RANKS, f"hydra.run.dir={run_dir}", timeout=900)
@@ -228,6 +231,7 @@ SIGNAL = ["rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains", "
           "+rollout.reward.text=a", "rollout.group_size=4"]  # a reward any model earns now and then
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("trainer", ["cpu_ddp", "cpu_fsdp"])
 def test_main_job_with_one_tensor_parallel_engine_over_two_ranks(trainer, tmp_path):
     """``engine.tensor_parallel_size=2`` on 2 CPU ranks: one vLLM engine spans both (external_launcher);
@@ -250,11 +254,13 @@ def test_main_job_with_one_tensor_parallel_engine_over_two_ranks(trainer, tmp_pa
     assert trained and all(r["logprob_diff_max"] < 1e-3 for r in trained)
 
 
+@pytest.mark.integration
 def test_a_tensor_parallel_engine_needs_its_ranks():
     out = r3exp("engine.tensor_parallel_size=2", "mode=evaluate")
     assert out.returncode == 2 and "engine.tensor_parallel_size=2" in out.stderr, out.stderr[-2000:]
 
 
+@pytest.mark.integration
 def test_evaluation_on_two_ranks_counts_every_example_once_and_matches_one_rank(tmp_path):
     tables = {}
     for name, extra in (("one", []), ("two", ["trainer=cpu_ddp"])):
@@ -269,6 +275,7 @@ def test_evaluation_on_two_ranks_counts_every_example_once_and_matches_one_rank(
     assert tables["two"] == tables["one"]  # same counts, same episodes in the same order
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("preset", ["cpu_ddp", "ddp"])
 def test_trainer_presets_compose(preset):
     out = r3exp(f"trainer={preset}", "--cfg", "job")
@@ -276,6 +283,7 @@ def test_trainer_presets_compose(preset):
     assert "strategy: ddp" in out.stdout
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("preset", ["cpu_fsdp", "fsdp"])
 def test_sharded_presets_compose_to_lightnings_model_parallel_strategy(preset):
     out = r3exp(f"trainer={preset}", "--cfg", "job")
@@ -283,6 +291,7 @@ def test_sharded_presets_compose_to_lightnings_model_parallel_strategy(preset):
     assert "_target_: lightning.pytorch.strategies.ModelParallelStrategy" in out.stdout
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("override, says", [
     ("trainer.strategy=fsdp", "use trainer=fsdp"),  # Lightning's FSDP1 strategy
     ("+trainer.strategy.tensor_parallel_size=2", "tensor_parallel_size=2"),
@@ -294,6 +303,7 @@ def test_unsupported_sharding_is_refused_with_one_line(override, says):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.integration
 def test_slurm_sweep_asks_for_one_task_per_gpu_on_every_node():
     out = r3exp("--config-dir", "sweeps", "--config-name", "slurm", "--cfg", "hydra")
     assert out.returncode == 0, out.stderr[-2000:]

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import CONF, ROOT
@@ -14,6 +15,7 @@ from tests.conftest import CONF, ROOT
 DOCS = ROOT / "docs"
 
 
+@pytest.mark.integration
 def test_the_site_builds_with_no_warning(tmp_path):
     """`mkdocs build --strict`: a broken link, a missing page or snippet, or an API docstring mkdocstrings
     cannot render fails the build."""

@@ -58,6 +58,7 @@ def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
+@pytest.mark.integration
 def test_dvc_repro_runs_every_stage_then_skips_them_all(repo_copy):
     compose_params(repo_copy, TINY)
     out = dvc(repo_copy, "repro")

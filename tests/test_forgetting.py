@@ -20,6 +20,7 @@ def lm_eval_results(run_dir, label) -> dict:
     return json.loads(files[0].read_text())
 
 
+@pytest.mark.integration
 def test_main_job_scores_base_and_trained_with_lm_eval_and_compare_shows_it(tmp_path):
     sweep = tmp_path / "sweep"
     out = r3exp("-m", *SHORT, *FORGETTING, "seed=0,1", f"hydra.sweep.dir={sweep}", timeout=1200)
@@ -51,6 +52,7 @@ def test_main_job_scores_base_and_trained_with_lm_eval_and_compare_shows_it(tmp_
     assert table.splitlines()[2].count("|") == table.splitlines()[0].count("|")  # one row, every column filled
 
 
+@pytest.mark.integration
 def test_forgetting_mode_scores_the_same_model_the_same_under_both_labels(tmp_path):
     """mode=forgetting, the embedded model (no warm start) as base and as forgetting.policy: identical
     settings give identical scores, so the difference is exactly 0."""
@@ -71,6 +73,7 @@ def test_forgetting_mode_scores_the_same_model_the_same_under_both_labels(tmp_pa
     assert out.returncode == 2 and "forgetting.policy='/nonexistent/policy'" in out.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("override, says", [
     ("forgetting.tasks=[gsm8k]", "'gsm8k': its dataset comes from the Hugging Face hub"),
     ("forgetting.tasks=[no_such_task]", "lm-eval knows no task 'no_such_task'"),

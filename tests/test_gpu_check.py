@@ -35,6 +35,7 @@ def gpu_machine_packages(directory: Path) -> Path:
     return packages_without(directory, ABSENT_ON_THE_GPU_MACHINE)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_the_gpu_check_runs_every_configuration_with_only_torch_transformers_and_peft(tmp_path, dtype):
     """bfloat16 holds this CPU's gap to the bound the GPU's is held to (gpu_checks.GAP_BOUNDS)."""
@@ -71,6 +72,7 @@ def test_the_gpu_check_runs_every_configuration_with_only_torch_transformers_and
     assert out.stdout.count(f"architecture: {untied:,} parameters (expected {untied:,} from the config)") == 2
 
 
+@pytest.mark.integration
 def test_that_environment_lacks_those_packages_and_has_the_rest(tmp_path):
     """Else the test above proves nothing."""
     packages = gpu_machine_packages(tmp_path / "site")

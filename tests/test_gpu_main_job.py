@@ -15,6 +15,8 @@ from tests.test_cli import SHORT
 from tests.test_extras import EXTRAS
 from tests.test_random_init import SMALL_QWEN2
 
+pytestmark = pytest.mark.integration  # benchmarks/gpu_main_job.sh fetch and run, in subprocesses
+
 ABSENT_ON_THE_GPU_IMAGE = EXTRAS + ("hydra", "omegaconf", "antlr4")
 SCRIPT = ROOT / "benchmarks" / "gpu_main_job.sh"
 

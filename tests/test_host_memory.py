@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.integration  # page faults counted in fresh processes
+
 # In a fresh process (the setting is process-wide), one thread (worker threads allocate from heaps of their
 # own, which add a varying few thousand faults): page faults per step of a layer's forward and backward over
 # 64 MiB activations, averaged over 8 steps after two that set the heap up.

@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration  # scripts/house_figures.py, in a subprocess
 
 SCRIPT = ROOT / "scripts" / "house_figures.py"
 

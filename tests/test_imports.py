@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 
+import pytest
+
 from tests.conftest import ROOT
 
 # low to high; a package may import any package of a lower layer and its own modules
@@ -58,3 +60,18 @@ def test_the_architecture_pages_diagram_is_these_layers():
     block = page.split("<!-- layers:", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     drawn = [set(line.split(" · ")) for line in block.strip().splitlines()]
     assert drawn == LAYERS[::-1]
+
+
+@pytest.mark.integration  # scripts/house_figures.py, in a subprocess
+def test_no_import_circle_and_no_two_modules_share_a_name():
+    """No module imports itself back through others (in-function imports included), and a module's name says
+    which one it is (no ``modes/compare.py`` beside ``results/compare.py``)."""
+    import subprocess
+    import sys
+    from collections import Counter
+
+    figures = subprocess.run([sys.executable, str(ROOT / "scripts" / "house_figures.py")], capture_output=True,
+                             text=True, check=True).stdout
+    assert "import circles between modules: 0" in figures, figures
+    names = Counter(p.stem for p in SRC.rglob("*.py") if p.stem != "__init__" and "conf" not in p.parts)
+    assert [name for name, count in names.items() if count > 1] == []

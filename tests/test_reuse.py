@@ -66,6 +66,7 @@ def test_the_store_reads_only_complete_entries_and_keeps_the_first_of_two(tmp_pa
     assert [p.name for p in store.root.iterdir()] == [entry.name]  # nor left behind
 
 
+@pytest.mark.integration
 def test_a_reused_base_evaluation_is_what_evaluating_again_gives(tmp_path):
     """Three real main jobs sharing a results cache: R3 evaluates and stores the base model's evaluation and
     lm-eval scores; GRPO with reuse off evaluates them again (the same: the protocol does not enter them);

@@ -15,6 +15,8 @@ from r3exp.models.export import hf_state_dict
 from tests.test_distributed import SGD_LR, free_port, rank_rollout, rows_of, settings
 from tests.test_micro_batches import causal_lm
 
+pytestmark = pytest.mark.integration  # two ranks in processes, and the command line
+
 CASES = {  # test_distributed's loss case, LoRA, tied embeddings, clip the gradient norm
     "dapo-full": ("dapo", False, True, None),
     "grpo-full-untied-clipped": ("grpo", False, False, 0.05),

@@ -10,6 +10,7 @@ import pytest
 
 from tests.test_cli import SHORT, r3exp
 
+pytestmark = pytest.mark.integration  # a real multirun of the command line
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,7 @@ def test_split_files_round_trip_and_bad_rows_name_file_and_line(tmp_path):
         read_split_file(path, None, ("nums", "target"))
 
 
+@pytest.mark.integration
 def test_provenance_records_commit_data_hashes_and_dvc_outputs(tmp_path):
     data = tmp_path / "data"
     write_jsonl([{"a": 1}], data / "train.jsonl")

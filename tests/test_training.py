@@ -46,6 +46,7 @@ def train(cfg, tiny_path, tokenizer, engine, recorder):
     return fit_policy(cfg, parts, Path(cfg.paths.output_dir), extra_callbacks=[recorder])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol, behaviour", [("r3", "engine"), ("r3_grpo", "trainer")])
 def test_every_batch_is_sampled_with_the_latest_weights(tmp_path, tiny_path, tokenizer, fresh_vllm, protocol,
                                                         behaviour):
@@ -82,6 +83,7 @@ def test_every_batch_is_sampled_with_the_latest_weights(tmp_path, tiny_path, tok
     assert fresh_vllm.policy_version == 4  # the final weights were pushed for evaluation
 
 
+@pytest.mark.integration
 def test_engine_sleeps_while_the_trainer_steps_and_wakes_for_the_weight_push(
         tmp_path, tiny_path, tokenizer, fresh_vllm, monkeypatch):
     """The order that keeps a sleeping engine fresh: generate, sleep, (train), wake the weights, push the new
@@ -131,6 +133,7 @@ def test_lightning_accumulation_and_clipping_point_to_r3exp_settings(tmp_path):
         check_trainer_config(training_config(tmp_path, "+trainer.gradient_clip_val=1.0"))
 
 
+@pytest.mark.integration
 def test_reward_on_reflection_content_rises(tmp_path, tiny_path, tokenizer, fresh_vllm):
     """The signal flows through the mask, the optimizer and the weight sync into the next samples."""
     cfg = training_config(tmp_path, "trainer.max_steps=24", "optimizer.optimizer.lr=2e-3",
@@ -144,6 +147,7 @@ def test_reward_on_reflection_content_rises(tmp_path, tiny_path, tokenizer, fres
     assert last > first + 0.25, rewards
 
 
+@pytest.mark.integration
 def test_resume_from_checkpoint_continues_the_run(tmp_path, tiny_path, tokenizer, fresh_vllm):
     cfg = training_config(tmp_path, "trainer.max_steps=2", "callbacks.checkpoint.every_n_train_steps=1")
     train(cfg, tiny_path, tokenizer, fresh_vllm, StepRecorder())
@@ -171,6 +175,7 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path, tiny_path, tokenizer
     assert torch.load(ckpt, weights_only=False)["global_step"] == 4
 
 
+@pytest.mark.integration
 def test_first_failure_dataset_feeds_training(tmp_path, tiny_path, tokenizer, fresh_vllm, countdown):
     from r3exp.rollout.engines import SamplingConfig
     from r3exp.rollout.first_failures import collect_failures, write_failures
@@ -222,6 +227,7 @@ class SevenTask(CountdownTask):
         return "7" in answer
 
 
+@pytest.mark.integration
 def test_grpo_baseline_reward_rises_on_a_learnable_toy(tmp_path, tiny_path, tokenizer, fresh_vllm):
     """rollout.protocol=grpo: G sampled first attempts per example, rewarded by the validator, trained."""
     cfg = training_config(tmp_path, "rollout.protocol=grpo", "trainer.max_steps=24", "optimizer.optimizer.lr=2e-3",
@@ -238,6 +244,7 @@ def test_grpo_baseline_reward_rises_on_a_learnable_toy(tmp_path, tiny_path, toke
     assert last > first + 0.25, rewards
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("protocol, budget", [("r3", 500), ("r3_grpo", 1500)])
 def test_training_stops_when_the_sampled_token_budget_is_spent(tmp_path, tiny_path, tokenizer, fresh_vllm, protocol,
                                                                budget):
@@ -262,6 +269,7 @@ def test_training_stops_when_the_sampled_token_budget_is_spent(tmp_path, tiny_pa
     assert 3 <= len(sampled) < 50
 
 
+@pytest.mark.integration
 def test_r3_grpo_draws_attempt_groups_and_reflection_groups_on_their_failures(tmp_path, tokenizer, fresh_vllm):
     """rollout.protocol=r3_grpo: per example, G sampled attempts rewarded by the validator (one group); for
     each example with a failed attempt, G reflections on its first failed attempt and a retry each (another

@@ -157,6 +157,7 @@ def test_warm_start_is_built_once_and_cached(countdown, tiny_path, tmp_path):
     assert ensure_warm_start(str(tiny_path), countdown, {"seed": 1}, spec, tmp_path) != first
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_warm_start_lands_in_the_accuracy_band(tmp_path):
     """The target: first-try accuracy on the validation split well above zero and far from solved, so that
@@ -177,6 +178,7 @@ def test_warm_start_lands_in_the_accuracy_band(tmp_path):
 SHIPPED_RECIPES = [pytest.param([], id="default"), pytest.param(["experiment=r3_demo", "hydra.mode=RUN"], id="r3_demo")]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overrides", SHIPPED_RECIPES)
 def test_a_shipped_warm_start_is_used_and_lands_in_the_accuracy_band(overrides, tmp_path):
     """The default main job and experiment=r3_demo start from their shipped warm starts (nothing is built),

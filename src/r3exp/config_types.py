@@ -23,6 +23,7 @@ import typing
 from pathlib import Path, PurePath
 from typing import Any, Iterator
 
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from r3exp.errors import ConfigError
@@ -63,7 +64,7 @@ def plain_key_problems(cfg: DictConfig) -> list[str]:
     for key, annotation in PLAIN_KEYS.items():
         try:
             value = OmegaConf.select(cfg, key, throw_on_missing=False)
-        except Exception:  # noqa: BLE001: an interpolation only the run can resolve
+        except Exception:  # noqa: BLE001 - an interpolation only the run can resolve
             continue
         if isinstance(value, (DictConfig, ListConfig)):
             value = OmegaConf.to_container(value, resolve=True)
@@ -91,10 +92,8 @@ def target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]:
 def node_problems(path: str, node: DictConfig) -> list[str]:
     target_name = str(node._get_node("_target_")._value())
     try:
-        from hydra.utils import get_object
-
         target = get_object(target_name)
-    except Exception as err:  # noqa: BLE001: any import failure is the user's to see
+    except Exception as err:  # noqa: BLE001 - any import failure is the user's to see
         return [f"{path}._target_={target_name!r}: cannot be imported ({type(err).__name__}: {err})"]
     try:
         signature = inspect.signature(target)
@@ -120,7 +119,7 @@ def node_problems(path: str, node: DictConfig) -> list[str]:
         try:
             value = OmegaConf.to_container(child, resolve=True) if isinstance(child, (DictConfig, ListConfig)) \
                 else node[key]
-        except Exception:  # noqa: BLE001: an interpolation only the run can resolve (${hydra:...})
+        except Exception:  # noqa: BLE001 - an interpolation only the run can resolve (${hydra:...})
             continue
         annotation = hints.get(key, UNCHECKED)
         if annotation is not UNCHECKED and not accepts(annotation, value):
@@ -135,7 +134,7 @@ def type_hints(target: Any) -> dict[str, Any]:
     function = target.__init__ if inspect.isclass(target) else target
     try:
         return typing.get_type_hints(function)
-    except Exception:  # noqa: BLE001: resolve each annotation on its own below
+    except Exception:  # noqa: BLE001 - resolve each annotation on its own below
         pass
     namespace = dict(getattr(inspect.unwrap(function), "__globals__", {}))
     hints = {}
@@ -143,7 +142,7 @@ def type_hints(target: Any) -> dict[str, Any]:
         annotation = parameter.annotation
         if isinstance(annotation, str):
             try:
-                annotation = eval(annotation, namespace)  # noqa: S307: the target's own annotation text
+                annotation = eval(annotation, namespace)  # noqa: S307 - the target's own annotation text
             except Exception:  # noqa: BLE001
                 continue
         if annotation is not inspect.Parameter.empty:

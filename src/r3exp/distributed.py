@@ -13,6 +13,8 @@ from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from r3exp.errors import ConfigError
 
@@ -105,7 +107,7 @@ def launch_ranks(trainer_cfg) -> LaunchedRanks:
     (Lightning Fabric's launcher; the Trainer later finds the group and reuses it)."""
     if dist.is_available() and dist.is_initialized():
         return LaunchedRanks()
-    from lightning.fabric import Fabric
+    from lightning.fabric import Fabric  # noqa: PLC0415 - Lightning takes seconds; only launching ranks needs it
 
     fabric = Fabric(accelerator=trainer_cfg.get("accelerator", "auto"), devices=trainer_cfg.get("devices", 1),
                     num_nodes=trainer_cfg.get("num_nodes", 1), strategy="ddp")
@@ -121,9 +123,7 @@ def launch_ranks(trainer_cfg) -> LaunchedRanks:
 
 def _local_multirun() -> bool:
     """A Hydra multirun job whose ranks the launcher would have to start (not SLURM, not torchrun)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from lightning.fabric.plugins.environments import SLURMEnvironment
+    from lightning.fabric.plugins.environments import SLURMEnvironment  # noqa: PLC0415 - Lightning takes seconds
 
     external = "LOCAL_RANK" in os.environ or SLURMEnvironment.detect()
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and not external

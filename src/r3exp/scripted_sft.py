@@ -153,7 +153,7 @@ def warm_start_key(base_path: str, task_settings: dict, spec: WarmStartSpec) -> 
 
 def build_warm_start(base_path: str, task: Task, spec: WarmStartSpec, out_dir: str | Path) -> dict:
     """Train from ``base_path`` on ``task``'s scripted episodes; save model, tokenizer and a report."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - seconds to import; warm starts only
 
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(base_path)

@@ -110,7 +110,7 @@ def quiet_console(run_dir: Path, rank: int = 0) -> Path:
                 library.removeHandler(handler)
                 library.propagate = True
     try:  # transformers adds its console handler on first use, does not propagate, and shows loading bars
-        from transformers.utils import logging as transformers_logging
+        from transformers.utils import logging as transformers_logging  # noqa: PLC0415 - seconds; loads after env setup
 
         transformers_logging.disable_default_handler()
         transformers_logging.enable_propagation()

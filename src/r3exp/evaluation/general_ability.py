@@ -14,6 +14,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+import yaml
+
 from r3exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -63,16 +66,13 @@ class GeneralAbility:
     def resolved_backend(self) -> str:
         if self.backend != "auto":
             return self.backend
-        import torch
-
         return "vllm" if torch.cuda.is_available() else "hf"
 
 
 def task_manager(spec: GeneralAbility, workdir: Path):
     """lm-eval's TaskManager over r3exp's shipped tasks (their data files made absolute, in ``workdir``)
     and the user's ``include_path``."""
-    import yaml
-    from lm_eval.tasks import TaskManager  # imported here: lm-eval is optional (r3exp[forgetting])
+    from lm_eval.tasks import TaskManager  # noqa: PLC0415 - lm-eval is optional (r3exp[forgetting])
 
     shipped = workdir / "r3exp_tasks"
     shipped.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def task_manager(spec: GeneralAbility, workdir: Path):
 def check_tasks(spec: GeneralAbility, manager) -> None:
     """Load each task's data before any model is built, so that a task lm-eval does not know, or whose
     dataset needs the unreachable hub, fails in one line naming it."""
-    from lm_eval.tasks import get_task_dict  # imported here: lm-eval is optional (r3exp[forgetting])
+    from lm_eval.tasks import get_task_dict  # noqa: PLC0415 - lm-eval is optional (r3exp[forgetting])
 
     unknown = [t for t in spec.tasks if t not in manager.all_tasks]
     if unknown:
@@ -121,9 +121,8 @@ def score_model(model_path: str | Path, label: str, spec: GeneralAbility, out_di
                 seed: int = 0) -> dict[str, float]:
     """Run lm-eval on ``model_path``; its output files go to ``<out_dir>/<label>/``. Returns
     ``{"<task>/<metric>": value}`` for every numeric metric (standard errors left out)."""
-    import torch
-    from lm_eval import simple_evaluate  # imported here: lm-eval is optional (r3exp[forgetting])
-    from lm_eval.loggers import EvaluationTracker
+    from lm_eval import simple_evaluate  # noqa: PLC0415 - lm-eval is optional (r3exp[forgetting])
+    from lm_eval.loggers import EvaluationTracker  # noqa: PLC0415 - lm-eval is optional (r3exp[forgetting])
 
     out = Path(out_dir) / label
     with tempfile.TemporaryDirectory() as workdir:

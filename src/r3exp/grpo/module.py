@@ -11,12 +11,15 @@ from typing import Callable, Iterator
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.device_mesh import init_device_mesh
 
 from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
 from r3exp.grpo.logprobs import can_share_prompts
 from r3exp.grpo.optimizers import check_updates_kept
+from r3exp.grpo.sharding import gathered_hf_weights, shard_policy
 from r3exp.grpo.step_metrics import merge_rank_metrics, merge_rank_rollout_stats, merge_rollout_stats
 from r3exp.grpo.step import (LossSettings, StepRows, accumulate_gradients, correct_for_engine, micro_batch_count,
                              reference_logprobs, share_of_engine, step_rows)
@@ -169,8 +172,6 @@ class R3GRPOModule(L.LightningModule):
         A sleeping engine wakes for the push (weights first, then its cache): never generate, then push."""
         start = time.perf_counter()
         if self.sharded.policy is not None:  # gathered one unit at a time, streamed into the engine
-            from r3exp.grpo.sharding import gathered_hf_weights
-
             self.engine.update_weights(gathered_hf_weights(self.sharded.policy))
         else:
             self.engine.update_weights(merged_weights(self.policy))  # streamed, one merged tensor at a time
@@ -185,14 +186,8 @@ class R3GRPOModule(L.LightningModule):
     def configure_model(self) -> None:
         """Under Lightning's ``ModelParallelStrategy``: shard the policy (and a full fine-tuning reference)
         with FSDP2 over every rank (see :mod:`r3exp.grpo.sharding`). Other strategies: nothing to do."""
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
         if not isinstance(self.trainer.strategy, ModelParallelStrategy) or self.sharded.policy is not None:
             return
-        from torch.distributed.device_mesh import init_device_mesh
-
-        from r3exp.grpo.sharding import shard_policy
-
         mesh = init_device_mesh(self.trainer.strategy.root_device.type, (self.trainer.world_size,))
         self.settings.share_prompts = False  # the sharded root runs every row whole
         self.sharded.policy = shard_policy(self.policy, mesh, self.sharded_compute_dtype)
@@ -216,8 +211,6 @@ class R3GRPOModule(L.LightningModule):
         if self.sharded.policy is None:
             paths = save_policy(self.policy, tokenizer, out_dir) if distributed.is_main() else {}
         else:
-            from r3exp.grpo.sharding import gathered_hf_weights
-
             merged = {name: t.cpu() for name, t in gathered_hf_weights(self.sharded.policy)}
             adapter = {name: t.cpu() for name, t in gathered_hf_weights(self.sharded.policy, adapter=True)}
             paths = save_weights(self.policy, tokenizer, out_dir, merged, adapter) if distributed.is_main() else {}

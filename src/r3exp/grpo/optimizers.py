@@ -38,7 +38,7 @@ def adamw(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, f
     if not any(p.dtype in LOW_PRECISION for p in params):
         return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     try:
-        import optimi  # the `kahan` extra: only low-precision weights need it
+        import optimi  # noqa: PLC0415 - torch-optimi is optional (r3exp[kahan]); only low-precision weights need it
     except ImportError:
         raise ConfigError(f"model.master_weights=kahan trains {low_precision_dtypes(params)} weights, which needs "
                           f"torch-optimi's Kahan-compensated AdamW: {KAHAN_EXTRA} (or model.master_weights=float32)"

@@ -17,14 +17,13 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from r3exp.grpo.logprobs import ReflectionLogprobs
 from r3exp.models.export import is_peft
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
     return isinstance(model, FSDPModule)
 
 
@@ -44,8 +43,6 @@ def shard_policy(policy: torch.nn.Module, mesh, param_dtype: torch.dtype | None 
     root around it; returns the root, which computes the log-probs. ``param_dtype``: the dtype in which
     parameters are gathered and computed (the sharded copy, which the optimizer steps, keeps its own);
     gradients are reduced in float32."""
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-
     precision = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else \
         MixedPrecisionPolicy()
     for layer in decoder_layers(policy):
@@ -60,8 +57,6 @@ def shard_policy(policy: torch.nn.Module, mesh, param_dtype: torch.dtype | None 
 
 def _units(root: torch.nn.Module) -> list[torch.nn.Module]:
     """The FSDP units under ``root``, the root last."""
-    from torch.distributed.fsdp import FSDPModule
-
     return [m for m in root.modules() if isinstance(m, FSDPModule) and m is not root] + [root]
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from r3exp.cache_entries import staged_entry
 from r3exp.errors import ModelUnavailable
+from r3exp.models.dtypes import torch_dtype
 
 log = logging.getLogger(__name__)
 CONVERSION_VERSION = 1  # bump when the conversion below changes what it writes
@@ -94,9 +95,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32",
     transformers marks a GGUF-loaded model as quantised and refuses to save it; the weights it holds are
     already de-quantised, so the marks are dropped before saving (measured: the saved directory loads in
     transformers and vLLM with the same weights)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from r3exp.models.loading import torch_dtype
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - seconds to import; conversion only
 
     try:
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,

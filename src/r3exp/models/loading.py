@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import torch
 
 from r3exp.errors import ConfigError, ModelUnavailable
+from r3exp.models.dtypes import torch_dtype
+from r3exp.models.gguf import ensure_gguf_model
+from r3exp.models.random_init import ensure_random_model
+from r3exp.models.tiny import ensure_tiny_model
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # How trainable weights are kept (r3exp.grpo.optimizers explains why it matters in bf16):
 # float32: float32 whatever model.dtype is (full fine-tuning loads the model in float32; LoRA adapters are
 #   float32 over a model.dtype base); kahan: in model.dtype, stepped by a Kahan-compensated AdamW.
@@ -31,19 +37,8 @@ class LoraSpec:
     )
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ModelUnavailable(f"model.dtype={name!r} is not one of {sorted(DTYPES)}") from None
-
-
 def hub_reachable(timeout: float = 3.0) -> bool:
     """One quick TCP probe of the hub endpoint (the hub client would otherwise retry for minutes)."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
@@ -63,7 +58,7 @@ def hub_kwargs(path: str | Path) -> dict:
 
 
 def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415 - seconds to import; importing r3exp.models skips it
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), **hub_kwargs(path))
@@ -91,7 +86,7 @@ def load_policy(path: str | Path, dtype: str = "float32", lora: LoraSpec | dict 
 def load_model(path: str | Path, dtype: str = "float32") -> Any:
     """The causal LM at ``path`` (hub id or directory) with its weights in ``dtype``, as stored: a copy that
     only samples (the HF engine's), with no master weights."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - seconds to import; importing r3exp.models skips it
 
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype), **hub_kwargs(path))
@@ -117,7 +112,7 @@ def prepare_policy(model, lora: LoraSpec | dict | None = None, gradient_checkpoi
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # noqa: PLC0415 - seconds to import; only LoRA needs it
 
         spec = lora if isinstance(lora, LoraSpec) else LoraSpec(**lora)
         model = get_peft_model(model, LoraConfig(
@@ -206,20 +201,14 @@ class ModelSpec:
             if not self.architecture:
                 raise ConfigError(f"model.init=random: model {self.name!r} has no model.architecture (the fields of "
                                   "its config.json; the paper models' configs write them out)")
-            from r3exp.models.random_init import ensure_random_model
-
             return str(ensure_random_model(dict(self.architecture), self.dtype, 0, corpus() if corpus else [],
                                            Path(cache_dir) / "models"))
         if self.name_or_path:
             return str(self.name_or_path)
         if self.gguf is not None:
-            from r3exp.models.gguf import ensure_gguf_model
-
             return str(ensure_gguf_model(self.gguf, Path(cache_dir) / "models"))
         if self.embedded is None:
             raise ModelUnavailable(f"model {self.name!r}: set model.name_or_path (hub id or directory)")
-        from r3exp.models.tiny import ensure_tiny_model
-
         return str(ensure_tiny_model(self.embedded, corpus() if corpus else [], Path(cache_dir) / "models"))
 
     def load(self, path: str):

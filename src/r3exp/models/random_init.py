@@ -20,8 +20,13 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import torch
+from tokenizers import Tokenizer
+
 from r3exp.cache_entries import staged_entry
 from r3exp.errors import ConfigError
+from r3exp.models.dtypes import torch_dtype
+from r3exp.models.tiny import CHATML_TEMPLATE, train_tokenizer
 
 BUILD_VERSION = 1
 BPE_ENTRIES = 1024  # the embedded tokenizer's size (r3exp.models.tiny.TinySpec.vocab_size)
@@ -54,9 +59,7 @@ def ensure_random_model(architecture: Mapping, dtype: str, seed: int, corpus: It
 def filled_tokenizer(corpus: list[str], vocab_size: int):
     """The embedded BPE (trained on ``corpus``) grown to ``vocab_size`` entries with filler tokens that
     encoding never produces and decoding turns into ``<wN>``."""
-    from transformers import PreTrainedTokenizerFast
-
-    from r3exp.models.tiny import CHATML_TEMPLATE, train_tokenizer
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 - seconds to import; only building needs it
 
     bpe = train_tokenizer(corpus, BPE_ENTRIES)
     state = json.loads(bpe.backend_tokenizer.to_str())
@@ -67,7 +70,6 @@ def filled_tokenizer(corpus: list[str], vocab_size: int):
                           f"{taken} entries")
     for token_id in range(taken, vocab_size):
         vocab[f"<w{token_id}>"] = token_id  # ASCII only: the byte-level decoder maps it to itself
-    from tokenizers import Tokenizer
 
     fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)), eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", bos_token=None, unk_token=None)
@@ -77,10 +79,7 @@ def filled_tokenizer(corpus: list[str], vocab_size: int):
 
 def build_random_model(architecture: dict, dtype: str, seed: int, corpus: list[str],
                        out_dir: str | os.PathLike) -> None:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
-    from r3exp.models.loading import torch_dtype
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig  # noqa: PLC0415 - seconds to import
 
     tokenizer = filled_tokenizer(corpus, int(architecture["vocab_size"]))
     special = dict(eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id,

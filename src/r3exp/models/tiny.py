@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
 from r3exp.cache_entries import staged_entry
 
 QWEN2_SPLIT_REGEX = (
@@ -65,8 +68,7 @@ def ensure_tiny_model(spec: TinySpec, corpus: Iterable[str], cache_root: str | o
 
 def train_tokenizer(corpus: list[str], vocab_size: int):
     """A byte-level BPE with Qwen2's pre-tokenization and the ChatML chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 - seconds to import; only building needs it
 
     tokenizer = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tokenizer.normalizer = normalizers.NFC()
@@ -95,8 +97,7 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
 
 def build_tiny_model(spec: TinySpec, corpus: list[str], out_dir: str | os.PathLike) -> None:
     """Train the tokenizer, initialise the model with ``spec.seed``, save both to ``out_dir``."""
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM  # noqa: PLC0415 - seconds to import
 
     tokenizer = train_tokenizer(corpus, spec.vocab_size)
     config = Qwen2Config(

@@ -12,10 +12,10 @@ COLOURS = {"base_first_try": "#c6dbef", "base_after_reflection": "#6baed6",
 
 
 def _pyplot():
-    import matplotlib  # imported here: matplotlib is optional (r3exp[reports])
+    import matplotlib  # noqa: PLC0415 - matplotlib is optional (r3exp[reports])
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - optional (r3exp[reports]); after matplotlib.use("Agg")
 
     return plt
 
@@ -84,7 +84,7 @@ def plot_training(rows: list[ComparisonRow], path: str | Path, window: int = 10)
         if any(c.get("follow_rate") is not None and c["follow_rate"] == c["follow_rate"] for c in run.curves):
             follow_ax.plot(xs, moving_average([c.get("follow_rate") for c in run.curves], window), **style)
         length_ax.plot(xs, moving_average([c["reflection_length"] for c in run.curves], window), **style)
-    from matplotlib.ticker import MaxNLocator  # imported here: matplotlib is optional (r3exp[reports])
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415 - matplotlib is optional (r3exp[reports])
 
     xlabel = "thousand tokens sampled for training" if by_tokens else "step"
     reward_ax.set(xlabel=xlabel, ylabel=f"mean reward, {window}-step average", title="Reward", ylim=(-0.03, 1.03))

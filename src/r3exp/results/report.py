@@ -19,7 +19,7 @@ class ReportUnavailable(RuntimeError):
 
 def build_report(title: str, table_markdown: str, entity: str | None, project: str, groups: list[str]):
     """A ``wandb_workspaces.reports.v2.Report`` with the comparison table and the runs' panels."""
-    import wandb_workspaces.reports.v2 as wr  # imported here: wandb-workspaces is optional (r3exp[reports])
+    import wandb_workspaces.reports.v2 as wr  # noqa: PLC0415 - wandb-workspaces is optional (r3exp[reports])
 
     runset = wr.Runset(entity=entity or "", project=project, name="compared runs",
                        filters=" or ".join(f"group == '{g}'" for g in groups) if groups else "")

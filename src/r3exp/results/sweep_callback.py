@@ -11,6 +11,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from r3exp.errors import R3Error
+from r3exp.results.across_runs import collect_runs
+from r3exp.results.outputs import write_comparison
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,6 @@ class CompareSweep(Callback):
                   "".join(traceback.format_exception(type(error), error, error.__traceback__)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from r3exp.results.across_runs import collect_runs
-        from r3exp.results.outputs import write_comparison
-
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             runs = collect_runs(sweep_dir)

@@ -16,7 +16,7 @@ def runs_from_wandb(entity: str | None, project: str, group: str) -> list[RunRes
     if os.environ.get("WANDB_MODE") in ("offline", "disabled") or not os.environ.get("WANDB_API_KEY"):
         raise ConfigError(f"compare.wandb_group={group!r} reads runs from the W&B server, which needs a network "
                           "and WANDB_API_KEY; offline, use compare.runs=<multirun directory>")
-    import wandb  # imported here: wandb is optional (r3exp[wandb])
+    import wandb  # noqa: PLC0415 - wandb is optional (r3exp[wandb])
 
     api = wandb.Api()
     path = f"{entity}/{project}" if entity else project

@@ -26,7 +26,7 @@ def load_hub_rows(
     path = Path(source).expanduser()
     if path.is_dir():
         return read_split_file(path / f"{split}.jsonl", int(split_sizes.get(split, 0)) or None, required)
-    import datasets  # imported here: datasets is optional (r3exp[data]); a split directory does without it
+    import datasets  # noqa: PLC0415 - datasets is optional (r3exp[data]); a split directory does without it
 
     try:
         if path.exists():

@@ -97,7 +97,7 @@ class OfflineRun:
 
 def read_offline_run(directory: str | Path) -> OfflineRun:
     """Read ``directory`` (``wandb/offline-run-...`` or ``wandb/run-...``) into an :class:`OfflineRun`."""
-    from wandb.proto import wandb_internal_pb2 as pb  # imported here: wandb is optional (r3exp[wandb])
+    from wandb.proto import wandb_internal_pb2 as pb  # noqa: PLC0415 - wandb is optional (r3exp[wandb])
 
     directory = Path(directory)
     logs = sorted(directory.glob("run-*.wandb"))

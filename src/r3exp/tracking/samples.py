@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import lightning as L
+from lightning.pytorch.loggers import WandbLogger
 
 from r3exp.rollout.batching import batch_rows
 from r3exp.rollout.episodes import Episode
@@ -102,8 +103,6 @@ class ReflectionSamples(L.Callback):
                 handle.write(json.dumps(row) + "\n")
 
     def _log_table(self, trainer) -> None:
-        from lightning.pytorch.loggers import WandbLogger
-
         data = [[row.get(c) for c in SAMPLE_COLUMNS] for row in self.rows]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -8,8 +8,12 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from lightning.pytorch.loggers import WandbLogger
+
 from r3exp import keys
 from r3exp.records import EPISODE_FIELDS
+from r3exp.tracking.metrics_file import COLUMNS, FILENAME, read_metrics
+from r3exp.tracking.offline_run import OfflineRunError, read_offline_run
 
 EVAL_COLUMNS = ("model", "split", "n", "first_try", "after_reflection", "delta")
 EVAL_GROUP_COLUMNS = ("model", "category", "n", "first_try", "after_reflection", "delta")
@@ -18,8 +22,6 @@ EVAL_SAMPLE_COLUMNS = ("model", *(f for f in EPISODE_FIELDS if f != "example"))
 
 def wandb_run(logger):
     """The W&B run behind a Lightning logger, or None."""
-    from lightning.pytorch.loggers import WandbLogger
-
     return logger.experiment if isinstance(logger, WandbLogger) else None
 
 
@@ -30,7 +32,7 @@ def log_evaluation(logger, results: dict[str, dict], samples: dict[str, Sequence
     run = wandb_run(logger)
     if run is None:
         return
-    import wandb  # imported here: wandb is optional (r3exp[wandb])
+    import wandb  # noqa: PLC0415 - wandb is optional (r3exp[wandb])
 
     rows = [[label, r["split"], r["total"], r["first_try_accuracy"], r["after_reflection_accuracy"],
              r["after_reflection_accuracy"] - r["first_try_accuracy"]] for label, r in results.items()]
@@ -56,9 +58,6 @@ def backfill_history(logger, run_dir: str | Path, resumed_step: int) -> list[int
     flight), while ``train_metrics.csv`` is written at every step. Before a resumed run trains, log the
     steps below ``resumed_step`` that the run's earlier W&B files lack, from the CSV (its metrics, at
     their ``trainer/global_step``), so that the run's history has no gap. Returns the steps logged."""
-    from r3exp.tracking.metrics_file import COLUMNS, FILENAME, read_metrics
-    from r3exp.tracking.offline_run import OfflineRunError, read_offline_run
-
     run = wandb_run(logger)
     metrics_file = Path(run_dir) / FILENAME
     if run is None or not metrics_file.exists():
@@ -87,7 +86,7 @@ def log_forgetting(logger, scores: dict[str, dict[str, float]]) -> None:
     run = wandb_run(logger)
     if run is None or not scores:
         return
-    import wandb  # imported here: wandb is optional (r3exp[wandb])
+    import wandb  # noqa: PLC0415 - wandb is optional (r3exp[wandb])
 
     base, trained = scores.get(keys.BASE, {}), scores.get(keys.TRAINED, {})
     for label, values in scores.items():
@@ -120,7 +119,7 @@ def log_dataset_artifact(logger, task_name: str, source: str, metadata: dict) ->
     run = wandb_run(logger)
     if run is None:
         return
-    import wandb  # imported here: wandb is optional (r3exp[wandb])
+    import wandb  # noqa: PLC0415 - wandb is optional (r3exp[wandb])
 
     artifact = wandb.Artifact(artifact_name(f"{task_name}-data"), type="dataset", metadata=metadata)
     path = Path(source).expanduser()
@@ -137,7 +136,7 @@ def log_policy_artifact(logger, name: str, policy_dir: str | Path, metadata: dic
     run = wandb_run(logger)
     if run is None:
         return
-    import wandb  # imported here: wandb is optional (r3exp[wandb])
+    import wandb  # noqa: PLC0415 - wandb is optional (r3exp[wandb])
 
     artifact = wandb.Artifact(artifact_name(name), type="model", metadata=metadata)
     artifact.add_reference(Path(policy_dir).resolve().as_uri(), name="policy")

@@ -8,6 +8,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from r3exp.distributed import Ranks
 from r3exp.errors import ConfigError
+from r3exp.models.loading import load_model, load_tokenizer
 from r3exp.rollout.engines.interface import Completion, GenerationEngine, SamplingConfig
 
 
@@ -27,8 +28,6 @@ class HFEngine(GenerationEngine):
         if ranks is not None and ranks.engine_size != 1:
             raise ConfigError(f"engine=hf serves one rank; {ranks.engine_size} ranks per engine need engine=vllm "
                               "(engine.tensor_parallel_size)")
-        from r3exp.models.loading import load_model, load_tokenizer
-
         self.tokenizer = load_tokenizer(model_path)
         self.model = load_model(model_path, dtype=dtype).eval()  # in dtype: the trainer's master weights are not its
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

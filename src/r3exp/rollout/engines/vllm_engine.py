@@ -98,7 +98,7 @@ class VLLMEngine(GenerationEngine):
             block_size = CPU_BLOCK_SIZE
         self.sleep_level = sleep_level if on_gpu else None
         self._asleep = self._weights_discarded = False
-        from vllm import LLM  # imported here: vLLM is optional (r3exp[cpu] or r3exp[gpu])
+        from vllm import LLM  # noqa: PLC0415 - vLLM is optional (r3exp[cpu] or r3exp[gpu])
 
         # several ranks on GPUs, or several ranks per engine: the engine joins the torch.distributed world the
         # trainer started (vLLM's external_launcher, TRL's colocate mode); one process per engine on CPUs: uni
@@ -134,8 +134,8 @@ class VLLMEngine(GenerationEngine):
         return bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
 
     def _generate(self, prompts, n, sampling: SamplingConfig, seeds):
-        from vllm import SamplingParams  # imported here: vLLM is optional (r3exp[cpu] or r3exp[gpu])
-        from vllm.inputs import TokensPrompt
+        from vllm import SamplingParams  # noqa: PLC0415 - vLLM is optional (r3exp[cpu] or r3exp[gpu])
+        from vllm.inputs import TokensPrompt  # noqa: PLC0415 - vLLM is optional (r3exp[cpu] or r3exp[gpu])
 
         self.wake_up()
         params = [
