@@ -9,6 +9,7 @@ measures per arm: the controls (the share of failed first attempts that a retry 
 reflection, another example's, an empty one), the follow rate, the forgetting check, and per job the
 training steps, tokens sampled and wall time (the phases `results.json` records).
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,15 @@ import statistics
 import sys
 from pathlib import Path
 
-from r3exp.results.across_runs import (ComparisonRow, arm_of, collect_runs, comparison_rows, paired_comparisons,
-                                   paired_markdown, to_markdown)
+from r3exp.results.across_runs import (
+    ComparisonRow,
+    arm_of,
+    collect_runs,
+    comparison_rows,
+    paired_comparisons,
+    paired_markdown,
+    to_markdown,
+)
 from r3exp.results.hypotheses import BASE, Hypothesis, evaluate, verdicts_markdown
 
 AFTER, FIRST = "after reflection", "first try"
@@ -37,10 +45,15 @@ def run_figures(directory: Path, label: str) -> dict[str, float]:
     results = json.loads((directory / "results.json").read_text())
     ev = results[label]
     failures = max(ev["total"] - ev["first_try_correct"], 1)
-    figures = {name: ev[key] / failures for name, key in (("own reflection fixes", "reflection_fixed"),
-                                                         ("another's fixes", "shuffled_reflection_fixed"),
-                                                         ("empty fixes", "empty_reflection_fixed"))
-               if ev.get(key) is not None}
+    figures = {
+        name: ev[key] / failures
+        for name, key in (
+            ("own reflection fixes", "reflection_fixed"),
+            ("another's fixes", "shuffled_reflection_fixed"),
+            ("empty fixes", "empty_reflection_fixed"),
+        )
+        if ev.get(key) is not None
+    }
     if ev.get("follow_defined"):
         figures["follow rate"] = ev["followed"] / ev["follow_defined"]
     if label == "trained":
@@ -82,13 +95,18 @@ def main(args: list[str]) -> None:
         sys.exit(__doc__)
     root = Path(args[0])
     rows = comparison_rows(collect_runs(root))
-    text = "\n\n".join([
-        "## Arms (mean ± std over seeds)", to_markdown(rows),
-        "## Paired tests (every pair of arms, pooled over seeds)", paired_markdown(paired_comparisons(rows)),
-        "## Pre-registered hypotheses", verdicts_markdown(evaluate(rows, PREREGISTERED)),
-        "## Secondary (mean ± std over seeds; shares in %, of the failed first attempts for the controls)",
-        secondary_markdown(rows),
-    ])
+    text = "\n\n".join(
+        [
+            "## Arms (mean ± std over seeds)",
+            to_markdown(rows),
+            "## Paired tests (every pair of arms, pooled over seeds)",
+            paired_markdown(paired_comparisons(rows)),
+            "## Pre-registered hypotheses",
+            verdicts_markdown(evaluate(rows, PREREGISTERED)),
+            "## Secondary (mean ± std over seeds; shares in %, of the failed first attempts for the controls)",
+            secondary_markdown(rows),
+        ]
+    )
     (root / "hypotheses.md").write_text(text + "\n")
     print(text)
 

@@ -7,6 +7,7 @@ change would fix, how many reflections name a change that fits the attempt ("I s
 the second 8."), how many name the right change, how often the retry applies it, how often the retry
 repeats the failed attempt word for word, and retry successes.
 """
+
 from __future__ import annotations
 
 import json

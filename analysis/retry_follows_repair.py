@@ -11,14 +11,15 @@ some named change fixes, and the fixes to expect from a change named at random, 
 reflections. Task overrides as in the command line
 (default: task=countdown_easy).
 """
+
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
 
-from r3exp.rollout.engines.interface import SamplingConfig
 from r3exp.rollout.engines.hf_engine import HFEngine
+from r3exp.rollout.engines.interface import SamplingConfig
 from r3exp.rollout.episodes import ChatRenderer
 from r3exp.tasks.countdown import extract_answer, is_correct
 from r3exp.tasks.countdown_reflections import REPAIR, repairs
@@ -47,14 +48,19 @@ def main(model: str, episodes_path: str, overrides: list[str]) -> None:
         if attempt is None:
             continue
         found = REPAIR.search(ep["reflection"] or "")
-        prefix = (ep["reflection"] or "")[:found.start()] if found else (ep["reflection"] or "") + " "
+        prefix = (ep["reflection"] or "")[: found.start()] if found else (ep["reflection"] or "") + " "
         for repair in repairs(attempt, ep["example"]["nums"]):
             changed = repair.apply(attempt)
             right = is_correct(changed, ep["example"]["nums"], ep["example"]["target"])
             trials.append((index, right, changed, prefix + repair.sentence(attempt)))
-    prompts = [render.for_task(task, failures[i]["example"],
-                               task.retry_messages(failures[i]["example"], failures[i]["first_attempt"], reflection))
-               for i, _, _, reflection in trials]
+    prompts = [
+        render.for_task(
+            task,
+            failures[i]["example"],
+            task.retry_messages(failures[i]["example"], failures[i]["first_attempt"], reflection),
+        )
+        for i, _, _, reflection in trials
+    ]
     retries = engine.generate(prompts, 1, SamplingConfig(max_tokens=64, temperature=0.0))
     by_failure: dict[int, list[tuple[bool, bool]]] = {}
     follows = repeats = 0
@@ -67,11 +73,15 @@ def main(model: str, episodes_path: str, overrides: list[str]) -> None:
     print(f"{episodes_path}: {len(failures)} failed first attempts, {len(trials)} named changes")
     print(f"  the retry makes the named change: {follows}; repeats the attempt: {repeats}")
     print(f"  one change fixes: {len(fixable)}")
-    print(f"  retry fixes them when the reflection names the right change: "
-          f"{sum(any(ok for right, ok in v if right) for v in fixable)} of {len(fixable)}")
+    print(
+        f"  retry fixes them when the reflection names the right change: "
+        f"{sum(any(ok for right, ok in v if right) for v in fixable)} of {len(fixable)}"
+    )
     print(f"  some named change leads to a fix: {sum(any(ok for _, ok in v) for v in by_failure.values())}")
-    print(f"  expected fixes, a change named at random: "
-          f"{sum(sum(ok for _, ok in v) / len(v) for v in by_failure.values()):.1f}")
+    print(
+        f"  expected fixes, a change named at random: "
+        f"{sum(sum(ok for _, ok in v) / len(v) for v in by_failure.values()):.1f}"
+    )
     print(f"  fixes with the model's own reflections: {sum(bool(ep['retry_success']) for ep in failures)}")
 
 

@@ -10,6 +10,7 @@ greedy success, on the validation split (``--split``), and per group where a tas
 (``task=bfcl``: per BFCL category). A group of G samples carries a GRPO signal only where its
 rewards differ, so a useful task sits well between 0% and 100% per sample.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,25 +39,34 @@ def base_rates(task, engine, tokenizer, examples, samples: int, sampling) -> dic
     rates = {"all": _rates(solved, greedy_solved, samples, greedy[0][0].text)}
     for name in dict.fromkeys(g for g in groups if g is not None):
         members = [i for i, g in enumerate(groups) if g == name]
-        rates[name] = _rates([solved[i] for i in members], [greedy_solved[i] for i in members], samples,
-                             greedy[members[0]][0].text)
+        rates[name] = _rates(
+            [solved[i] for i in members], [greedy_solved[i] for i in members], samples, greedy[members[0]][0].text
+        )
     return rates
 
 
 def _rates(solved: list[list[bool]], greedy: list[bool], samples: int, reply: str) -> dict:
-    return {"examples": len(solved), "per_sample": sum(map(sum, solved)) / (len(solved) * samples),
-            "some_sample": sum(map(any, solved)) / len(solved), "greedy": sum(greedy) / len(solved),
-            "example_reply": reply}
+    return {
+        "examples": len(solved),
+        "per_sample": sum(map(sum, solved)) / (len(solved) * samples),
+        "some_sample": sum(map(any, solved)) / len(solved),
+        "greedy": sum(greedy) / len(solved),
+        "example_reply": reply,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", nargs="+", default=["arithmetic", "countdown_pairs", "countdown_easy", "countdown",
-                                                        "apigen", "bfcl"])
+    parser.add_argument(
+        "--tasks", nargs="+", default=["arithmetic", "countdown_pairs", "countdown_easy", "countdown", "apigen", "bfcl"]
+    )
     parser.add_argument("--examples", type=int, default=64, help="validation examples per task")
     parser.add_argument("--samples", type=int, default=8, help="sampled first attempts per example")
-    parser.add_argument("--split", default="validation", help="the split the examples come from (task=bfcl's "
-                        "test split holds its test categories)")
+    parser.add_argument(
+        "--split",
+        default="validation",
+        help="the split the examples come from (task=bfcl's test split holds its test categories)",
+    )
     args, overrides = parser.parse_known_args()
     from r3exp.runtime.components import resolve_model
     from r3exp.runtime.environment import setup_environment
@@ -80,12 +90,16 @@ def main() -> None:
             for group, rates in base_rates(task, engine, tokenizer, examples, args.samples, sampling).items():
                 rows.append((name if group == "all" else f"{name}/{group}", rates))
                 print(f"{rows[-1][0]}: {rates}", file=sys.stderr)
-    print(f"\nmodel {model.name}, {args.samples} samples per example at temperature {sampling.temperature}, "
-          f"{sampling.max_tokens} tokens; {args.split} split\n")
+    print(
+        f"\nmodel {model.name}, {args.samples} samples per example at temperature {sampling.temperature}, "
+        f"{sampling.max_tokens} tokens; {args.split} split\n"
+    )
     print("| task | examples | per sample | solved by some sample | greedy |\n|---|---|---|---|---|")
     for name, r in rows:
-        print(f"| {name} | {r['examples']} | {100 * r['per_sample']:.1f}% | {100 * r['some_sample']:.1f}% "
-              f"| {100 * r['greedy']:.1f}% |")
+        print(
+            f"| {name} | {r['examples']} | {100 * r['per_sample']:.1f}% | {100 * r['some_sample']:.1f}% "
+            f"| {100 * r['greedy']:.1f}% |"
+        )
     for name, r in rows:
         print(f"\n{name}, a greedy reply: {r['example_reply'][:200]!r}")
 

@@ -29,6 +29,7 @@ parameter count from its config, every pushed tensor equal in the engine, the lo
 bound, ...); the exit code is 1 when any check failed. Peak memory is torch's peak
 allocated GPU memory on CUDA and the process's peak resident set on CPU (VmHWM, reset per phase).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,37 +51,75 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the checkout's r3exp, installed or not
 
+from gpu_checks import (  # noqa: E402
+    GAP_BOUNDS,
+    check_architecture,
+    check_gap,
+    check_paper_step,
+    check_signal,
+    check_sleep,
+    check_training,
+    check_weight_push,
+    first_failure,
+)
+
+from r3exp.grpo.optimizers import adamw  # noqa: E402
 from r3exp.grpo.step import LossSettings, accumulate_gradients, correct_for_engine, step_rows  # noqa: E402
 from r3exp.models.export import hf_state_dict  # noqa: E402
-from r3exp.grpo.optimizers import adamw  # noqa: E402
 from r3exp.models.loading import LoraSpec, prepare_policy  # noqa: E402
-from r3exp.tracking.step_timer import peak_memory_gib, reset_peak_memory  # noqa: E402
 from r3exp.rollout.batching import build_batch, reflection_mask  # noqa: E402
-from r3exp.rollout.engines.interface import SamplingConfig  # noqa: E402
 from r3exp.rollout.engines.hf_engine import HFEngine  # noqa: E402
+from r3exp.rollout.engines.interface import SamplingConfig  # noqa: E402
 from r3exp.rollout.episodes import R3Protocol  # noqa: E402
 from r3exp.tasks.base import Task  # noqa: E402
-
-from gpu_checks import (GAP_BOUNDS, check_architecture, check_gap, check_paper_step, check_signal,  # noqa: E402
-                        check_sleep, check_training, check_weight_push, first_failure)
+from r3exp.tracking.step_timer import peak_memory_gib, reset_peak_memory  # noqa: E402
 
 GIB = 1024**3
 PAPER_CONFIG = ROOT / "src" / "r3exp" / "conf" / "experiment" / "paper_countdown.yaml"
 # The real architectures (their config.json on the hub, written out); qwen2_parameter_count gives their
 # sizes, 1,543,714,304 and 7,615,616,512 (tests/test_gpu_check.py holds it to them).
 REAL = {
-    "qwen2_1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                       num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True,
-                       rope_theta=1_000_000.0, rms_norm_eps=1e-6, max_position_embeddings=32768),
-    "qwen2_7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                     num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False,
-                     rope_theta=1_000_000.0, rms_norm_eps=1e-6, max_position_embeddings=32768),
+    "qwen2_1.5b": dict(
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+    ),
+    "qwen2_7b": dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+    ),
 }
-SMALL = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, rope_theta=1_000_000.0, rms_norm_eps=1e-6, max_position_embeddings=4096)
+SMALL = dict(
+    vocab_size=2048,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=4096,
+)
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 class HalfTheTimeTask(Task):
@@ -90,8 +129,7 @@ class HalfTheTimeTask(Task):
     name = "half_the_time"
 
     def __init__(self, count: int):
-        super().__init__(reflection_prompt="That was wrong. Reflect on what went wrong.",
-                         retry_prompt="Try again.")
+        super().__init__(reflection_prompt="That was wrong. Reflect on what went wrong.", retry_prompt="Try again.")
         self.rows = [{"id": i, "question": f"question {i}"} for i in range(count)]
 
     def examples(self, split):
@@ -115,8 +153,9 @@ def whole_vocabulary_tokenizer(vocab_size: int):
     words = SPECIAL + ["[UNK]"] + [f"w{i}" for i in range(vocab_size - len(SPECIAL) - 1)]
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   unk_token="[UNK]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="[UNK]"
+    )
     fast.add_special_tokens({"additional_special_tokens": SPECIAL[1:2]})
     fast.chat_template = CHATML
     return fast
@@ -174,8 +213,9 @@ def phase(report: Report, memory: Memory, name: str, tokens: list[int] | None = 
     previous = report.phases.get(name)
     count = (tokens or [0])[0]
     if previous:  # a phase run at every step adds up; its peak is the largest
-        report.phases[name] = Phase(previous.seconds + seconds, previous.tokens + count,
-                                    max(previous.peak_gib, memory.peak_gib()))
+        report.phases[name] = Phase(
+            previous.seconds + seconds, previous.tokens + count, max(previous.peak_gib, memory.peak_gib())
+        )
     else:
         report.phases[name] = Phase(seconds, count, memory.peak_gib())
 
@@ -239,33 +279,46 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
     memory = Memory(device)
     dtype = getattr(torch, args.dtype)
     rollout_cfg, grpo_cfg = paper_settings()
-    settings = LossSettings(epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_type="dapo", temperature=1.0,
-                            max_reflection_tokens=args.reflection_tokens,
-                            max_tokens_per_micro_batch=grpo_cfg["max_tokens_per_micro_batch"],
-                            logprob_chunk_size=grpo_cfg["logprob_chunk_size"])
-    correction = SimpleNamespace(correction=args.correction, correction_cap=2.0, correction_low=0.5,
-                                 behaviour="engine")
+    settings = LossSettings(
+        epsilon=0.2,
+        epsilon_high=0.28,
+        beta=0.0,
+        loss_type="dapo",
+        temperature=1.0,
+        max_reflection_tokens=args.reflection_tokens,
+        max_tokens_per_micro_batch=grpo_cfg["max_tokens_per_micro_batch"],
+        logprob_chunk_size=grpo_cfg["logprob_chunk_size"],
+    )
+    correction = SimpleNamespace(correction=args.correction, correction_cap=2.0, correction_low=0.5, behaviour="engine")
     with tempfile.TemporaryDirectory() as workdir:
         path = Path(workdir) / "model"
         with phase(report, memory, "build and save"):
             model, tokenizer = build_model(config, device, dtype, path, args.seed)
         report.check("architecture", *check_architecture(model, config))
         with phase(report, memory, "engine start"):
-            engine = HFEngine(str(path), dtype=args.dtype, seed=args.seed, device=str(device),
-                              batch_size=args.examples)
+            engine = HFEngine(str(path), dtype=args.dtype, seed=args.seed, device=str(device), batch_size=args.examples)
         master_weights = args.master_weights or master_weights_of(name)
-        policy = prepare_policy(model, LoraSpec() if lora else None, gradient_checkpointing=True,
-                                master_weights=master_weights)
+        policy = prepare_policy(
+            model, LoraSpec() if lora else None, gradient_checkpointing=True, master_weights=master_weights
+        )
         trainable = [p for p in policy.parameters() if p.requires_grad]
         optimizer = adamw(trainable, lr=1e-5)  # r3exp's optimizer=adamw: Kahan-compensated over bf16 weights
-        print(f"  {report.name}: master weights {master_weights}, trainable "
-              f"{'/'.join(sorted({str(p.dtype).removeprefix('torch.') for p in trainable}))}, "
-              f"{type(optimizer).__module__}.{type(optimizer).__name__}", flush=True)
+        print(
+            f"  {report.name}: master weights {master_weights}, trainable "
+            f"{'/'.join(sorted({str(p.dtype).removeprefix('torch.') for p in trainable}))}, "
+            f"{type(optimizer).__module__}.{type(optimizer).__name__}",
+            flush=True,
+        )
         task = HalfTheTimeTask(args.examples)
         sampling = dict(temperature=1.0, top_p=1.0)
-        protocol = R3Protocol(task, engine, tokenizer, SamplingConfig(max_tokens=args.attempt_tokens, **sampling),
-                              SamplingConfig(max_tokens=args.reflection_tokens, **sampling),
-                              SamplingConfig(max_tokens=args.attempt_tokens, **sampling))
+        protocol = R3Protocol(
+            task,
+            engine,
+            tokenizer,
+            SamplingConfig(max_tokens=args.attempt_tokens, **sampling),
+            SamplingConfig(max_tokens=args.reflection_tokens, **sampling),
+            SamplingConfig(max_tokens=args.attempt_tokens, **sampling),
+        )
         signal_steps, mismatches, losses, norms, sleeps, pushes = 0, [], [], [], [], []
         for step in range(args.steps):
             generated = [0]
@@ -297,10 +350,13 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
                 optimizer.zero_grad(set_to_none=True)
                 trained[0] = int(metrics["trained_tokens"])
             mismatches.append(mismatch)
-            print(f"  step {step + 1}: engine/trainer gap mean {mismatch['engine_gap_mean']:.2e} max "
-                  f"{mismatch['engine_gap_max']:.2e}; ratio pi_trainer/pi_engine {mismatch['engine_ratio_min']:.3f}-"
-                  f"{mismatch['engine_ratio_max']:.3f}; share of tokens truncated at {correction.correction_cap:g}: "
-                  f"{mismatch['correction_share']:.2%}", flush=True)
+            print(
+                f"  step {step + 1}: engine/trainer gap mean {mismatch['engine_gap_mean']:.2e} max "
+                f"{mismatch['engine_gap_max']:.2e}; ratio pi_trainer/pi_engine {mismatch['engine_ratio_min']:.3f}-"
+                f"{mismatch['engine_ratio_max']:.3f}; share of tokens truncated at {correction.correction_cap:g}: "
+                f"{mismatch['correction_share']:.2%}",
+                flush=True,
+            )
             losses.append(metrics["loss"])
             with phase(report, memory, "weight push"):
                 state = hf_state_dict(policy)  # the merged policy, the policy itself unchanged
@@ -321,19 +377,25 @@ def run_configuration(name: str, config: dict, lora: bool, args, device: torch.d
     return report
 
 
-def paper_step(report: Report, memory: Memory, policy, trainable, optimizer, settings: LossSettings,
-               vocab: int, args, device) -> None:
+def paper_step(
+    report: Report, memory: Memory, policy, trainable, optimizer, settings: LossSettings, vocab: int, args, device
+) -> None:
     """One training step on ``--paper-rows`` rows of 600 + 256 tokens, every row trained."""
     n, context, reflection = args.paper_rows, args.paper_context, args.paper_reflection
     total = context + reflection
     mask = reflection_mask(torch.full((n,), context), torch.full((n,), reflection), total)
     generator = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(0, vocab, (n, total), generator=generator),
-             "attention_mask": torch.ones(n, total, dtype=torch.long), "reflection_mask": mask,
-             "behaviour_logprobs": torch.where(mask, torch.full((n, total), -math.log(vocab)), 0.0),
-             "rewards": (torch.arange(n) % 2).float(), "group_ids": torch.arange(n) // 8,
-             "row_kinds": torch.zeros(n, dtype=torch.long), "policy_version": torch.zeros(n, dtype=torch.long),
-             "off_policy": torch.zeros(n, dtype=torch.bool)}
+    batch = {
+        "input_ids": torch.randint(0, vocab, (n, total), generator=generator),
+        "attention_mask": torch.ones(n, total, dtype=torch.long),
+        "reflection_mask": mask,
+        "behaviour_logprobs": torch.where(mask, torch.full((n, total), -math.log(vocab)), 0.0),
+        "rewards": (torch.arange(n) % 2).float(),
+        "group_ids": torch.arange(n) // 8,
+        "row_kinds": torch.zeros(n, dtype=torch.long),
+        "policy_version": torch.zeros(n, dtype=torch.long),
+        "off_policy": torch.zeros(n, dtype=torch.bool),
+    }
     rows = step_rows([batch], "group", beta=0.0)
     trained = [0]
     try:
@@ -358,30 +420,49 @@ def main() -> int:
     parser.add_argument("--group-size", type=int, default=8, help="reflections per failure (G)")
     parser.add_argument("--attempt-tokens", type=int, default=64, help="first attempt and retry length")
     parser.add_argument("--reflection-tokens", type=int, default=128)
-    parser.add_argument("--paper-rows", type=int, default=64,
-                        help="rows of the paper-scale step (0: skip it); the paper config's step trains up to 256")
+    parser.add_argument(
+        "--paper-rows",
+        type=int,
+        default=64,
+        help="rows of the paper-scale step (0: skip it); the paper config's step trains up to 256",
+    )
     parser.add_argument("--paper-context", type=int, default=600)
     parser.add_argument("--paper-reflection", type=int, default=256)
-    parser.add_argument("--correction", default="truncate", choices=["none", "truncate"],
-                        help="grpo.loss.correction of the training steps (the gap is measured before it applies)")
+    parser.add_argument(
+        "--correction",
+        default="truncate",
+        choices=["none", "truncate"],
+        help="grpo.loss.correction of the training steps (the gap is measured before it applies)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the random weights' and the engine's seed")
-    parser.add_argument("--master-weights", choices=["float32", "kahan"], default=None,
-                        help="model.master_weights for every model (default: each model config's own: 1.5B float32, "
-                             "7B kahan)")
-    parser.add_argument("--dtype", default=None, choices=list(GAP_BOUNDS),
-                        help="default: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--cpu-shapes", action="store_true",
-                        help="small shapes of the same architecture, on CPU (what the test suite runs)")
+    parser.add_argument(
+        "--master-weights",
+        choices=["float32", "kahan"],
+        default=None,
+        help="model.master_weights for every model (default: each model config's own: 1.5B float32, 7B kahan)",
+    )
+    parser.add_argument(
+        "--dtype", default=None, choices=list(GAP_BOUNDS), help="default: bfloat16 on CUDA, float32 on CPU"
+    )
+    parser.add_argument(
+        "--cpu-shapes",
+        action="store_true",
+        help="small shapes of the same architecture, on CPU (what the test suite runs)",
+    )
     args = parser.parse_args()
     find_optimi()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_shapes else "cpu")
     args.dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     if device.type == "cuda":
-        print(f"device: {torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / GIB:.0f} "
-              f"GiB), torch {torch.__version__}")
+        print(
+            f"device: {torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / GIB:.0f} "
+            f"GiB), torch {torch.__version__}"
+        )
     else:
-        print(f"device: CPU ({torch.get_num_threads()} threads), torch {torch.__version__}"
-              + ("" if args.cpu_shapes else "; no CUDA device: the real shapes on CPU will be slow"))
+        print(
+            f"device: CPU ({torch.get_num_threads()} threads), torch {torch.__version__}"
+            + ("" if args.cpu_shapes else "; no CUDA device: the real shapes on CPU will be slow")
+        )
     reports = []
     for name in args.models:
         config = dict(SMALL, tie_word_embeddings=REAL[name]["tie_word_embeddings"]) if args.cpu_shapes else REAL[name]

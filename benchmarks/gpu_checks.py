@@ -1,6 +1,7 @@
 """The checks of benchmarks/gpu_check.py: each a pure function of what one configuration measured, returning
 ``(passed, detail)``, so that a CPU test can hand it a broken input and see it fail (tests/test_gpu_check.py).
 Only torch: the GPU machine has nothing else this needs."""
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,15 @@ def qwen2_parameter_count(config: dict) -> int:
     return vocab * hidden + layers * layer + hidden + (0 if config["tie_word_embeddings"] else vocab * hidden)
 
 
-SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "tie_word_embeddings")
+SHAPE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "tie_word_embeddings",
+)
 
 
 def check_architecture(model: torch.nn.Module, config: dict) -> Check:
@@ -42,10 +50,15 @@ def check_architecture(model: torch.nn.Module, config: dict) -> Check:
     is the embedding) and the config's shape values."""
     count = sum(p.numel() for p in model.parameters())
     expected = qwen2_parameter_count(config)
-    differ = {k: (getattr(model.config, k, None), config[k]) for k in SHAPE_KEYS
-              if getattr(model.config, k, None) != config[k]}
-    return count == expected and not differ, (f"{count:,} parameters (expected {expected:,} from the config)"
-                                              + (f"; config differs (model, expected): {differ}" if differ else ""))
+    differ = {
+        k: (getattr(model.config, k, None), config[k])
+        for k in SHAPE_KEYS
+        if getattr(model.config, k, None) != config[k]
+    }
+    return count == expected and not differ, (
+        f"{count:,} parameters (expected {expected:,} from the config)"
+        + (f"; config differs (model, expected): {differ}" if differ else "")
+    )
 
 
 def check_sleep(freed_gib: float, weights_gib: float) -> Check:
@@ -69,10 +82,13 @@ def check_gap(mismatches: list[dict[str, float]], dtype: str) -> Check:
     """Every trained step's engine/trainer gap (``correct_for_engine``'s metrics) within ``GAP_BOUNDS``."""
     bounds = GAP_BOUNDS[dtype]
     figures = {kind: [m[f"engine_gap_{kind}"] for m in mismatches] for kind in bounds}
-    passed = bool(mismatches) and all(math.isfinite(g) and g < bound
-                                      for kind, bound in bounds.items() for g in figures[kind])
-    detail = "; ".join(f"{kind} |trainer - engine| per step {[f'{g:.2e}' for g in figures[kind]]} (< {bound:g})"
-                       for kind, bound in bounds.items())
+    passed = bool(mismatches) and all(
+        math.isfinite(g) and g < bound for kind, bound in bounds.items() for g in figures[kind]
+    )
+    detail = "; ".join(
+        f"{kind} |trainer - engine| per step {[f'{g:.2e}' for g in figures[kind]]} (< {bound:g})"
+        for kind, bound in bounds.items()
+    )
     return passed, f"{detail}, {dtype}" if mismatches else f"no step trained, so no gap was measured ({dtype})"
 
 
@@ -90,8 +106,10 @@ def check_weight_push(engine_state: dict[str, torch.Tensor], trainer_state: dict
         if held.dtype != tensor.dtype:
             cast[(tensor.dtype, held.dtype)] = cast.get((tensor.dtype, held.dtype), 0) + 1
         if held.shape != tensor.shape or not torch.equal(held, tensor.to(device=held.device, dtype=held.dtype)):
-            return False, (f"{name} differs (held {held.dtype} {tuple(held.shape)}, pushed {tensor.dtype} "
-                           f"{tuple(tensor.shape)}); {len(trainer_state)} tensors")
+            return False, (
+                f"{name} differs (held {held.dtype} {tuple(held.shape)}, pushed {tensor.dtype} "
+                f"{tuple(tensor.shape)}); {len(trainer_state)} tensors"
+            )
     casts = "".join(f"; {n} pushed in {a}, held in {b}" for (a, b), n in cast.items())
     return bool(trainer_state), f"{len(trainer_state)} tensors equal{casts}"
 
@@ -101,8 +119,10 @@ def check_paper_step(outcome: dict[str, float] | torch.OutOfMemoryError, budget:
     if isinstance(outcome, torch.OutOfMemoryError):
         return False, f"out of memory: {str(outcome).splitlines()[0][:160]}"
     passed = math.isfinite(outcome["loss"]) and math.isfinite(outcome["grad_norm"]) and outcome["grad_norm"] > 0
-    return passed, (f"{int(outcome['micro_batches'])} micro-batches of <= {budget} tokens; loss "
-                    f"{outcome['loss']:.4g}, grad norm {outcome['grad_norm']:.4g}")
+    return passed, (
+        f"{int(outcome['micro_batches'])} micro-batches of <= {budget} tokens; loss "
+        f"{outcome['loss']:.4g}, grad norm {outcome['grad_norm']:.4g}"
+    )
 
 
 def first_failure(results: list[Check], none: str) -> Check:

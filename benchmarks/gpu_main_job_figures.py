@@ -6,6 +6,7 @@ memory (``logger=csv``'s ``metrics.csv``).
 
 Standard library only: it runs where only the job's own interpreter is.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,9 +14,14 @@ import json
 import sys
 from pathlib import Path
 
-STEP_COLUMNS = {"time/step_seconds": "step s", "time/generation_seconds": "generation s",
-                "time/train_seconds": "training s", "rollout/generated_tokens_per_second": "generated tok/s",
-                "train/tokens_per_second": "trained tok/s", "memory/peak_gib": "peak memory GiB"}
+STEP_COLUMNS = {
+    "time/step_seconds": "step s",
+    "time/generation_seconds": "generation s",
+    "time/train_seconds": "training s",
+    "rollout/generated_tokens_per_second": "generated tok/s",
+    "train/tokens_per_second": "trained tok/s",
+    "memory/peak_gib": "peak memory GiB",
+}
 
 
 def number(text: str) -> str:
@@ -31,8 +37,10 @@ def main(run_dir: Path) -> int:
     for arm in ("base", "trained"):
         if arm in results:
             r = results[arm]
-            print(f"{arm}: {r['total']} test examples, first try {r['first_try_correct']}, "
-                  f"after reflection {r['after_reflection_correct']}")
+            print(
+                f"{arm}: {r['total']} test examples, first try {r['first_try_correct']}, "
+                f"after reflection {r['after_reflection_correct']}"
+            )
     logged = sorted((run_dir / "csv").glob("version_*/metrics.csv"))
     if not logged:
         print("no csv logger metrics (logger=csv) in", run_dir)

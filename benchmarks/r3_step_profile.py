@@ -26,6 +26,7 @@ push and the bookkeeping. The summary is the median over steps 2..n (step 1 warm
 budget) with ``python -m r3exp`` in a fresh process and prints its phases (engine start, base evaluation,
 training, trained evaluation, forgetting check, export) from its ``results.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,16 @@ import lightning as L
 from r3exp.rollout.rollout_stats import has_signal
 
 TURNS = ("attempt", "reflection", "retry")
-PARTS = ("generation (engine)", "reward", "rollout bookkeeping", "trainer log-probs", "forward+backward",
-         "optimizer", "weight push", "everything else")
+PARTS = (
+    "generation (engine)",
+    "reward",
+    "rollout bookkeeping",
+    "trainer log-probs",
+    "forward+backward",
+    "optimizer",
+    "weight push",
+    "everything else",
+)
 # experiment=r3_smollm2's single job; tiny: the main job's embedded model and task, for the suite
 SETTINGS = {"smollm2": ["experiment=r3_smollm2"], "tiny": []}
 JOB = ["experiment=r3_smollm2", "hydra.mode=RUN", "seed=0", "rollout.protocol=r3"]
@@ -74,23 +83,36 @@ class StepProfile(L.Callback):
         record, timing = module.last_step, trainer.datamodule.last_timing
         engine = timing.seconds
         rollout_wall = record.generation_seconds
-        parts = {"generation (engine)": engine, "reward": timing.reward_seconds,
-                 "rollout bookkeeping": max(rollout_wall - engine - timing.reward_seconds, 0.0),
-                 "trainer log-probs": record.phase_seconds.get("trainer_logprobs", 0.0)
-                 + record.phase_seconds.get("reference_logprobs", 0.0),
-                 "forward+backward": record.phase_seconds.get("forward_backward", 0.0),
-                 "optimizer": record.phase_seconds.get("optimizer", 0.0), "weight push": record.sync_seconds}
+        parts = {
+            "generation (engine)": engine,
+            "reward": timing.reward_seconds,
+            "rollout bookkeeping": max(rollout_wall - engine - timing.reward_seconds, 0.0),
+            "trainer log-probs": record.phase_seconds.get("trainer_logprobs", 0.0)
+            + record.phase_seconds.get("reference_logprobs", 0.0),
+            "forward+backward": record.phase_seconds.get("forward_backward", 0.0),
+            "optimizer": record.phase_seconds.get("optimizer", 0.0),
+            "weight push": record.sync_seconds,
+        }
         parts["everything else"] = max(wall - sum(parts.values()), 0.0)
         turns = {name: vars(t) | {"tokens_per_second": t.tokens_per_second} for name, t in timing.turns.items()}
         episodes = trainer.datamodule.last_episodes
-        self.rows.append({"step": trainer.global_step, "wall": wall, "parts": parts, "turns": turns,
-                          "draws": record.rollout_stats.get("rollout/draws", 1.0),
-                          "sampled_tokens": timing.generated_tokens, "trained_tokens": record.trained_tokens,
-                          "tokens_without_signal": sum(episode_tokens(ep) for ep in episodes if not has_signal([ep]))})
+        self.rows.append(
+            {
+                "step": trainer.global_step,
+                "wall": wall,
+                "parts": parts,
+                "turns": turns,
+                "draws": record.rollout_stats.get("rollout/draws", 1.0),
+                "sampled_tokens": timing.generated_tokens,
+                "trained_tokens": record.trained_tokens,
+                "tokens_without_signal": sum(episode_tokens(ep) for ep in episodes if not has_signal([ep])),
+            }
+        )
         self.trained.append(module.rows if record.metrics.get("train/skipped") == 0.0 else None)
         groups = [ep for ep in episodes if ep.reflections]
-        self.reflection_prompts.append(([ep.reflection_prompt_ids for ep in groups],
-                                        len(groups[0].reflections) if groups else 0))
+        self.reflection_prompts.append(
+            ([ep.reflection_prompt_ids for ep in groups], len(groups[0].reflections) if groups else 0)
+        )
 
 
 def episode_tokens(episode) -> int:
@@ -120,8 +142,14 @@ def floor_of(row: dict, prompts: list[list[int]], n: int, trained, parts, module
         accumulate_gradients(module.trained_model, trained, module.settings)
         training = time.perf_counter() - start
         module.policy.zero_grad(set_to_none=True)
-    return {"generation": generation, "training": training, "total": generation + training, "rows": rows,
-            "row_tokens": length, "sampled_tokens": sampled}
+    return {
+        "generation": generation,
+        "training": training,
+        "total": generation + training,
+        "rows": rows,
+        "row_tokens": length,
+        "sampled_tokens": sampled,
+    }
 
 
 def profile(args, overrides: list[str]) -> list[dict]:
@@ -135,12 +163,26 @@ def profile(args, overrides: list[str]) -> list[dict]:
 
     setup_environment()
     with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            *SETTINGS[args.model], "rollout.protocol=r3", "seed=0", f"paths.output_dir={out}",
-            "run_name=benchmark", "logger=none", "forgetting.enabled=false", "callbacks.progress.refresh_rate=0",
-            "~callbacks.step_timer", "~callbacks.checkpoint", "~callbacks.reflection_samples",
-            "~callbacks.metrics_file", f"trainer.max_steps={args.steps}",
-            "callbacks.sampled_token_budget.max_sampled_tokens=null", *overrides])
+        cfg = compose(
+            "config",
+            overrides=[
+                *SETTINGS[args.model],
+                "rollout.protocol=r3",
+                "seed=0",
+                f"paths.output_dir={out}",
+                "run_name=benchmark",
+                "logger=none",
+                "forgetting.enabled=false",
+                "callbacks.progress.refresh_rate=0",
+                "~callbacks.step_timer",
+                "~callbacks.checkpoint",
+                "~callbacks.reflection_samples",
+                "~callbacks.metrics_file",
+                f"trainer.max_steps={args.steps}",
+                "callbacks.sampled_token_budget.max_sampled_tokens=null",
+                *overrides,
+            ],
+        )
         L.seed_everything(cfg.seed)
         started = time.perf_counter()
         parts = build_components(cfg)
@@ -153,8 +195,10 @@ def profile(args, overrides: list[str]) -> list[dict]:
             row["floor"] = floor_of(row, prompts, n, trained, parts, module, sampling)
             row["ratio"] = row["wall"] / row["floor"]["total"] if row["floor"]["total"] else math.nan
         parts.engine.close()
-    print(f"\nR3 step profile: {' '.join(SETTINGS[args.model]) or 'the main job'}, {args.steps} steps, engine start "
-          f"{engine_start:.1f} s; overrides: {' '.join(overrides) or '(none)'}")
+    print(
+        f"\nR3 step profile: {' '.join(SETTINGS[args.model]) or 'the main job'}, {args.steps} steps, engine start "
+        f"{engine_start:.1f} s; overrides: {' '.join(overrides) or '(none)'}"
+    )
     for row in profiler.rows:
         print_step(row)
     print_summary(profiler.rows)
@@ -162,19 +206,26 @@ def profile(args, overrides: list[str]) -> list[dict]:
 
 
 def print_step(row: dict) -> None:
-    print(f"\nstep {row['step']}: {row['wall']:.2f} s, {row['draws']:.0f} draw(s), {row['sampled_tokens']} sampled "
-          f"tokens ({row['tokens_without_signal']} in episodes without a reward signal), {row['trained_tokens']} "
-          "trained tokens")
-    print(f"  {'turn':<11}{'calls':>6}{'prompts':>8}{'rows':>6}{'prompt tok':>11}{'sampled':>8}{'seconds':>9}"
-          f"{'tok/s':>7}")
+    print(
+        f"\nstep {row['step']}: {row['wall']:.2f} s, {row['draws']:.0f} draw(s), {row['sampled_tokens']} sampled "
+        f"tokens ({row['tokens_without_signal']} in episodes without a reward signal), {row['trained_tokens']} "
+        "trained tokens"
+    )
+    print(
+        f"  {'turn':<11}{'calls':>6}{'prompts':>8}{'rows':>6}{'prompt tok':>11}{'sampled':>8}{'seconds':>9}{'tok/s':>7}"
+    )
     for name, t in row["turns"].items():
-        print(f"  {name:<11}{t['calls']:>6}{t['prompts']:>8}{t['rows']:>6}{t['prompt_tokens']:>11}"
-              f"{t['sampled_tokens']:>8}{t['seconds']:>9.2f}{t['tokens_per_second']:>7.0f}")
+        print(
+            f"  {name:<11}{t['calls']:>6}{t['prompts']:>8}{t['rows']:>6}{t['prompt_tokens']:>11}"
+            f"{t['sampled_tokens']:>8}{t['seconds']:>9.2f}{t['tokens_per_second']:>7.0f}"
+        )
     print("  " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in row["parts"].items()))
     floor = row["floor"]
-    print(f"  floor: generation {floor['generation']:.2f} s ({floor['rows']} rows x {floor['row_tokens']} tokens, "
-          f"one call) + forward+backward {floor['training']:.2f} s = {floor['total']:.2f} s; step / floor "
-          f"{row['ratio']:.2f}")
+    print(
+        f"  floor: generation {floor['generation']:.2f} s ({floor['rows']} rows x {floor['row_tokens']} tokens, "
+        f"one call) + forward+backward {floor['training']:.2f} s = {floor['total']:.2f} s; step / floor "
+        f"{row['ratio']:.2f}"
+    )
 
 
 def print_summary(rows: list[dict]) -> None:
@@ -190,22 +241,29 @@ def print_summary(rows: list[dict]) -> None:
     for name in TURNS:
         present = [r["turns"][name] for r in steady if name in r["turns"]]
         if present:
-            print(f"  {name + ' turn':<22}{med(t['seconds'] for t in present):>9.2f}   "
-                  f"{med(t['tokens_per_second'] for t in present):.0f} tok/s, "
-                  f"{med(t['prompt_tokens'] for t in present):.0f} prompt tokens, "
-                  f"{med(t['sampled_tokens'] for t in present):.0f} sampled")
-    engine_tps = med(r["sampled_tokens"] / r["parts"]["generation (engine)"] for r in steady
-                     if r["parts"]["generation (engine)"])
+            print(
+                f"  {name + ' turn':<22}{med(t['seconds'] for t in present):>9.2f}   "
+                f"{med(t['tokens_per_second'] for t in present):.0f} tok/s, "
+                f"{med(t['prompt_tokens'] for t in present):.0f} prompt tokens, "
+                f"{med(t['sampled_tokens'] for t in present):.0f} sampled"
+            )
+    engine_tps = med(
+        r["sampled_tokens"] / r["parts"]["generation (engine)"] for r in steady if r["parts"]["generation (engine)"]
+    )
     floor_tps = med(r["floor"]["sampled_tokens"] / r["floor"]["generation"] for r in steady if r["floor"]["generation"])
     floor = {key: med(r["floor"][key] for r in steady) for key in ("generation", "training", "total")}
-    print(f"  floor: generation {floor['generation']:.2f} s, forward+backward {floor['training']:.2f} s, "
-          f"total {floor['total']:.2f} s")
+    print(
+        f"  floor: generation {floor['generation']:.2f} s, forward+backward {floor['training']:.2f} s, "
+        f"total {floor['total']:.2f} s"
+    )
     print(f"  sampling: {engine_tps:.0f} tok/s in the step's turns, {floor_tps:.0f} tok/s in the floor's one call")
     print(f"  step / floor: {med(r['ratio'] for r in steady):.2f} (median of the steps' ratios)")
     sampled = sum(r["sampled_tokens"] for r in rows)
-    print(f"  all steps: {sampled} tokens sampled, {sum(r['tokens_without_signal'] for r in rows) / sampled:.0%} of "
-          f"them in episodes without a reward signal (a first try that succeeded, or a group whose rewards are equal); "
-          f"{sum(r['draws'] for r in rows):.0f} draws for {len(rows)} steps")
+    print(
+        f"  all steps: {sampled} tokens sampled, {sum(r['tokens_without_signal'] for r in rows) / sampled:.0%} of "
+        f"them in episodes without a reward signal (a first try that succeeded, or a group whose rewards are equal); "
+        f"{sum(r['draws'] for r in rows):.0f} draws for {len(rows)} steps"
+    )
 
 
 def whole_job(overrides: list[str]) -> dict:
@@ -220,8 +278,10 @@ def whole_job(overrides: list[str]) -> dict:
             steps = list(csv.DictReader(f))
     sampled = sum(float(step.get("rollout/sampled_tokens") or 0) for step in steps)
     phases = results.get("phases", {})
-    print(f"\none r3_smollm2 job (seed 0, rollout.protocol=r3), {seconds:.0f} s in all, {len(steps)} steps, "
-          f"{sampled:.0f} tokens sampled in training:")
+    print(
+        f"\none r3_smollm2 job (seed 0, rollout.protocol=r3), {seconds:.0f} s in all, {len(steps)} steps, "
+        f"{sampled:.0f} tokens sampled in training:"
+    )
     print(f"  {'phase':<30}{'seconds':>9}")
     for name, value in phases.items():
         print(f"  {name:<30}{value:>9.1f}")

@@ -12,6 +12,7 @@ model barely moves). New rows every step, as in training. Printed per step: seco
 thousands: fresh pages the kernel zero-filled), resident memory after the step and its peak so far; then the
 median seconds over steps 2..n. Run it alone: it measures time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,16 @@ from r3exp.host_memory import reuse_freed_memory
 
 def rows(generator: torch.Generator, vocab: int, groups: int = 8, group_size: int = 8) -> dict:
     """Right-padded rows: each group's prompt, then each row's own continuation (scored)."""
-    prompts = [torch.randint(0, vocab, (int(torch.randint(88, 97, (1,), generator=generator)),), generator=generator)
-               for _ in range(groups)]
+    prompts = [
+        torch.randint(0, vocab, (int(torch.randint(88, 97, (1,), generator=generator)),), generator=generator)
+        for _ in range(groups)
+    ]
     tokens, starts = [], []
     for prompt in prompts:
         for _ in range(group_size):
-            continuation = torch.randint(0, vocab, (int(torch.randint(20, 49, (1,), generator=generator)),),
-                                         generator=generator)
+            continuation = torch.randint(
+                0, vocab, (int(torch.randint(20, 49, (1,), generator=generator)),), generator=generator
+            )
             tokens.append(torch.cat([prompt, continuation]))
             starts.append(len(prompt))
     width = max(len(t) for t in tokens)
@@ -42,10 +46,15 @@ def rows(generator: torch.Generator, vocab: int, groups: int = 8, group_size: in
     attention_mask = torch.zeros_like(input_ids)
     reflection_mask = torch.zeros_like(input_ids, dtype=torch.bool)
     for i, (row, start) in enumerate(zip(tokens, starts)):
-        input_ids[i, :len(row)], attention_mask[i, :len(row)], reflection_mask[i, start:len(row)] = row, 1, True
+        input_ids[i, : len(row)], attention_mask[i, : len(row)], reflection_mask[i, start : len(row)] = row, 1, True
     advantages = torch.randn(len(tokens), generator=generator)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "reflection_mask": reflection_mask,
-            "behaviour_logprobs": torch.where(reflection_mask, -2.0, 0.0), "advantages": advantages}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "reflection_mask": reflection_mask,
+        "behaviour_logprobs": torch.where(reflection_mask, -2.0, 0.0),
+        "advantages": advantages,
+    }
 
 
 def resident_gib() -> float:
@@ -62,29 +71,41 @@ def main() -> None:
     if not args.system_malloc:
         assert reuse_freed_memory(), "glibc's mallopt is not available here"
     from transformers import AutoModelForCausalLM
-
     from trl_same_work import model_directory  # benchmarks/ is the script's directory
 
     policy = AutoModelForCausalLM.from_pretrained(model_directory(args.model), dtype=torch.float32).train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-7)
-    settings = LossSettings(epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_type="dapo", temperature=1.0,
-                            max_reflection_tokens=48, share_prompts=True)
+    settings = LossSettings(
+        epsilon=0.2,
+        epsilon_high=0.28,
+        beta=0.0,
+        loss_type="dapo",
+        temperature=1.0,
+        max_reflection_tokens=48,
+        share_prompts=True,
+    )
     generator = torch.Generator().manual_seed(0)
     seconds, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for step in range(1, args.steps + 1):
         batch = rows(generator, policy.config.vocab_size)
         start = time.perf_counter()
-        accumulate_gradients(policy, StepRows(batch, StepSize.of(batch["reflection_mask"][:, 1:]),
-                                              batch["advantages"]), settings)
+        accumulate_gradients(
+            policy, StepRows(batch, StepSize.of(batch["reflection_mask"][:, 1:]), batch["advantages"]), settings
+        )
         optimizer.step()
         optimizer.zero_grad()
         seconds.append(time.perf_counter() - start)
         now = resource.getrusage(resource.RUSAGE_SELF)
-        print(f"step {step:>2}: {seconds[-1]:6.2f} s, page faults {(now.ru_minflt - faults) // 1000:>5}k, "
-              f"resident {resident_gib():.2f} GiB, peak {now.ru_maxrss / 2**20:.2f} GiB", flush=True)
+        print(
+            f"step {step:>2}: {seconds[-1]:6.2f} s, page faults {(now.ru_minflt - faults) // 1000:>5}k, "
+            f"resident {resident_gib():.2f} GiB, peak {now.ru_maxrss / 2**20:.2f} GiB",
+            flush=True,
+        )
         faults = now.ru_minflt
-    print(f"median over steps 2..{args.steps}: {statistics.median(seconds[1:] or seconds):.2f} s "
-          f"({'glibc defaults' if args.system_malloc else 'freed memory kept'})")
+    print(
+        f"median over steps 2..{args.steps}: {statistics.median(seconds[1:] or seconds):.2f} s "
+        f"({'glibc defaults' if args.system_malloc else 'freed memory kept'})"
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ clipping and the AdamW step, as the LightningModule does). Every row carries an 
 through the forward. Run it in a fresh process: memory is the process's resident set (RSS), ``static``
 after building the model and optimizer, ``peak`` the high-water mark during the step (reset after the
 build through /proc/self/clear_refs). The optimizer's moments are created before ``static`` is read
-(AdamW makes them lazily), so ``peak - static`` is what the step itself needs. The last line has a fixed format, to compare across versions:
+(AdamW makes them lazily), so ``peak - static`` is what the step itself needs. The last line has a fixed format,
+to compare across versions:
 
     static_gib=<RSS after build> peak_rss_gib=<peak RSS during the step> step_seconds=<s> tokens_per_second=<t>
 
@@ -25,6 +26,7 @@ the machine's cores, so only the memory figures carry over to one rank per GPU:
 
     .venv/bin/python benchmarks/step_memory.py --rows 4 --context 600 --reflection 128 --full --ranks 2 [--sharded]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,15 +68,23 @@ def build_policy(args):
     if args.config_from:  # a real model's architecture and every one of its layers, random weights
         config = AutoConfig.from_pretrained(args.config_from)
         model = AutoModelForCausalLM.from_config(config).to(dtype=torch_dtype(args.dtype), device=args.device)
-        return prepare_policy(model, LoraSpec() if not args.full else None, args.gradient_checkpointing,
-                              args.master_weights)
-    config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, tie_word_embeddings=not args.untied,
-                         max_position_embeddings=max(args.context + args.reflection, 2048))
+        return prepare_policy(
+            model, LoraSpec() if not args.full else None, args.gradient_checkpointing, args.master_weights
+        )
+    config = Qwen2Config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        tie_word_embeddings=not args.untied,
+        max_position_embeddings=max(args.context + args.reflection, 2048),
+    )
     model = Qwen2ForCausalLM(config).to(dtype=torch_dtype(args.dtype), device=args.device)
-    return prepare_policy(model, LoraSpec() if not args.full else None, args.gradient_checkpointing,
-                          args.master_weights)
+    return prepare_policy(
+        model, LoraSpec() if not args.full else None, args.gradient_checkpointing, args.master_weights
+    )
 
 
 def synthetic_rollout(args) -> dict:
@@ -118,10 +128,17 @@ def full_logits_step(policy, rows, settings) -> None:
     batch = {k: v.to(policy.device) if torch.is_tensor(v) else v for k, v in rows.batch.items()}
     logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     logprobs = F.token_logprobs(logits, batch["input_ids"][:, 1:], settings.temperature)
-    loss, _ = F.grpo_loss(logprobs, batch["behaviour_logprobs"][:, 1:], batch["advantages"],
-                          batch["reflection_mask"][:, 1:], epsilon=settings.epsilon,
-                          epsilon_high=settings.epsilon_high, loss_type=settings.loss_type,
-                          max_tokens=settings.max_reflection_tokens, step=rows.size)
+    loss, _ = F.grpo_loss(
+        logprobs,
+        batch["behaviour_logprobs"][:, 1:],
+        batch["advantages"],
+        batch["reflection_mask"][:, 1:],
+        epsilon=settings.epsilon,
+        epsilon_high=settings.epsilon_high,
+        loss_type=settings.loss_type,
+        max_tokens=settings.max_reflection_tokens,
+        step=rows.size,
+    )
     loss.backward()
 
 
@@ -137,25 +154,48 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--untied", action="store_true", help="untied output layer (Qwen2-7B, Llama)")
-    parser.add_argument("--config-from", metavar="MODEL_DIR",
-                        help="a model directory whose config.json gives the architecture and shape (every layer; "
-                             "random weights), e.g. model=smollm2_135m's converted directory; overrides the shape flags")
+    parser.add_argument(
+        "--config-from",
+        metavar="MODEL_DIR",
+        help="a model directory whose config.json gives the architecture and shape (every layer; "
+        "random weights), e.g. model=smollm2_135m's converted directory; overrides the shape flags",
+    )
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--lora", action="store_true", help="LoRA r16 on every projection (default)")
     kind.add_argument("--full", action="store_true", help="full fine-tuning")
     defaults = OmegaConf.load(CONF_DIR / "grpo" / "default.yaml")
-    parser.add_argument("--micro-batch-tokens", type=int, default=defaults.max_tokens_per_micro_batch,
-                        help="grpo.max_tokens_per_micro_batch (default: the packaged grpo/default.yaml's)")
-    parser.add_argument("--chunk", type=int, default=defaults.logprob_chunk_size,
-                        help="grpo.logprob_chunk_size (default: the packaged grpo/default.yaml's)")
+    parser.add_argument(
+        "--micro-batch-tokens",
+        type=int,
+        default=defaults.max_tokens_per_micro_batch,
+        help="grpo.max_tokens_per_micro_batch (default: the packaged grpo/default.yaml's)",
+    )
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=defaults.logprob_chunk_size,
+        help="grpo.logprob_chunk_size (default: the packaged grpo/default.yaml's)",
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--logprobs", choices=["reflection", "full-logits"], default="reflection")
-    parser.add_argument("--dtype", default="float32", help="the weights' dtype as loaded (model.dtype); bfloat16 "
-                        "also computes in bf16 under autocast, as trainer.precision=bf16-mixed")
-    parser.add_argument("--master-weights", choices=["float32", "kahan"], default="float32",
-                        help="model.master_weights: float32 trainable weights, or --dtype ones with Kahan AdamW")
-    parser.add_argument("--plain-adamw", action="store_true", help="torch.optim.AdamW whatever the weights' dtype: "
-                        "with --dtype bfloat16 --master-weights kahan, pure bf16 (the updates are rounded away)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        help="the weights' dtype as loaded (model.dtype); bfloat16 "
+        "also computes in bf16 under autocast, as trainer.precision=bf16-mixed",
+    )
+    parser.add_argument(
+        "--master-weights",
+        choices=["float32", "kahan"],
+        default="float32",
+        help="model.master_weights: float32 trainable weights, or --dtype ones with Kahan AdamW",
+    )
+    parser.add_argument(
+        "--plain-adamw",
+        action="store_true",
+        help="torch.optim.AdamW whatever the weights' dtype: "
+        "with --dtype bfloat16 --master-weights kahan, pure bf16 (the updates are rounded away)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ranks", type=int, default=1, help="gloo processes, each stepping on its own --rows rows")
     parser.add_argument("--sharded", action="store_true", help="with --ranks: shard the policy (FSDP2, trainer=fsdp)")
@@ -201,9 +241,16 @@ def run_rank(rank: int, args, port: int) -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5) if args.plain_adamw else adamw(trainable, lr=1e-5)
     materialise_optimizer_state(optimizer, trainable)  # part of the static memory, not of the step's
-    settings = LossSettings(epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_type="dapo", temperature=1.0,
-                            max_reflection_tokens=args.reflection, max_tokens_per_micro_batch=args.micro_batch_tokens,
-                            logprob_chunk_size=args.chunk)
+    settings = LossSettings(
+        epsilon=0.2,
+        epsilon_high=0.28,
+        beta=0.0,
+        loss_type="dapo",
+        temperature=1.0,
+        max_reflection_tokens=args.reflection,
+        max_tokens_per_micro_batch=args.micro_batch_tokens,
+        logprob_chunk_size=args.chunk,
+    )
     rows = step_rows([synthetic_rollout(args)], "group", beta=0.0)
     pad_to = max(distributed.gather_objects(micro_batch_count(rows.batch, settings))) if args.sharded else None
     static = rss_bytes("VmRSS")
@@ -230,27 +277,36 @@ def run_rank(rank: int, args, port: int) -> None:
     peak = rss_bytes("VmHWM") if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     gpu_peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else 0
     # the largest rank's figures (one rank: its own)
-    static, peak, seconds, gpu_peak = (max(values) for values in zip(*distributed.gather_objects(
-        (static, peak, seconds, gpu_peak))))
+    static, peak, seconds, gpu_peak = (
+        max(values) for values in zip(*distributed.gather_objects((static, peak, seconds, gpu_peak)))
+    )
     if rank != 0:
         return
     trainable_dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in trainable})
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     ranks = "" if args.ranks == 1 else f"; {args.ranks} ranks, {'sharded (FSDP2)' if args.sharded else 'replicated'}"
-    print(f"shape: {args.config_from or 'Qwen2'}: vocab {args.vocab}, hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, "
-          f"{'untied' if args.untied else 'tied'}; {'full' if args.full else 'LoRA r16'} ({trainable / 1e6:.1f}M trainable, {'/'.join(trainable_dtypes)}), "
-          f"{args.dtype}, master weights {args.master_weights}, {type(optimizer).__module__}.{type(optimizer).__name__}, "
-          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
-          f"torch threads {torch.get_num_threads()}{ranks}")
-    print(f"step: {args.rows} rows x ({args.context} + {args.reflection}) tokens, log-probs {args.logprobs}, "
-          f"{int(metrics['micro_batches'])} micro-batches under {args.micro_batch_tokens} tokens, chunk {args.chunk}; "
-          f"peak minus static {(peak - static) / GIB:.2f} GiB"
-          + ("" if exact_peak else " (peak since process start: /proc/self/clear_refs unavailable)"))
+    print(
+        f"shape: {args.config_from or 'Qwen2'}: vocab {args.vocab}, hidden {args.hidden}, "
+        f"intermediate {args.intermediate}, {args.layers} layers, "
+        f"{'untied' if args.untied else 'tied'}; {'full' if args.full else 'LoRA r16'} "
+        f"({trainable / 1e6:.1f}M trainable, {'/'.join(trainable_dtypes)}), "
+        f"{args.dtype}, master weights {args.master_weights}, {type(optimizer).__module__}.{type(optimizer).__name__}, "
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+        f"torch threads {torch.get_num_threads()}{ranks}"
+    )
+    print(
+        f"step: {args.rows} rows x ({args.context} + {args.reflection}) tokens, log-probs {args.logprobs}, "
+        f"{int(metrics['micro_batches'])} micro-batches under {args.micro_batch_tokens} tokens, chunk {args.chunk}; "
+        f"peak minus static {(peak - static) / GIB:.2f} GiB"
+        + ("" if exact_peak else " (peak since process start: /proc/self/clear_refs unavailable)")
+    )
     if args.device.startswith("cuda"):
         print(f"peak_gpu_gib={gpu_peak / GIB:.2f}")
     tokens = args.rows * (args.context + args.reflection)
-    print(f"static_gib={static / GIB:.2f} peak_rss_gib={peak / GIB:.2f} step_seconds={seconds:.2f} "
-          f"tokens_per_second={tokens / seconds:.0f}")
+    print(
+        f"static_gib={static / GIB:.2f} peak_rss_gib={peak / GIB:.2f} step_seconds={seconds:.2f} "
+        f"tokens_per_second={tokens / seconds:.0f}"
+    )
 
 
 if __name__ == "__main__":

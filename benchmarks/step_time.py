@@ -4,17 +4,17 @@
 
 Prints a table of every step and the median over steps after the first (warm-up).
 """
+
 from __future__ import annotations
 
 import statistics
 import sys
-from pathlib import Path
 import tempfile
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
 from r3exp import CONF_DIR
-
 
 
 def main(overrides: list[str]) -> None:
@@ -25,8 +25,17 @@ def main(overrides: list[str]) -> None:
 
     setup_environment()
     with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.output_dir={out}", "run_name=benchmark", "logger=none",
-                                           "callbacks.progress.refresh_rate=0", "~callbacks.step_timer", *overrides])
+        cfg = compose(
+            "config",
+            overrides=[
+                f"paths.output_dir={out}",
+                "run_name=benchmark",
+                "logger=none",
+                "callbacks.progress.refresh_rate=0",
+                "~callbacks.step_timer",
+                *overrides,
+            ],
+        )
         import lightning as L
 
         L.seed_everything(cfg.seed)
@@ -35,17 +44,28 @@ def main(overrides: list[str]) -> None:
         fit_policy(cfg, parts, Path(cfg.paths.output_dir), extra_callbacks=[timer])
     rows = timer.history
     keys = ["time/step_seconds", "time/generation_seconds", "time/train_seconds", "time/sync_seconds"]
-    print(f"\n{'step':>4} " + " ".join(f"{k.split('/')[1].removesuffix('_seconds'):>10}" for k in keys)
-          + f" {'gen tok/s':>10} {'train tok/s':>11}")
+    print(
+        f"\n{'step':>4} "
+        + " ".join(f"{k.split('/')[1].removesuffix('_seconds'):>10}" for k in keys)
+        + f" {'gen tok/s':>10} {'train tok/s':>11}"
+    )
     for row in rows:
         train_tps = row["trained_tokens"] / row["time/train_seconds"] if row["time/train_seconds"] else 0.0
-        print(f"{row['step']:>4} " + " ".join(f"{row[k]:>10.3f}" for k in keys)
-              + f" {row['generated_tokens_per_second']:>10.0f} {train_tps:>11.0f}")
+        print(
+            f"{row['step']:>4} "
+            + " ".join(f"{row[k]:>10.3f}" for k in keys)
+            + f" {row['generated_tokens_per_second']:>10.0f} {train_tps:>11.0f}"
+        )
     steady = rows[1:] or rows
-    print("\nmedian over steps 2..n: " + ", ".join(
-        f"{k.split('/')[1]} {statistics.median(r[k] for r in steady):.3f}" for k in keys)
+    training = statistics.median(
+        r["trained_tokens"] / r["time/train_seconds"] for r in steady if r["time/train_seconds"]
+    )
+    print(
+        "\nmedian over steps 2..n: "
+        + ", ".join(f"{k.split('/')[1]} {statistics.median(r[k] for r in steady):.3f}" for k in keys)
         + f", generation {statistics.median(r['generated_tokens_per_second'] for r in steady):.0f} tok/s, training "
-        f"{statistics.median(r['trained_tokens'] / r['time/train_seconds'] for r in steady if r['time/train_seconds']):.0f} tok/s")
+        f"{training:.0f} tok/s"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A griffe extension for the API reference (``mkdocs.yml``): the docstrings' Sphinx roles, such as
 ``:func:`~r3exp.grpo.functions.importance_weights```, become code spans (``importance_weights``), as Sphinx
 shows them; mkdocstrings renders docstrings as Markdown and would print the role itself."""
+
 from __future__ import annotations
 
 import re

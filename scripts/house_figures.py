@@ -7,6 +7,7 @@ inside a function body) with their count per module, packages ("rooms": a direct
 import arrows between them (``a -> b``: something in ``a`` imports ``b``; in-function imports included), and
 any import circle between modules (its modules). Reads the source with ``ast``; imports nothing of the package.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,14 +74,18 @@ def figures(package: Path) -> str:
             if a != b:
                 arrows.add((a, b))
     rooms = {room(name, names) for name in names}
-    out = [f"package: {package.relative_to(ROOT) if package.is_relative_to(ROOT) else package}",
-           f"modules: {len(modules)}, lines: {sum(lines.values())}",
-           "biggest modules: " + ", ".join(f"{n} ({c})" for n, c in sorted(lines.items(), key=lambda x: -x[1])[:5]),
-           f"in-function imports: {sum(in_function.values())} statements in {len(in_function)} modules",
-           f"rooms: {len(rooms)}, import arrows between rooms: {len(arrows)}"]
+    out = [
+        f"package: {package.relative_to(ROOT) if package.is_relative_to(ROOT) else package}",
+        f"modules: {len(modules)}, lines: {sum(lines.values())}",
+        "biggest modules: " + ", ".join(f"{n} ({c})" for n, c in sorted(lines.items(), key=lambda x: -x[1])[:5]),
+        f"in-function imports: {sum(in_function.values())} statements in {len(in_function)} modules",
+        f"rooms: {len(rooms)}, import arrows between rooms: {len(arrows)}",
+    ]
     circles = find_circles(edges)
-    out.append(f"import circles between modules: {len(circles)}"
-               + "".join(f"\n  {', '.join(circle)} (import each other, through one another)" for circle in circles))
+    out.append(
+        f"import circles between modules: {len(circles)}"
+        + "".join(f"\n  {', '.join(circle)} (import each other, through one another)" for circle in circles)
+    )
     out.append("in-function imports per module: " + ", ".join(f"{n} {c}" for n, c in in_function.most_common()))
     return "\n".join(out)
 

@@ -5,6 +5,7 @@ SSL_CERT_FILE, which is how uv takes one.
 
     .venv/bin/python scripts/pip_sources_for_uv.py
 """
+
 from __future__ import annotations
 
 import shlex
@@ -29,6 +30,7 @@ def uv_flags(pip_config_list: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
-                            check=True).stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=True
+    ).stdout
     print(shlex.join(uv_flags(listed)))

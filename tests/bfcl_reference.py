@@ -8,6 +8,7 @@ decoder's module imports BFCL's Java/JavaScript parsers (tree-sitter) and more, 
 decoding functions are taken from its source as they are (including their ``eval``: only the tests'
 own, well-formed answers reach it).
 """
+
 from __future__ import annotations
 
 import ast
@@ -49,8 +50,11 @@ def load_reference():
     from bfcl_eval.constants.enums import Language, ReturnFormat
     from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
 
-    decoder = _functions(_package_file("model_handler/utils.py"), DECODER_FUNCTIONS,
-                         {"ast": ast, "re": __import__("re"), "ReturnFormat": ReturnFormat})
+    decoder = _functions(
+        _package_file("model_handler/utils.py"),
+        DECODER_FUNCTIONS,
+        {"ast": ast, "re": __import__("re"), "ReturnFormat": ReturnFormat},
+    )
     formats = _functions(_package_file("utils.py"), FORMAT_FUNCTIONS, {})
 
     def decode(text: str):

@@ -1,4 +1,5 @@
 """Shared fixtures: the real embedded tiny model, its tokenizer, and one real vLLM engine per session."""
+
 from __future__ import annotations
 
 import os
@@ -95,21 +96,29 @@ def fresh_vllm(vllm_engine, tiny_path):
 
 
 def chat_ids(tokenizer, text: str) -> list[int]:
-    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                              tokenize=True, return_dict=False))
+    return list(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    )
 
 
 # the fixtures that start a real vLLM engine or load the real pretrained model (converted once from its GGUF file,
 # ~45 s): a test that asks for one is integration tier, and says so itself
-ENGINE_FIXTURES = frozenset({"engine_pool", "vllm_engine", "fresh_vllm", "smollm2_engine", "smollm2_path",
-                             "smollm2_tokenizer"})
+ENGINE_FIXTURES = frozenset(
+    {"engine_pool", "vllm_engine", "fresh_vllm", "smollm2_engine", "smollm2_path", "smollm2_tokenizer"}
+)
 
 
 def unmarked_engine_tests(items) -> list[str]:
     """The tests among ``items`` that use an engine fixture but are not marked ``integration``."""
-    return [item.nodeid for item in items if isinstance(item, pytest.Item)
-            and ENGINE_FIXTURES & set(getattr(item, "fixturenames", ()))
-            and item.get_closest_marker("integration") is None]
+    return [
+        item.nodeid
+        for item in items
+        if isinstance(item, pytest.Item)
+        and ENGINE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("integration") is None
+    ]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -123,6 +132,8 @@ def pytest_make_collect_report(collector):
     if offenders:
         report.outcome, report.result = "failed", []
         fixtures = ", ".join(sorted(ENGINE_FIXTURES))
-        report.longrepr = (f"these tests use the real engine or model (a fixture of {fixtures}) but are not marked "
-                           "@pytest.mark.integration:\n  " + "\n  ".join(offenders))
+        report.longrepr = (
+            f"these tests use the real engine or model (a fixture of {fixtures}) but are not marked "
+            "@pytest.mark.integration:\n  " + "\n  ".join(offenders)
+        )
     return report

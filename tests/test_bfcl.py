@@ -1,5 +1,6 @@
 """task=bfcl: BFCL's decoder and AST check against bfcl-eval's own on its possible answers, hostile answers,
 the split, and the task end to end on the embedded default and the real model."""
+
 from __future__ import annotations
 
 import copy
@@ -21,8 +22,16 @@ AST_CATEGORIES = [name for name, c in CATEGORIES.items() if c.scoring == "ast"]
 TRAIN = ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"]
 # Questions with a written answer (one combination of listed values) that bfcl-eval's own checker fails: BFCL's
 # data contradict themselves there (e.g. parallel_multiple_12 lists a value for a parameter its function lacks)
-BFCL_UNPASSABLE = {"simple_python": 0, "multiple": 0, "parallel": 0, "parallel_multiple": 2, "live_simple": 2,
-                   "live_multiple": 3, "live_parallel": 0, "live_parallel_multiple": 0}
+BFCL_UNPASSABLE = {
+    "simple_python": 0,
+    "multiple": 0,
+    "parallel": 0,
+    "parallel_multiple": 2,
+    "live_simple": 2,
+    "live_multiple": 3,
+    "live_parallel": 0,
+    "live_parallel_multiple": 0,
+}
 TEST = ["live_simple", "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance"]
 
 
@@ -43,6 +52,7 @@ def task(**changes) -> BfclTask:
 
 # ---- answers written from the possible answers, and perturbed ----------------------------------------------
 
+
 def answer_variants(answers: list[dict], functions: list[dict]) -> list[list[dict]]:
     """Decoded calls that take, in variant k, the k-th listed value of every parameter (the last where a
     parameter lists fewer; ``""`` leaves the optional parameter out): every listed value appears in one.
@@ -54,7 +64,7 @@ def answer_variants(answers: list[dict], functions: list[dict]) -> list[list[dic
     for k in range(width):
         calls = []
         for call in answers:
-            (name, parameters), = call.items()
+            ((name, parameters),) = call.items()
             arguments = {}
             for parameter, values in parameters.items():
                 if not values:
@@ -106,14 +116,15 @@ def perturbations(calls: list[dict]) -> list[list[dict]]:
     a renamed function, a call dropped or doubled."""
     out = []
     for index, call in enumerate(calls):
-        (name, arguments), = call.items()
+        ((name, arguments),) = call.items()
         for parameter, value in arguments.items():
             for new in (changed(value), *([] if isinstance(value, str) else [str(value)])):
-                out.append(calls[:index] + [{name: {**arguments, parameter: new}}] + calls[index + 1:])
-            out.append(calls[:index] + [{name: {p: v for p, v in arguments.items() if p != parameter}}]
-                       + calls[index + 1:])
-        out.append(calls[:index] + [{name: {**arguments, "zz_unexpected": 1}}] + calls[index + 1:])
-        out.append(calls[:index] + [{name + "_zz": arguments}] + calls[index + 1:])
+                out.append(calls[:index] + [{name: {**arguments, parameter: new}}] + calls[index + 1 :])
+            out.append(
+                calls[:index] + [{name: {p: v for p, v in arguments.items() if p != parameter}}] + calls[index + 1 :]
+            )
+        out.append(calls[:index] + [{name: {**arguments, "zz_unexpected": 1}}] + calls[index + 1 :])
+        out.append(calls[:index] + [{name + "_zz": arguments}] + calls[index + 1 :])
     out.append(calls[1:])
     out.append(calls + calls[:1])
     return out
@@ -121,8 +132,15 @@ def perturbations(calls: list[dict]) -> list[list[dict]]:
 
 def as_text(calls: list[dict]) -> str:
     """The calls in BFCL's answer format, ``[f(a=1, b='x'), g()]``."""
-    return "[" + ", ".join(f"{name}({', '.join(f'{p}={v!r}' for p, v in arguments.items())})"
-                           for call in calls for name, arguments in call.items()) + "]"
+    return (
+        "["
+        + ", ".join(
+            f"{name}({', '.join(f'{p}={v!r}' for p, v in arguments.items())})"
+            for call in calls
+            for name, arguments in call.items()
+        )
+        + "]"
+    )
 
 
 def reference_verdict(reference, functions, calls, answers, category) -> bool:
@@ -141,6 +159,7 @@ def our_verdict(functions, calls, answers, category) -> bool:
 
 
 # ---- the checker equals BFCL's ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("category", AST_CATEGORIES)
 def test_every_possible_answer_passes_and_perturbed_ones_fail_as_in_bfcl(reference, questions, category):
@@ -183,21 +202,46 @@ def test_answers_written_out_decode_as_in_bfcl_and_pass_the_task(reference, ques
             text = as_text(calls)
             if decode_calls(text) is None:  # a parameter named like a Python keyword cannot be written so
                 unwritable += 1
-                assert any(not p.isidentifier() or p in ("from", "class", "lambda", "in", "is", "if")
-                           for call in calls for arguments in call.values() for p in arguments), text
+                assert any(
+                    not p.isidentifier() or p in ("from", "class", "lambda", "in", "is", "if")
+                    for call in calls
+                    for arguments in call.values()
+                    for p in arguments
+                ), text
                 continue
             if reference_verdict(reference, example["functions"], calls, example["answers"], category):
                 assert bfcl.validate(example, text) and bfcl.validate(example, f"```\n{text}\n```"), text
     assert unwritable <= 0.01 * len(questions[category])
 
 
-@pytest.mark.parametrize("answer", [
-    "[f(a=1)]", "f(a=1)", "```python\n[f(a=1), g.h(b='x')]\n```", "[f(a=-3), f(a=2*3), f(a=2**10 - 1)]",
-    "[f(a='x' + 'y'), f(a=True + 1), f(a=7 // 2 % 3), f(a=1 / 4)]", "[f(a=x), f(a=g(1)), f(a=g(k=1)), f(a=h[0])]",
-    "[f(a=(1, 2)), f(a={'k': [1, {'j': None}]}), f(a=...)]", "[f(1, a=2)]", "[]", "[f()]", "'[f(a=1)]'",
-    "I cannot help with that.", "[f(a=1)", "[f(a=lambda: 1)]", "[f(a=-x)]", "[f(a=not True)]", "[f(a=+5)]",
-    "[f(a=[1] * 2)]", "[f(a={**d})]", "[1, f()]", "[f(a=1)] + [g()]", "[f(a=1e308 * 10)]", "[f(a=1 / 0)]",
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "[f(a=1)]",
+        "f(a=1)",
+        "```python\n[f(a=1), g.h(b='x')]\n```",
+        "[f(a=-3), f(a=2*3), f(a=2**10 - 1)]",
+        "[f(a='x' + 'y'), f(a=True + 1), f(a=7 // 2 % 3), f(a=1 / 4)]",
+        "[f(a=x), f(a=g(1)), f(a=g(k=1)), f(a=h[0])]",
+        "[f(a=(1, 2)), f(a={'k': [1, {'j': None}]}), f(a=...)]",
+        "[f(1, a=2)]",
+        "[]",
+        "[f()]",
+        "'[f(a=1)]'",
+        "I cannot help with that.",
+        "[f(a=1)",
+        "[f(a=lambda: 1)]",
+        "[f(a=-x)]",
+        "[f(a=not True)]",
+        "[f(a=+5)]",
+        "[f(a=[1] * 2)]",
+        "[f(a={**d})]",
+        "[1, f()]",
+        "[f(a=1)] + [g()]",
+        "[f(a=1e308 * 10)]",
+        "[f(a=1 / 0)]",
+    ],
+)
 def test_decoder_reads_answers_as_bfcl_does_without_executing_them(reference, answer):
     decode, is_empty_reference, is_format_reference, _ = reference
     try:
@@ -212,13 +256,29 @@ def test_decoder_reads_answers_as_bfcl_does_without_executing_them(reference, an
 
 
 HOSTILE = [
-    "[f(a=__import__('os').system('touch {marker}'))]", "[f(a=open('{marker}', 'w').write('x'))]",
-    "[f(a=exec('open(\"{marker}\", \"w\")'))]", "[f(a=eval('1'))]", "[f(a=(lambda: open('{marker}','w'))())]",
-    "[f(a=9**9**9**9)]", "[f(a=10**100000)]", "[f(a='x' * 10**9)]", "[f(a=" + "(" * 100_000 + ")]",
-    "[" * 100_000, "]" * 50_000, "[f(a=" + "-" * 15_000 + "1)]", "[f(a=" + "+".join(["1"] * 5000) + ")]",
-    "[f(a=" + "[" * 300 + "]" * 300 + ")]", "[f(a=1)]" * 5000, "\udcff\udcfe[f(a=1)]", "[f(a='\udcff')]",
-    "[f(a=1)]\x00", "[f(a='%*d' % (10**9, 1))]", "<tool_call>{\"name\": \"f\", \"arguments\": " + "[" * 100_000 + "</tool_call>",
-    "<tool_call>{\"name\": \"f\"", "[f(a=NaN)]", "[f(a=" + "1" * 5000 + ")]",
+    "[f(a=__import__('os').system('touch {marker}'))]",
+    "[f(a=open('{marker}', 'w').write('x'))]",
+    '[f(a=exec(\'open("{marker}", "w")\'))]',
+    "[f(a=eval('1'))]",
+    "[f(a=(lambda: open('{marker}','w'))())]",
+    "[f(a=9**9**9**9)]",
+    "[f(a=10**100000)]",
+    "[f(a='x' * 10**9)]",
+    "[f(a=" + "(" * 100_000 + ")]",
+    "[" * 100_000,
+    "]" * 50_000,
+    "[f(a=" + "-" * 15_000 + "1)]",
+    "[f(a=" + "+".join(["1"] * 5000) + ")]",
+    "[f(a=" + "[" * 300 + "]" * 300 + ")]",
+    "[f(a=1)]" * 5000,
+    "\udcff\udcfe[f(a=1)]",
+    "[f(a='\udcff')]",
+    "[f(a=1)]\x00",
+    "[f(a='%*d' % (10**9, 1))]",
+    '<tool_call>{"name": "f", "arguments": ' + "[" * 100_000 + "</tool_call>",
+    '<tool_call>{"name": "f"',
+    "[f(a=NaN)]",
+    "[f(a=" + "1" * 5000 + ")]",
 ]
 
 
@@ -255,24 +315,33 @@ def test_native_tool_call_blocks_are_read_as_json(questions):
 def test_relevance_categories_score_whether_a_call_was_made(questions):
     irrelevant, relevant = questions["irrelevance"][0], questions["live_relevance"][0]
     bfcl = task()
-    for answer, has_call in [("None of the functions fits.", False), ("[]", False), ("[f(a=1)]", True),
-                             ("[get_weather(city='Paris')]", True), ("[f(a=", False)]:
+    for answer, has_call in [
+        ("None of the functions fits.", False),
+        ("[]", False),
+        ("[f(a=1)]", True),
+        ("[get_weather(city='Paris')]", True),
+        ("[f(a=", False),
+    ]:
         assert bfcl.validate(irrelevant, answer) is (not has_call)
         assert bfcl.validate(relevant, answer) is has_call
 
 
 # ---- the prompt -----------------------------------------------------------------------------------------------
 
+
 def test_the_system_prompt_is_bfcls_default(questions):
     from bfcl_eval.constants import default_prompts as p
 
     style = p.PROMPT_STYLE_TEMPLATES["classic"]
     expected = p.PROMPT_TEMPLATE_MAPPING["plaintext"].format(
-        persona=style["persona"], task=style["task"],
-        tool_call_format=style["tool_call_no_tag"].format(output_format=p.OUTPUT_FORMAT_MAPPING["python"],
-                                                          param_types=p.PARAM_TYPE_MAPPING["python"]),
+        persona=style["persona"],
+        task=style["task"],
+        tool_call_format=style["tool_call_no_tag"].format(
+            output_format=p.OUTPUT_FORMAT_MAPPING["python"], param_types=p.PARAM_TYPE_MAPPING["python"]
+        ),
         multiturn_behavior=style["multiturn_behavior"],
-        available_tools=style["available_tools"].format(format="json", functions="{functions}"))
+        available_tools=style["available_tools"].format(format="json", functions="{functions}"),
+    )
     assert "func_doc_fmt=json" in p.DEFAULT_SYSTEM_PROMPT_FORMAT and "ret_fmt=python" in p.DEFAULT_SYSTEM_PROMPT_FORMAT
     assert BFCL_SYSTEM_PROMPT == expected
     example = questions["simple_python"][0]
@@ -296,6 +365,7 @@ def test_native_tools_are_json_schema(questions):
 
 
 # ---- the split --------------------------------------------------------------------------------------------------
+
 
 def test_splits_are_disjoint_by_category_and_id():
     bfcl = task()
@@ -336,8 +406,15 @@ def test_overlapping_or_unknown_categories_fail_in_one_line():
 
 @pytest.mark.integration
 def test_unknown_category_on_the_command_line_is_one_error_line(tmp_path):
-    out = r3exp("mode=evaluate", "task=bfcl", "model=tiny", "task.categories.test=[live_simpel]", "logger=csv",
-                f"hydra.run.dir={tmp_path}", timeout=300)
+    out = r3exp(
+        "mode=evaluate",
+        "task=bfcl",
+        "model=tiny",
+        "task.categories.test=[live_simpel]",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path}",
+        timeout=300,
+    )
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert out.returncode != 0 and len(errors) == 1 and "Traceback" not in out.stderr
     assert "unknown BFCL category 'live_simpel'; known: simple_python, multiple" in errors[0]
@@ -347,11 +424,23 @@ def test_unknown_category_on_the_command_line_is_one_error_line(tmp_path):
 
 # The embedded default's context is 1,024 tokens and its tokenizer was never trained on BFCL text: a short
 # system prompt, and only the questions that fit.
-TINY = ["task=bfcl", "model=tiny", "task.context_tokens=1024", "task.max_prompt_chars=1100",
-        "task.tools_prompt='Functions: {functions}. Answer as [name(param=value)].'",
-        "evaluation.limit=6", "trainer.max_steps=1", "rollout.examples_per_step=2", "rollout.group_size=2",
-        "rollout.attempt.max_tokens=16", "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=16",
-        "rollout.max_draws=1", "task.split_sizes.train=40", "task.split_sizes.validation=4"]
+TINY = [
+    "task=bfcl",
+    "model=tiny",
+    "task.context_tokens=1024",
+    "task.max_prompt_chars=1100",
+    "task.tools_prompt='Functions: {functions}. Answer as [name(param=value)].'",
+    "evaluation.limit=6",
+    "trainer.max_steps=1",
+    "rollout.examples_per_step=2",
+    "rollout.group_size=2",
+    "rollout.attempt.max_tokens=16",
+    "rollout.reflection.max_tokens=16",
+    "rollout.retry.max_tokens=16",
+    "rollout.max_draws=1",
+    "task.split_sizes.train=40",
+    "task.split_sizes.validation=4",
+]
 
 
 @pytest.mark.integration
@@ -361,8 +450,11 @@ def test_main_job_on_the_embedded_default(tmp_path):
     out = r3exp(*TINY, f"hydra.run.dir={tmp_path}", f"paths.results_cache={tmp_path / 'results'}")
     assert out.returncode == 0, out.stderr[-3000:]
     # the same six test questions, from the task built here: the categories with questions that short
-    expected = task(max_prompt_chars=1100, tools_prompt="Functions: {functions}. Answer as [name(param=value)].",
-                    split_sizes={"test": 6}).examples("test")
+    expected = task(
+        max_prompt_chars=1100,
+        tools_prompt="Functions: {functions}. Answer as [name(param=value)].",
+        split_sizes={"test": 6},
+    ).examples("test")
     counts = {}
     for example in expected:
         counts[example["category"]] = counts.get(example["category"], 0) + 1
@@ -380,15 +472,24 @@ def test_main_job_on_the_embedded_default(tmp_path):
     run = read_offline_run(wandb_dir)
     assert run.summary["eval/trained/live_simple/total"] == counts["live_simple"]
     table = run.table("evaluation_by_category")["data"]
-    assert [(row[0], row[1], row[2]) for row in table] == [(label, name, count) for label in ("base", "trained")
-                                                           for name, count in counts.items()]
+    assert [(row[0], row[1], row[2]) for row in table] == [
+        (label, name, count) for label in ("base", "trained") for name, count in counts.items()
+    ]
 
 
 @pytest.mark.integration
 def test_evaluation_on_the_real_model_reports_bfcl_categories(tmp_path):
-    out = r3exp("mode=evaluate", "task=bfcl", "model=smollm2_135m", "evaluation.limit=5", "logger=csv",
-                "rollout.attempt.max_tokens=48", "rollout.reflection.max_tokens=32", f"hydra.run.dir={tmp_path}",
-                f"paths.results_cache={tmp_path / 'results'}")
+    out = r3exp(
+        "mode=evaluate",
+        "task=bfcl",
+        "model=smollm2_135m",
+        "evaluation.limit=5",
+        "logger=csv",
+        "rollout.attempt.max_tokens=48",
+        "rollout.reflection.max_tokens=32",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.results_cache={tmp_path / 'results'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "results.json").read_text())["smollm2_135m"]
     assert list(result["groups"]) == TEST and all(g["total"] == 1 for g in result["groups"].values())
@@ -406,12 +507,32 @@ def test_base_rates_benchmark_reports_each_bfcl_category(tmp_path):
     from tests.conftest import ROOT
 
     overrides = [arg for arg in TINY if arg.startswith(("model=", "task.context", "task.max_prompt", "task.tools"))]
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "base_rates.py"), "--tasks", "bfcl", "--split",
-                             "test", "--examples", "6", "--samples", "2", "rollout.attempt.max_tokens=16", *overrides],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "base_rates.py"),
+            "--tasks",
+            "bfcl",
+            "--split",
+            "test",
+            "--examples",
+            "6",
+            "--samples",
+            "2",
+            "rollout.attempt.max_tokens=16",
+            *overrides,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "; test split" in result.stdout
-    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in result.stdout.splitlines()
-            if line.startswith("| bfcl")}
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2].strip()
+        for line in result.stdout.splitlines()
+        if line.startswith("| bfcl")
+    }
     assert rows.pop("bfcl") == "6" and sum(map(int, rows.values())) == 6
     assert all(name.removeprefix("bfcl/") in TEST for name in rows) and "bfcl/live_simple" in rows

@@ -1,4 +1,5 @@
 """Cache entries move into place whole, and two jobs building the same entry at once both end with it."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The real command line, in subprocesses, as a user runs it."""
+
 from __future__ import annotations
 
 import json
@@ -15,17 +16,29 @@ from tests.conftest import CACHE, CONF, ROOT
 
 pytestmark = pytest.mark.integration  # every test here runs the real command line in a subprocess
 
-SHORT = ["evaluation.limit=16", "trainer.max_steps=2", "rollout.examples_per_step=2", "rollout.group_size=2",
-         "rollout.attempt.max_tokens=16", "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=16",
-         "rollout.max_draws=1", "task.split_sizes.train=100", "task.split_sizes.validation=16",
-         "task.split_sizes.test=16", "callbacks.checkpoint.every_n_train_steps=1",
-         "model.warm_start.steps=2", "model.warm_start.episodes=32"]  # a token warm start
+SHORT = [
+    "evaluation.limit=16",
+    "trainer.max_steps=2",
+    "rollout.examples_per_step=2",
+    "rollout.group_size=2",
+    "rollout.attempt.max_tokens=16",
+    "rollout.reflection.max_tokens=16",
+    "rollout.retry.max_tokens=16",
+    "rollout.max_draws=1",
+    "task.split_sizes.train=100",
+    "task.split_sizes.validation=16",
+    "task.split_sizes.test=16",
+    "callbacks.checkpoint.every_n_train_steps=1",
+    "model.warm_start.steps=2",
+    "model.warm_start.episodes=32",
+]  # a token warm start
 
 
 def r3exp(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "R3EXP_CACHE_DIR": str(CACHE), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "r3exp", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "r3exp", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_paper_model_composes_as_on_a_gpu_machine():
@@ -34,8 +47,9 @@ def test_paper_model_composes_as_on_a_gpu_machine():
     assert "name_or_path: Qwen/Qwen2-1.5B-Instruct" in out.stdout and "dtype: bfloat16" in out.stdout
 
 
-@pytest.mark.parametrize("model", ["qwen2_7b", "qwen2.5_1.5b", "llama3.1_8b", "phi3.5_mini", "tiny", "tiny_warm",
-                                   "smollm2_135m"])
+@pytest.mark.parametrize(
+    "model", ["qwen2_7b", "qwen2.5_1.5b", "llama3.1_8b", "phi3.5_mini", "tiny", "tiny_warm", "smollm2_135m"]
+)
 def test_every_model_config_composes(model):
     assert r3exp(f"model={model}", "--cfg", "job").returncode == 0
 
@@ -64,14 +78,25 @@ def test_unreachable_hub_model_fails_with_one_line(tmp_path):
 def test_main_job_end_to_end_then_resume(tmp_path):
     """Base eval, training (W&B offline, checkpoints), export, trained eval, table; then resume."""
     run_dir = tmp_path / "run"
-    out = r3exp(*SHORT, "callbacks.reflection_samples.every_n_steps=1", f"hydra.run.dir={run_dir}",
-                f"paths.results_cache={tmp_path / 'results'}")  # evaluates the base model (none to reuse)
+    out = r3exp(
+        *SHORT,
+        "callbacks.reflection_samples.every_n_steps=1",
+        f"hydra.run.dir={run_dir}",
+        f"paths.results_cache={tmp_path / 'results'}",
+    )  # evaluates the base model (none to reuse)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| base | test | 16 |" in out.stdout and "| trained | test | 16 |" in out.stdout
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results) == {"base", "trained", "phases"} and results["trained"]["total"] == 16
-    assert list(results["phases"]) == ["model build", "warm start", "engine start", "base evaluation", "training",
-                                       "export", "trained evaluation"]  # where the time went, in order
+    assert list(results["phases"]) == [
+        "model build",
+        "warm start",
+        "engine start",
+        "base evaluation",
+        "training",
+        "export",
+        "trained evaluation",
+    ]  # where the time went, in order
     assert all(seconds > 0 for seconds in results["phases"].values()) and "where the time went" in out.stdout
     for name in ("base", "trained"):  # the controls ran: retries with another failure's and an empty reflection
         failures = 16 - results[name]["first_try_correct"]
@@ -106,8 +131,13 @@ def test_main_job_end_to_end_then_resume(tmp_path):
     assert {p.name.rsplit("-", 1)[1] for p in runs} == {(run_dir / "wandb_run_id").read_text().strip()}
     assert [step for step, _ in read_offline_run(runs[1]).metric("rollout/reward_mean")] == [2]
     # the exported policy loads in the evaluation mode (vLLM) like any model directory
-    out = r3exp("mode=evaluate", f"model.name_or_path={run_dir / 'policy' / 'merged'}", "evaluation.limit=8",
-                "task.split_sizes.test=8", f"hydra.run.dir={tmp_path / 'eval'}")
+    out = r3exp(
+        "mode=evaluate",
+        f"model.name_or_path={run_dir / 'policy' / 'merged'}",
+        "evaluation.limit=8",
+        "task.split_sizes.test=8",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["tiny_warm"]["total"] == 8
 
@@ -147,14 +177,15 @@ def test_apigen_runs_evaluation_and_a_short_training(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["base"]["total"] == 16
 
 
-@pytest.mark.parametrize("experiment,source", [("paper_countdown", "Jiayi-Pan/Countdown-Tasks-3to4"),
-                                               ("paper_apigen", "Salesforce/xlam-function-calling-60k")])
+@pytest.mark.parametrize(
+    "experiment,source",
+    [("paper_countdown", "Jiayi-Pan/Countdown-Tasks-3to4"), ("paper_apigen", "Salesforce/xlam-function-calling-60k")],
+)
 def test_paper_experiments_compose(experiment, source):
     out = r3exp(f"experiment={experiment}", "--cfg", "job")
     assert out.returncode == 0, out.stderr
     assert f"source: {source}" in out.stdout and "precision: bf16-mixed" in out.stdout
     assert f"experiment_name: {experiment}" in out.stdout  # tags the W&B run
-
 
 
 def test_the_demo_is_a_multirun_of_three_arms_over_seeds_at_one_token_budget():
@@ -206,7 +237,7 @@ def test_the_preregistered_question_is_twelve_jobs_on_a_test_split_that_can_sepa
     assert not {task._key(ex) for ex in test} & {task._key(ex) for ex in train}
 
 
-PALINDROMES = '''
+PALINDROMES = """
 from r3exp.tasks.base import Task
 
 
@@ -228,18 +259,24 @@ class Palindromes(Task):
 
     def validate(self, example, answer):
         return answer.strip() == example["word"][::-1]
-'''
+"""
 
 
 def test_installed_wheel_runs_from_any_directory_with_a_users_own_task(tmp_path):
     """A non-editable install carries its configs; the palindrome task of docs/how-to/own-task.md joins from the user's
     own directory through --config-dir, and its splits are disjoint."""
     wheel = tmp_path / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheel,
-                    str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheel, str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site,
-                    *wheel.glob("r3exp-*.whl")], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site, *wheel.glob("r3exp-*.whl")],
+        check=True,
+        capture_output=True,
+    )
     home = tmp_path / "home"  # the user's directory: their package and their configs, no checkout
     (home / "mypackage").mkdir(parents=True)
     (home / "mypackage" / "__init__.py").write_text(PALINDROMES)
@@ -249,27 +286,56 @@ def test_installed_wheel_runs_from_any_directory_with_a_users_own_task(tmp_path)
         "words: [level, rotor, python, lightning, hydra, vllm, reward, retry, reflect, group]\n"
         'prompt: "Reverse the word {word}. Answer with the reversed word only."\n'
         'reflection_prompt: "That was wrong. Reflect on what went wrong, without answering."\n'
-        'retry_prompt: "Try again: reverse {word}."\n')
+        'retry_prompt: "Try again: reverse {word}."\n'
+    )
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{home}", "R3EXP_LOG_DIR": str(home / "outputs")}
-    where = subprocess.run([sys.executable, "-c", "import r3exp; print(r3exp.__file__)"], cwd=home, env=env,
-                           capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import r3exp; print(r3exp.__file__)"],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert where.startswith(str(site))  # the installed copy, not the checkout
-    out = subprocess.run([sys.executable, "-m", "r3exp", "--config-dir", "myconf", "task=palindromes", "mode=data",
-                          f"hydra.run.dir={home / 'data'}"], cwd=home, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "r3exp",
+            "--config-dir",
+            "myconf",
+            "task=palindromes",
+            "mode=data",
+            f"hydra.run.dir={home / 'data'}",
+        ],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    splits = {s: [json.loads(line)["word"] for line in (home / "data" / f"{s}.jsonl").read_text().splitlines()]
-              for s in ("train", "validation", "test")}
+    splits = {
+        s: [json.loads(line)["word"] for line in (home / "data" / f"{s}.jsonl").read_text().splitlines()]
+        for s in ("train", "validation", "test")
+    }
     assert [len(v) for v in splits.values()] == [8, 1, 1]
     assert len({w for words in splits.values() for w in words}) == 10  # disjoint
 
 
-@pytest.mark.parametrize("override, says", [
-    ("optimizer.scheduler.decay=exponential", "optimizer.scheduler.decay='exponential'"),
-    ("trainer.max_steps=-1", "trainer.max_steps=-1"),
-    ("model.name_or_path=/nonexistent/models/qwen", "model.name_or_path='/nonexistent/models/qwen': no such directory"),
-    ("callbacks.preemption.signals=[SIGFOO]", "callbacks.preemption.signals: unknown signal 'SIGFOO'"),
-])
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("optimizer.scheduler.decay=exponential", "optimizer.scheduler.decay='exponential'"),
+        ("trainer.max_steps=-1", "trainer.max_steps=-1"),
+        (
+            "model.name_or_path=/nonexistent/models/qwen",
+            "model.name_or_path='/nonexistent/models/qwen': no such directory",
+        ),
+        ("callbacks.preemption.signals=[SIGFOO]", "callbacks.preemption.signals: unknown signal 'SIGFOO'"),
+    ],
+)
 def test_bad_settings_fail_with_one_line_naming_the_key(override, says, tmp_path):
     out = r3exp(override, f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2, out.stderr[-2000:]
@@ -277,11 +343,14 @@ def test_bad_settings_fail_with_one_line_naming_the_key(override, says, tmp_path
     assert len(errors) == 1 and says in errors[0] and "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("override, says", [
-    ("optimizer.optimizer.lr=fast", "optimizer.optimizer.lr='fast': expected a number"),
-    ("ckpt_path={files}/corrupt.ckpt", "corrupt.ckpt is not a Lightning checkpoint (not a torch zip archive"),
-    ("ckpt_path={files}/incomplete.ckpt", "incomplete.ckpt is not a readable Lightning checkpoint"),
-])
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("optimizer.optimizer.lr=fast", "optimizer.optimizer.lr='fast': expected a number"),
+        ("ckpt_path={files}/corrupt.ckpt", "corrupt.ckpt is not a Lightning checkpoint (not a torch zip archive"),
+        ("ckpt_path={files}/incomplete.ckpt", "incomplete.ckpt is not a readable Lightning checkpoint"),
+    ],
+)
 def test_a_wrong_type_or_a_corrupt_checkpoint_is_one_line_before_anything_starts(override, says, tmp_path):
     """Before: torch's TypeError traceback from inside AdamW, and, after the engine had started, an
     UnpicklingError advising weights_only=False (which would run code from the file)."""
@@ -303,8 +372,13 @@ def test_a_wrong_type_or_a_corrupt_checkpoint_is_one_line_before_anything_starts
 def test_a_malformed_row_in_a_local_task_file_is_named_by_file_and_line(tmp_path):
     data = tmp_path / "countdown.jsonl"
     data.write_text('{"target": 24, "nums": [4, 6, 1]}\n{"target": 10, "nums": [2, 5\n')
-    out = r3exp("task=countdown", f"task.source={data}", "mode=evaluate", "evaluation.limit=1",
-                f"hydra.run.dir={tmp_path / 'run'}")
+    out = r3exp(
+        "task=countdown",
+        f"task.source={data}",
+        "mode=evaluate",
+        "evaluation.limit=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "countdown.jsonl:2: not JSON" in errors[0], out.stderr[-2000:]
@@ -321,8 +395,14 @@ def test_killed_run_resumes_into_the_same_wandb_run_with_continuous_history(tmp_
     run_dir = tmp_path / "run"
     args = [*SHORT, "mode=train", "trainer.max_steps=100000", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "R3EXP_CACHE_DIR": str(CACHE), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "r3exp", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "r3exp", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline, metrics = time.time() + 600, run_dir / "train_metrics.csv"
         # three steps written (a checkpoint at every step), however slow the machine; then a little more
@@ -360,12 +440,24 @@ def signalled_training_run(tmp_path, launcher: list[str], signum: int, *extra: s
 
     run_dir = tmp_path / "run"
     short = [arg for arg in SHORT if not arg.startswith("callbacks.checkpoint.")]
-    args = [*short, "mode=train", "logger=none", "callbacks.checkpoint.every_n_train_steps=50", *extra,
-            f"hydra.run.dir={run_dir}"]
+    args = [
+        *short,
+        "mode=train",
+        "logger=none",
+        "callbacks.checkpoint.every_n_train_steps=50",
+        *extra,
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "R3EXP_CACHE_DIR": str(CACHE), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     log = (tmp_path / "stderr.log").open("w")  # files, not pipes: nothing blocks on a full pipe buffer
-    process = subprocess.Popen([sys.executable, *launcher, *args, "trainer.max_steps=200"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=log, text=True)
+    process = subprocess.Popen(
+        [sys.executable, *launcher, *args, "trainer.max_steps=200"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
+    )
     metrics = run_dir / "train_metrics.csv"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -434,7 +526,8 @@ def test_a_slurm_requeue_signal_checkpoints_the_step_then_requeues_and_ckpt_path
     import signal
 
     args, code, stderr, saved, steps = signalled_training_run(
-        tmp_path, ["-c", SCHEDULER, str(tmp_path / "run")], signal.SIGUSR2, "ckpt_path=auto")
+        tmp_path, ["-c", SCHEDULER, str(tmp_path / "run")], signal.SIGUSR2, "ckpt_path=auto"
+    )
     assert code == 255, stderr[-3000:]  # the scheduler's handler ended it (sys.exit(-1))
     requeued = json.loads((tmp_path / "run" / "requeued.json").read_text())
     assert requeued == {"signal": signal.SIGUSR2, "saved_step": saved["global_step"]}  # saved before the handover

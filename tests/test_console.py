@@ -1,5 +1,6 @@
 """The console shows the run; the libraries' routine records go to the run directory's engine log
 (r3exp.console.library_logs), with real loggers and handlers."""
+
 from __future__ import annotations
 
 import logging
@@ -100,12 +101,23 @@ def test_a_warning_is_shown_once_per_kind_an_error_each_time():
     assert not shown.filter(record("vllm.x", logging.INFO, "routine"))
     assert shown.filter(record("r3exp.x", logging.DEBUG, "ours, whatever the level"))
     assert shown.filter(record("vllm.x", logging.ERROR, "failed")) and not shown.filter(
-        record("vllm.x", logging.ERROR, "failed"))
+        record("vllm.x", logging.ERROR, "failed")
+    )
 
 
 def test_the_progress_bar_shows_the_step_s_rollout_and_loss():
-    stats = {keys.REWARD_MEAN: 0.41666, keys.RETRY_SUCCESS: 0.25, keys.FOLLOW_RATE: 0.5,
-             keys.GENERATED_TOKENS_PER_SECOND: 812.4, "rollout/other": 3.0}
+    stats = {
+        keys.REWARD_MEAN: 0.41666,
+        keys.RETRY_SUCCESS: 0.25,
+        keys.FOLLOW_RATE: 0.5,
+        keys.GENERATED_TOKENS_PER_SECOND: 812.4,
+        "rollout/other": 3.0,
+    }
     assert progress_metrics(stats, {keys.LOSS: "0.0123", "v_num": "ab12"}) == {
-        "reward": "0.417", "retry": "0.25", "follows": "0.5", "tok/s": "812", "loss": "0.0123"}
+        "reward": "0.417",
+        "retry": "0.25",
+        "follows": "0.5",
+        "tok/s": "812",
+        "loss": "0.0123",
+    }
     assert progress_metrics({}, {"v_num": "ab12"}) == {}

@@ -1,5 +1,6 @@
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from r3exp.tasks.countdown import extract_answer, is_correct
 from r3exp.tasks.countdown_solver import solve
@@ -18,24 +19,27 @@ def test_right_answers_pass(countdown):
     assert countdown.validate({"nums": [1, 3, 3, 10], "target": 11}, "<answer>1 / 3 * 3 + 10</answer>")
 
 
-@pytest.mark.parametrize("answer", [
-    "<answer> 3 * 5 + 6 </answer>",        # wrong value
-    "<answer> 3 * 5 </answer>",            # a number unused
-    "<answer> 3 * 5 + 7 + 7 - 7 </answer>",  # a number used twice
-    "3 * 5 + 7",                           # no answer tags
-    "<answer></answer>",
-    "<answer> 3 ** 5 </answer>",
-    "<answer> __import__('os').system('echo pwned') </answer>",
-    "<answer> (3).real * 5 + 7 </answer>",
-    "<answer> abs(3) * 5 + 7 </answer>",
-    "<answer> x * 5 + 7 </answer>",
-    "<answer> 3 * 5 + 7 / 0 </answer>",
-    "<answer> 3.0 * 5 + 7 </answer>",      # floats are not the given integers
-    "<answer> 99999999999999999999 * 5 </answer>",
-    "<answer>" + "(" * 500 + "3" + ")" * 500 + "</answer>",
-    "<answer> 3 * 5 + 7 == 22 </answer>",
-    "<answer> [3, 5, 7] </answer>",
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "<answer> 3 * 5 + 6 </answer>",  # wrong value
+        "<answer> 3 * 5 </answer>",  # a number unused
+        "<answer> 3 * 5 + 7 + 7 - 7 </answer>",  # a number used twice
+        "3 * 5 + 7",  # no answer tags
+        "<answer></answer>",
+        "<answer> 3 ** 5 </answer>",
+        "<answer> __import__('os').system('echo pwned') </answer>",
+        "<answer> (3).real * 5 + 7 </answer>",
+        "<answer> abs(3) * 5 + 7 </answer>",
+        "<answer> x * 5 + 7 </answer>",
+        "<answer> 3 * 5 + 7 / 0 </answer>",
+        "<answer> 3.0 * 5 + 7 </answer>",  # floats are not the given integers
+        "<answer> 99999999999999999999 * 5 </answer>",
+        "<answer>" + "(" * 500 + "3" + ")" * 500 + "</answer>",
+        "<answer> 3 * 5 + 7 == 22 </answer>",
+        "<answer> [3, 5, 7] </answer>",
+    ],
+)
 def test_wrong_and_hostile_answers_fail(countdown, answer):
     assert countdown.validate(EXAMPLE, answer) is False
 
@@ -48,9 +52,15 @@ def test_validator_returns_bool_for_any_string(countdown, text):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(st.integers(0, 10**7).map(str), lambda inner: st.tuples(
-    inner, st.sampled_from(["+", "-", "*", "/", "**", "//", "%", "<<"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
-    max_leaves=40))
+@given(
+    st.recursive(
+        st.integers(0, 10**7).map(str),
+        lambda inner: st.tuples(inner, st.sampled_from(["+", "-", "*", "/", "**", "//", "%", "<<"]), inner).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        max_leaves=40,
+    )
+)
 def test_arithmetic_evaluator_never_raises_anything_but_unsafe(expression):
     try:
         evaluate(expression)
@@ -83,18 +93,30 @@ def test_generated_instances_are_solvable_and_in_range(countdown):
 
 
 def test_splits_are_disjoint_and_seeded(countdown):
-    keys = {split: {(tuple(sorted(r["nums"])), r["target"]) for r in countdown.examples(split)}
-            for split in ("train", "validation", "test")}
+    keys = {
+        split: {(tuple(sorted(r["nums"])), r["target"]) for r in countdown.examples(split)}
+        for split in ("train", "validation", "test")
+    }
     assert not keys["train"] & keys["validation"] and not keys["train"] & keys["test"]
     assert not keys["validation"] & keys["test"]
     assert len(keys["test"]) == 50
     from r3exp.tasks.countdown import CountdownTask
 
-    again = CountdownTask(countdown.prompt, countdown.reflection_prompt, countdown.retry_prompt,
-                          split_sizes={"train": 300, "validation": 50, "test": 50}, seed=0)
+    again = CountdownTask(
+        countdown.prompt,
+        countdown.reflection_prompt,
+        countdown.retry_prompt,
+        split_sizes={"train": 300, "validation": 50, "test": 50},
+        seed=0,
+    )
     assert again.examples("test") == countdown.examples("test")
-    other = CountdownTask(countdown.prompt, countdown.reflection_prompt, countdown.retry_prompt,
-                          split_sizes={"train": 300, "validation": 50, "test": 50}, seed=1)
+    other = CountdownTask(
+        countdown.prompt,
+        countdown.reflection_prompt,
+        countdown.retry_prompt,
+        split_sizes={"train": 300, "validation": 50, "test": 50},
+        seed=1,
+    )
     assert other.examples("test") != countdown.examples("test")
 
 
@@ -117,8 +139,13 @@ def test_local_file_source_in_public_format(tmp_path, countdown):
 
     path = tmp_path / "countdown.jsonl"
     path.write_text("\n".join(json.dumps({"target": 10 + i, "nums": [i + 1, 9, 1]}) for i in range(20)))
-    task = CountdownTask(countdown.prompt, countdown.reflection_prompt, countdown.retry_prompt, source=str(path),
-                         split_sizes={"train": 10, "validation": 5, "test": 5})
+    task = CountdownTask(
+        countdown.prompt,
+        countdown.reflection_prompt,
+        countdown.retry_prompt,
+        source=str(path),
+        split_sizes={"train": 10, "validation": 5, "test": 5},
+    )
     splits = [task.examples(s) for s in ("train", "validation", "test")]
     assert [len(s) for s in splits] == [10, 5, 5]
     seen = [(tuple(r["nums"]), r["target"]) for s in splits for r in s]

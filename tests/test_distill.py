@@ -1,5 +1,6 @@
 """rollout.protocol=r3_grpo_distill: the rewarded retries join their example's attempt group as rows of the
 original prompt, trained with LUFFY's shaped loss; without them the protocol is r3_grpo."""
+
 from __future__ import annotations
 
 import math
@@ -14,14 +15,14 @@ from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
 from r3exp.grpo.module import GRPOLoss
 from r3exp.grpo.step import LossSettings, accumulate_gradients, correct_for_engine, step_rows
-from r3exp.runtime.components import Components
-from r3exp.runtime.fitting import fit_policy
 from r3exp.rollout.batching import batch_rows, build_batch
 from r3exp.rollout.datamodule import ReflectionRolloutDataModule
-from r3exp.rollout.rollout_stats import rollout_stats
 from r3exp.rollout.engines import SamplingConfig
 from r3exp.rollout.engines.interface import Completion
 from r3exp.rollout.episodes import ATTEMPT, ChatRenderer, Episode, add_distilled_rows
+from r3exp.rollout.rollout_stats import rollout_stats
+from r3exp.runtime.components import Components
+from r3exp.runtime.fitting import fit_policy
 from r3exp.tasks.countdown import CountdownTask
 from tests.conftest import load_task
 from tests.test_micro_batches import VOCAB, causal_lm, full_logits_logprobs, gradients
@@ -36,17 +37,33 @@ def groups_of_one_example():
     """An attempt group (prompt [1, 2, 3], four sampled attempts, one right) and the R3 group on its failed
     attempt: four reflections, whose retries pass, fail, pass (the same tokens as the first) and pass."""
     attempts = [completion([40, 41]), completion([42]), completion([43, 44, 45]), completion([46])]
-    grpo = Episode({"id": 0}, attempts[0], False, reflection_prompt_ids=[1, 2, 3], reflections=attempts,
-                   rewards=[0.0, 1.0, 0.0, 0.0], retry_successes=[False, True, False, False], kind=ATTEMPT)
+    grpo = Episode(
+        {"id": 0},
+        attempts[0],
+        False,
+        reflection_prompt_ids=[1, 2, 3],
+        reflections=attempts,
+        rewards=[0.0, 1.0, 0.0, 0.0],
+        retry_successes=[False, True, False, False],
+        kind=ATTEMPT,
+    )
     retries = [completion([50, 51]), completion([52]), completion([50, 51]), completion([53, 54, 55])]
-    r3 = Episode({"id": 0}, attempts[0], False, reflection_prompt_ids=[1, 2, 3, 40, 41, 9, 9],
-                 reflections=[completion([60 + i, 70 + i]) for i in range(4)], retries=retries,
-                 rewards=[1.0, 0.0, 1.0, 1.0], retry_successes=[True, False, True, True])
+    r3 = Episode(
+        {"id": 0},
+        attempts[0],
+        False,
+        reflection_prompt_ids=[1, 2, 3, 40, 41, 9, 9],
+        reflections=[completion([60 + i, 70 + i]) for i in range(4)],
+        retries=retries,
+        rewards=[1.0, 0.0, 1.0, 1.0],
+        retry_successes=[True, False, True, True],
+    )
     return grpo, r3
 
 
-@pytest.mark.parametrize("distinct, added", [(True, [[50, 51], [53, 54, 55]]),
-                                              (False, [[50, 51], [50, 51], [53, 54, 55]])])
+@pytest.mark.parametrize(
+    "distinct, added", [(True, [[50, 51], [53, 54, 55]]), (False, [[50, 51], [50, 51], [53, 54, 55]])]
+)
 def test_a_rewarded_retry_joins_the_attempt_group_as_a_row_of_the_original_prompt(distinct, added):
     grpo, r3 = groups_of_one_example()
     assert add_distilled_rows(grpo, r3, distinct=distinct) == len(added)
@@ -64,7 +81,7 @@ def test_a_rewarded_retry_joins_the_attempt_group_as_a_row_of_the_original_promp
         assert batch["input_ids"][b][batch["reflection_mask"][b]].tolist() == retry.token_ids
         assert batch["behaviour_logprobs"][b][batch["reflection_mask"][b]].tolist() == pytest.approx(retry.logprobs)
         assert batch["group_ids"][b] == batch["group_ids"][0] and batch["rewards"][b] == 1.0
-    assert not batch["off_policy"][:4].any() and not batch["off_policy"][4 + len(added):].any()
+    assert not batch["off_policy"][:4].any() and not batch["off_policy"][4 + len(added) :].any()
 
 
 def test_distilled_rows_share_the_group_advantage_and_leave_on_policy_metrics_alone():
@@ -105,8 +122,16 @@ def tiny_step_batch(generator):
         rows = [completion(torch.randint(3, VOCAB, (2 + i,), generator=generator).tolist()) for i in range(3)]
         for row in rows:
             row.logprobs = (-1.5 - torch.rand(len(row.token_ids), generator=generator)).tolist()
-        ep = Episode({"id": g}, rows[0], False, reflection_prompt_ids=prompt, reflections=rows,
-                     rewards=[1.0, 0.0, 0.0] if g == 0 else [0.0, 1.0, 0.0], retry_successes=[False] * 3, kind=ATTEMPT)
+        ep = Episode(
+            {"id": g},
+            rows[0],
+            False,
+            reflection_prompt_ids=prompt,
+            reflections=rows,
+            rewards=[1.0, 0.0, 0.0] if g == 0 else [0.0, 1.0, 0.0],
+            retry_successes=[False] * 3,
+            kind=ATTEMPT,
+        )
         retry = completion(torch.randint(3, VOCAB, (3,), generator=generator).tolist())
         add_distilled_rows(ep, Episode(ep.example, rows[0], False, retries=[retry], retry_successes=[True]))
         episodes.append(ep)
@@ -118,8 +143,17 @@ def test_the_shaped_loss_and_its_gradient_equal_a_hand_computation(share_prompts
     generator = torch.Generator().manual_seed(0)
     batch = tiny_step_batch(generator)
     policy = causal_lm(tied=False, lora=False)
-    settings = LossSettings(0.2, 0.28, 0.0, "dapo", 1.0, 8, max_tokens_per_micro_batch=24,
-                            share_prompts=share_prompts, off_policy_shaping=0.1)
+    settings = LossSettings(
+        0.2,
+        0.28,
+        0.0,
+        "dapo",
+        1.0,
+        8,
+        max_tokens_per_micro_batch=24,
+        share_prompts=share_prompts,
+        off_policy_shaping=0.1,
+    )
     rows = step_rows([batch], "group", beta=0.0)
     assert rows.batch["off_policy"].sum() == 2
     metrics = accumulate_gradients(policy, rows, settings)
@@ -193,11 +227,13 @@ def test_rollout_distill_is_refused_where_it_is_not_read_and_checked_where_it_is
     with pytest.raises(ConfigError, match=r"rollout.distill=all is read by rollout.protocol=r3_grpo_distill only"):
         ReflectionRolloutDataModule(None, None, None, sampling, sampling, sampling, protocol="r3_grpo", distill="all")
     with pytest.raises(ConfigError, match=r"rollout.distill='some'; expected one of \('distinct', 'all', 'none'\)"):
-        ReflectionRolloutDataModule(None, None, None, sampling, sampling, sampling, protocol="r3_grpo_distill",
-                                    distill="some")
+        ReflectionRolloutDataModule(
+            None, None, None, sampling, sampling, sampling, protocol="r3_grpo_distill", distill="some"
+        )
     with pytest.raises(ConfigError, match=r"rollout.retry.max_tokens=64 > rollout.attempt.max_tokens=16"):
-        ReflectionRolloutDataModule(None, None, None, SamplingConfig(max_tokens=16), sampling, SamplingConfig(64),
-                                    protocol="r3_grpo_distill")
+        ReflectionRolloutDataModule(
+            None, None, None, SamplingConfig(max_tokens=16), sampling, SamplingConfig(64), protocol="r3_grpo_distill"
+        )
     with pytest.raises(ConfigError, match=r"grpo.loss.off_policy_shaping=0: expected > 0"):
         GRPOLoss(off_policy_shaping=0)
 
@@ -219,7 +255,8 @@ def datamodule(cfg, engine, tokenizer, task, **overrides):
 
 @pytest.mark.integration
 def test_the_protocol_without_distilled_rows_is_r3_grpo_and_with_them_adds_the_rewarded_retries(
-        tmp_path, tokenizer, fresh_vllm):
+    tmp_path, tokenizer, fresh_vllm
+):
     cfg = training_config(tmp_path, "rollout.examples_per_step=4", "rollout.group_size=4", "rollout.on_no_signal=skip")
     task = load_task("countdown", _target_=f"{__name__}.EvenLengthTask")
     reference = datamodule(cfg, fresh_vllm, tokenizer, task, protocol="r3_grpo").next_batch()
@@ -258,8 +295,15 @@ def test_the_protocol_without_distilled_rows_is_r3_grpo_and_with_them_adds_the_r
 def test_a_distilling_run_trains_every_step_with_its_retries(tmp_path, tiny_path, tokenizer, fresh_vllm):
     """The real Lightning module over r3_grpo_distill's batches: the distilled rows are trained (their
     metrics are logged) and the sampled rows' ratio is still 1 on the first update."""
-    cfg = training_config(tmp_path, "trainer.max_steps=2", "rollout.protocol=r3_grpo_distill", "rollout.group_size=4",
-                          "rollout.examples_per_step=4", "rollout.on_no_signal=skip", "optimizer.optimizer.lr=1e-3")
+    cfg = training_config(
+        tmp_path,
+        "trainer.max_steps=2",
+        "rollout.protocol=r3_grpo_distill",
+        "rollout.group_size=4",
+        "rollout.examples_per_step=4",
+        "rollout.on_no_signal=skip",
+        "optimizer.optimizer.lr=1e-3",
+    )
     recorder = StepRecorder()
     fresh_vllm.seek("training", 0)
     task = load_task("countdown", _target_=f"{__name__}.EvenLengthTask")

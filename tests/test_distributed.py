@@ -1,5 +1,6 @@
 """Several ranks: real torch.distributed (gloo) processes on this CPU, and the real command line on two
 ranks (Lightning DDP, a vLLM-CPU engine per rank)."""
+
 from __future__ import annotations
 
 import copy
@@ -10,9 +11,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from r3exp.errors import ConfigError
 from r3exp.grpo import functions as F
 from r3exp.grpo.step import LossSettings, accumulate_gradients, reference_logprobs, step_rows
-from r3exp.errors import ConfigError
 from r3exp.rollout.datamodule import draw_indices, rank_position
 from tests.test_cli import SHORT, r3exp
 from tests.test_micro_batches import causal_lm, rollout
@@ -39,8 +40,13 @@ def test_rank_state_is_an_object_handed_over_not_module_globals():
 
     tree = ast.parse(inspect.getsource(distributed))
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.Global)]
-    assigned = [t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
-                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)]
+    assigned = [
+        t.id
+        for n in tree.body
+        if isinstance(n, (ast.Assign, ast.AnnAssign))
+        for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+        if isinstance(t, ast.Name)
+    ]
     assert assigned == []
     one = distributed.Ranks()  # one process: every split is the identity
     assert (one.engine_rank, one.data_rank, one.data_world) == (0, 0, 1)
@@ -59,8 +65,11 @@ CASES = {  # loss type, reward scaling, beta, does rank 1 have any signal
 
 
 def test_each_rank_resumes_from_its_own_position():
-    state = {"cursor": 4, "sampling_calls": 6, "ranks": [{"cursor": 4, "sampling_calls": 6},
-                                                         {"cursor": 8, "sampling_calls": 12}]}
+    state = {
+        "cursor": 4,
+        "sampling_calls": 6,
+        "ranks": [{"cursor": 4, "sampling_calls": 6}, {"cursor": 8, "sampling_calls": 12}],
+    }
     assert rank_position(state, 1, 2) == {"cursor": 8, "sampling_calls": 12}
     assert rank_position(state, 0, 2) == {"cursor": 4, "sampling_calls": 6}
     assert rank_position({"cursor": 3, "sampling_calls": 5}, 0, 1)["cursor"] == 3  # a single-rank checkpoint
@@ -70,8 +79,16 @@ def test_each_rank_resumes_from_its_own_position():
 
 def settings(case: str) -> LossSettings:
     loss_type, _, beta, _ = CASES[case]
-    return LossSettings(epsilon=0.2, epsilon_high=0.28, beta=beta, loss_type=loss_type, temperature=0.7,
-                        max_reflection_tokens=8, max_tokens_per_micro_batch=40, logprob_chunk_size=5)
+    return LossSettings(
+        epsilon=0.2,
+        epsilon_high=0.28,
+        beta=beta,
+        loss_type=loss_type,
+        temperature=0.7,
+        max_reflection_tokens=8,
+        max_tokens_per_micro_batch=40,
+        logprob_chunk_size=5,
+    )
 
 
 def rank_rollout(rank: int, case: str) -> dict:
@@ -164,8 +181,14 @@ def _engine_group_step(rank: int, case: str, port: int, out_dir: str) -> None:
     rows.size = F.StepSize(int(total_rows), int(total_tokens))
     rows = with_reference(model, share_of_engine(rows, ranks.engine_rank, 2), case)
     loss = sgd_step(model, rows, settings(case), distributed.sum_gradients)
-    torch.save({"loss": loss, "params": dict(model.named_parameters()), "shards": (ranks.shard(list(range(5))),
-                ranks.gather_shards(ranks.shard(list(range(5)))))}, f"{out_dir}/rank{rank}.pt")
+    torch.save(
+        {
+            "loss": loss,
+            "params": dict(model.named_parameters()),
+            "shards": (ranks.shard(list(range(5))), ranks.gather_shards(ranks.shard(list(range(5))))),
+        },
+        f"{out_dir}/rank{rank}.pt",
+    )
     dist.destroy_process_group()
 
 
@@ -204,10 +227,25 @@ def test_main_job_on_two_ranks_then_resume(tmp_path):
     assert "MEMBER: 2/2" in out.stdout + out.stderr
     assert out.stdout.count("| trained | test | 16 |") == 1  # rank 0 alone prints the table
     # rank 0 alone writes the run directory; rank 1 leaves only its Hydra job log and engine log there
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted([
-        "checkpoints", "cli.log", "engine.log", "engine_rank1.log", "eval_base_episodes.jsonl", "eval_trained_episodes.jsonl", "policy",
-        "provenance.json", "reflection_samples.jsonl", "results.json", "train_ddp_process_1.log",
-        "train_metrics.csv", "wandb", "wandb_run_id", ".hydra"])
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(
+        [
+            "checkpoints",
+            "cli.log",
+            "engine.log",
+            "engine_rank1.log",
+            "eval_base_episodes.jsonl",
+            "eval_trained_episodes.jsonl",
+            "policy",
+            "provenance.json",
+            "reflection_samples.jsonl",
+            "results.json",
+            "train_ddp_process_1.log",
+            "train_metrics.csv",
+            "wandb",
+            "wandb_run_id",
+            ".hydra",
+        ]
+    )
     results = json.loads((run_dir / "results.json").read_text())
     assert results["base"]["total"] == results["trained"]["total"] == 16  # every test example once
     episodes = [json.loads(line) for line in (run_dir / "eval_base_episodes.jsonl").read_text().splitlines()]
@@ -215,8 +253,15 @@ def test_main_job_on_two_ranks_then_resume(tmp_path):
     rank0, rank1 = drawn_examples(run_dir / "cli.log"), drawn_examples(run_dir / "train_ddp_process_1.log")
     assert len(rank0) == len(rank1) == 4 and not set(rank0) & set(rank1)  # 2 steps x 2 examples, different
     # resume on two ranks: both continue from step 2, each from its own position in the stream
-    out = r3exp(*SHORT, *TWO_RANKS, f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_steps=3",
-                "mode=train", timeout=900)
+    out = r3exp(
+        *SHORT,
+        *TWO_RANKS,
+        f"hydra.run.dir={run_dir}",
+        "ckpt_path=last",
+        "trainer.max_steps=3",
+        "mode=train",
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 3
@@ -227,8 +272,12 @@ def test_main_job_on_two_ranks_then_resume(tmp_path):
     assert not set(resumed0[4:]) & set(rank0 + rank1)
 
 
-SIGNAL = ["rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains", "~rollout.reward._partial_",
-          "+rollout.reward.text=a", "rollout.group_size=4"]  # a reward any model earns now and then
+SIGNAL = [
+    "rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains",
+    "~rollout.reward._partial_",
+    "+rollout.reward.text=a",
+    "rollout.group_size=4",
+]  # a reward any model earns now and then
 
 
 @pytest.mark.integration
@@ -240,9 +289,16 @@ def test_main_job_with_one_tensor_parallel_engine_over_two_ranks(trainer, tmp_pa
     from r3exp.tracking.metrics_file import read_metrics
 
     run_dir = tmp_path / "run"
-    out = r3exp(*SHORT, *SIGNAL, f"trainer={trainer}", TWO_RANKS[1], "engine.tensor_parallel_size=2",
-                f"hydra.run.dir={run_dir}",
-                "trainer.max_steps=3", timeout=900)
+    out = r3exp(
+        *SHORT,
+        *SIGNAL,
+        f"trainer={trainer}",
+        TWO_RANKS[1],
+        "engine.tensor_parallel_size=2",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=3",
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rank0, rank1 = drawn_examples(run_dir / "cli.log"), drawn_examples(run_dir / "train_ddp_process_1.log")
     assert rank0 == rank1 and len(rank0) == 6  # one engine: one share of the data
@@ -264,8 +320,15 @@ def test_a_tensor_parallel_engine_needs_its_ranks():
 def test_evaluation_on_two_ranks_counts_every_example_once_and_matches_one_rank(tmp_path):
     tables = {}
     for name, extra in (("one", []), ("two", ["trainer=cpu_ddp"])):
-        out = r3exp("mode=evaluate", "evaluation.limit=12", "task.split_sizes.test=16", *SHORT[-2:], *extra,
-                    f"hydra.run.dir={tmp_path / name}", timeout=900)
+        out = r3exp(
+            "mode=evaluate",
+            "evaluation.limit=12",
+            "task.split_sizes.test=16",
+            *SHORT[-2:],
+            *extra,
+            f"hydra.run.dir={tmp_path / name}",
+            timeout=900,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         assert ("MEMBER: 2/2" in out.stdout + out.stderr) == (name == "two")
         results = json.loads((tmp_path / name / "results.json").read_text())
@@ -292,10 +355,13 @@ def test_sharded_presets_compose_to_lightnings_model_parallel_strategy(preset):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("override, says", [
-    ("trainer.strategy=fsdp", "use trainer=fsdp"),  # Lightning's FSDP1 strategy
-    ("+trainer.strategy.tensor_parallel_size=2", "tensor_parallel_size=2"),
-])
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("trainer.strategy=fsdp", "use trainer=fsdp"),  # Lightning's FSDP1 strategy
+        ("+trainer.strategy.tensor_parallel_size=2", "tensor_parallel_size=2"),
+    ],
+)
 def test_unsupported_sharding_is_refused_with_one_line(override, says):
     preset = "trainer=ddp" if override.startswith("trainer.strategy=") else "trainer=fsdp"
     out = r3exp(preset, override, "mode=train")
@@ -307,9 +373,14 @@ def test_unsupported_sharding_is_refused_with_one_line(override, says):
 def test_slurm_sweep_asks_for_one_task_per_gpu_on_every_node():
     out = r3exp("--config-dir", "sweeps", "--config-name", "slurm", "--cfg", "hydra")
     assert out.returncode == 0, out.stderr[-2000:]
-    for line in ("nodes: ${trainer.num_nodes}", "tasks_per_node: ${trainer.devices}", "gpus_per_node: ${trainer.devices}"):
+    for line in (
+        "nodes: ${trainer.num_nodes}",
+        "tasks_per_node: ${trainer.devices}",
+        "gpus_per_node: ${trainer.devices}",
+    ):
         assert line in out.stdout
-    out = r3exp("--config-dir", "sweeps", "--config-name", "slurm", "trainer.devices=8", "trainer.num_nodes=2",
-                "--cfg", "job")
+    out = r3exp(
+        "--config-dir", "sweeps", "--config-name", "slurm", "trainer.devices=8", "trainer.num_nodes=2", "--cfg", "job"
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "devices: 8" in out.stdout and "num_nodes: 2" in out.stdout

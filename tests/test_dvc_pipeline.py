@@ -1,4 +1,5 @@
 """The DVC pipeline (dvc.yaml) runs for real, on tiny settings, in a temporary copy of the repository."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,25 @@ import yaml
 
 from tests.conftest import CACHE, CONF, ROOT
 
-TINY = ["task.split_sizes.train=24", "task.split_sizes.validation=8", "task.split_sizes.test=8",
-        "evaluation.limit=8", "failures.attempts=1", "trainer.max_steps=2", "rollout.examples_per_step=2",
-        "rollout.group_size=2", "rollout.max_draws=1", "rollout.attempt.max_tokens=16",
-        "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=16", "logger=csv",
-        "model=tiny_warm", "model.warm_start.steps=2", "model.warm_start.episodes=32",  # a token warm start
-        "forgetting.limit=20"]
+TINY = [
+    "task.split_sizes.train=24",
+    "task.split_sizes.validation=8",
+    "task.split_sizes.test=8",
+    "evaluation.limit=8",
+    "failures.attempts=1",
+    "trainer.max_steps=2",
+    "rollout.examples_per_step=2",
+    "rollout.group_size=2",
+    "rollout.max_draws=1",
+    "rollout.attempt.max_tokens=16",
+    "rollout.reflection.max_tokens=16",
+    "rollout.retry.max_tokens=16",
+    "logger=csv",
+    "model=tiny_warm",
+    "model.warm_start.steps=2",
+    "model.warm_start.episodes=32",  # a token warm start
+    "forgetting.limit=20",
+]
 STAGES = ("data", "warmstart", "failures", "train", "evaluate_base", "evaluate", "forgetting")
 
 
@@ -39,8 +53,13 @@ def test_committed_params_yaml_is_the_composed_default_config(tmp_path):
 
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     copy = tmp_path / "repo"
     for name in files:
         if (ROOT / name).is_file():
@@ -52,10 +71,17 @@ def repo_copy(tmp_path) -> Path:
 
 def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "R3EXP_CACHE_DIR": str(CACHE),
-           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "DVC_NO_ANALYTICS": "1"}
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=900)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "R3EXP_CACHE_DIR": str(CACHE),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 @pytest.mark.integration
@@ -67,8 +93,9 @@ def test_dvc_repro_runs_every_stage_then_skips_them_all(repo_copy):
         assert f"Running stage '{stage}'" in out.stdout
 
     pipeline = repo_copy / "pipeline"
-    assert [len((pipeline / "data" / f"{s}.jsonl").read_text().splitlines()) for s in ("train", "validation", "test")] \
-        == [24, 8, 8]
+    assert [
+        len((pipeline / "data" / f"{s}.jsonl").read_text().splitlines()) for s in ("train", "validation", "test")
+    ] == [24, 8, 8]
     assert (pipeline / "warmstart" / "model" / "model.safetensors").exists()
     assert json.loads((pipeline / "warmstart" / "results.json").read_text())["warm_start"]["split"] == "validation"
     assert (pipeline / "failures" / "failures.jsonl").exists()

@@ -1,4 +1,5 @@
 """The real vLLM engine (CPU) and the HF engine on the tiny model."""
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,14 +16,15 @@ def forward_logprobs(model, prompt: list[int], completion: list[int]) -> torch.T
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
         logits = model(ids).logits[:, :-1]
-    return token_logprobs(logits, ids[:, 1:])[0, len(prompt) - 1:]
+    return token_logprobs(logits, ids[:, 1:])[0, len(prompt) - 1 :]
 
 
 def perturbed_weights(tiny_path, scale=0.5, seed=1):
     state = load_file(str(tiny_path / "model.safetensors"))
     gen = torch.Generator().manual_seed(seed)
-    return {k: v + scale * torch.randn(v.shape, generator=gen) * v.std() if v.dim() > 1 else v
-            for k, v in state.items()}
+    return {
+        k: v + scale * torch.randn(v.shape, generator=gen) * v.std() if v.dim() > 1 else v for k, v in state.items()
+    }
 
 
 def check_engine_matches_model(engine, model, tokenizer, n=3):
@@ -88,8 +90,9 @@ def test_one_vllm_engine_per_process_and_a_closed_engine_lets_the_next_one_run(e
     engine_pool.close()  # and closing twice is harmless
     reopened = engine_pool.get(tiny_path)  # rebuilds them: it samples (a stale teardown made this fail in CI)
     assert reopened is not engine
-    assert [c.token_ids for c in reopened.generate(prompt, 2, SAMPLING, stream="check")[0]] == \
-        [c.token_ids for c in before]
+    assert [c.token_ids for c in reopened.generate(prompt, 2, SAMPLING, stream="check")[0]] == [
+        c.token_ids for c in before
+    ]
 
 
 def test_hf_engine_logprobs_and_update_weights(tiny_path, tokenizer):
@@ -135,8 +138,9 @@ def r3_episodes(engine, tokenizer, countdown):
 
 
 @pytest.mark.integration
-def test_small_kv_blocks_reuse_the_prompts_of_a_step_and_sample_the_same_episodes(engine_pool, tiny_path, tokenizer,
-                                                                                countdown):
+def test_small_kv_blocks_reuse_the_prompts_of_a_step_and_sample_the_same_episodes(
+    engine_pool, tiny_path, tokenizer, countdown
+):
     """vLLM-CPU's default 128-token KV block is longer than R3's prompts, so its prefix cache never served the
     G samples of a reflection prompt or the retries that extend it; r3exp's 32-token blocks do. Caching
     changes which keys and values are recomputed, not what is sampled: the same episodes, token for token."""
@@ -163,8 +167,9 @@ def test_small_kv_blocks_reuse_the_prompts_of_a_step_and_sample_the_same_episode
             assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
     assert set(timing.turns) == {"attempt", "reflection", "retry"}
     assert timing.turns["reflection"].rows == 4 * timing.turns["reflection"].prompts
-    assert timing.generated_tokens == sum(len(c.token_ids) for ep in small
-                                          for c in [ep.attempt, *ep.reflections, *ep.retries])
+    assert timing.generated_tokens == sum(
+        len(c.token_ids) for ep in small for c in [ep.attempt, *ep.reflections, *ep.retries]
+    )
 
 
 def test_a_kv_block_the_cpu_kernels_cannot_take_is_one_config_error(tiny_path):

@@ -23,8 +23,9 @@ def test_evaluation_runs_the_protocol_and_is_reproducible(countdown, tokenizer, 
     assert all(len(ep.reflections) == 1 and len(ep.retries) == 1 for ep in failed)
     again, episodes_again = evaluate(protocol, examples, "test", batch_size=5)
     assert again == first
-    assert [ep.reflections[0].token_ids for ep in failed] == \
-        [ep.reflections[0].token_ids for ep in episodes_again if not ep.first_try_success]
+    assert [ep.reflections[0].token_ids for ep in failed] == [
+        ep.reflections[0].token_ids for ep in episodes_again if not ep.first_try_success
+    ]
 
 
 def _failed(example_id: int, reflection: str):
@@ -32,8 +33,15 @@ def _failed(example_id: int, reflection: str):
     from r3exp.rollout.episodes import Episode
 
     done = Completion([1], [0.0], "x", True)
-    return Episode({"id": example_id}, done, False, reflections=[Completion([2], [0.0], reflection, True)],
-                   retries=[done], retry_successes=[False], rewards=[0.0])
+    return Episode(
+        {"id": example_id},
+        done,
+        False,
+        reflections=[Completion([2], [0.0], reflection, True)],
+        retries=[done],
+        retry_successes=[False],
+        rewards=[0.0],
+    )
 
 
 def test_reflection_controls_swap_reflections_between_failures_and_empty_them():
@@ -53,8 +61,16 @@ def test_reflection_controls_swap_reflections_between_failures_and_empty_them():
 
 
 def test_table_shows_the_controls_and_the_follow_rate():
-    r = EvalResult("test", total=10, first_try_correct=2, reflection_fixed=3, shuffled_reflection_fixed=1,
-                   empty_reflection_fixed=0, followed=4, follow_defined=5)
+    r = EvalResult(
+        "test",
+        total=10,
+        first_try_correct=2,
+        reflection_fixed=3,
+        shuffled_reflection_fixed=1,
+        empty_reflection_fixed=0,
+        followed=4,
+        follow_defined=5,
+    )
     table = format_table({"m": r})
     assert "| m | 50.0% (5/10) | 30.0% (3/10) | 20.0% (2/10) | 80.0% (4/5) |" in table
     assert EvalResult.from_dict(r.to_dict()) == r
@@ -81,17 +97,34 @@ def test_grouped_counts_split_the_totals_by_group_with_their_controls():
 
     solved = Episode({"id": 9, "category": "b"}, Completion([1], [0.0], "right", True), True)
     episodes = [failed(0, "b", True), solved, failed(1, "a", False), failed(2, "a", True), failed(3, "b", False)]
-    outcomes = {"shuffled": [(episodes[0], True), (episodes[2], True), (episodes[3], False), (episodes[4], True)],
-                "empty": [(episodes[0], False), (episodes[2], False), (episodes[3], True), (episodes[4], False)]}
+    outcomes = {
+        "shuffled": [(episodes[0], True), (episodes[2], True), (episodes[3], False), (episodes[4], True)],
+        "empty": [(episodes[0], False), (episodes[2], False), (episodes[3], True), (episodes[4], False)],
+    }
     result = result_with_controls(Grouped(), episodes, "test", outcomes)
     assert list(result.groups) == ["b", "a"]  # in the order the groups first appear
     b, a = result.groups["b"], result.groups["a"]
-    assert (b.total, b.first_try_correct, b.reflection_fixed, b.shuffled_reflection_fixed, b.empty_reflection_fixed) \
-        == (3, 1, 1, 2, 0)
-    assert (a.total, a.first_try_correct, a.reflection_fixed, a.shuffled_reflection_fixed, a.empty_reflection_fixed) \
-        == (2, 0, 1, 1, 1)
-    for field in ("total", "first_try_correct", "reflection_fixed", "shuffled_reflection_fixed",
-                  "empty_reflection_fixed"):
+    assert (
+        b.total,
+        b.first_try_correct,
+        b.reflection_fixed,
+        b.shuffled_reflection_fixed,
+        b.empty_reflection_fixed,
+    ) == (3, 1, 1, 2, 0)
+    assert (
+        a.total,
+        a.first_try_correct,
+        a.reflection_fixed,
+        a.shuffled_reflection_fixed,
+        a.empty_reflection_fixed,
+    ) == (2, 0, 1, 1, 1)
+    for field in (
+        "total",
+        "first_try_correct",
+        "reflection_fixed",
+        "shuffled_reflection_fixed",
+        "empty_reflection_fixed",
+    ):
         assert getattr(result, field) == getattr(a, field) + getattr(b, field)
     assert EvalResult.from_dict(result.to_dict()) == result
     assert "| m | b | 3 | 33.3% (1) | 66.7% (2) | +33.3 | 100.0% (3/3) | 33.3% (1/3) |" in format_table({"m": result})
@@ -127,8 +160,9 @@ def test_batching_and_one_call_for_every_control_change_no_episode(countdown, to
     small, small_episodes = evaluate(protocol, examples, "test", batch_size=5)
     one, one_episodes = evaluate(protocol, examples, "test", batch_size=256)
     assert one == small
-    assert [[c.token_ids for c in ep.retries] for ep in one_episodes] == \
-        [[c.token_ids for c in ep.retries] for ep in small_episodes]
+    assert [[c.token_ids for c in ep.retries] for ep in one_episodes] == [
+        [c.token_ids for c in ep.retries] for ep in small_episodes
+    ]
     shuffled, empty = control_reflections(one_episodes, "shuffled"), control_reflections(one_episodes, "empty")
     assert shuffled and empty
     separate = protocol.retries_with(shuffled) + protocol.retries_with(empty)

@@ -1,4 +1,5 @@
 """The exported policy is the trained one: a LoRA policy's merged/ holds base + adapter."""
+
 from __future__ import annotations
 
 import copy
@@ -32,9 +33,17 @@ def bf16_lora_policy():
     from peft import LoraConfig, get_peft_model
 
     base = causal_lm(tied=False, lora=False).to(torch.bfloat16)
-    return get_peft_model(base, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, task_type="CAUSAL_LM",
-                                           target_modules=["q_proj", "v_proj", "down_proj"]),
-                          autocast_adapter_dtype=True)  # float32 adapters over the bf16 base, as load_policy
+    return get_peft_model(
+        base,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            init_lora_weights=False,
+            task_type="CAUSAL_LM",
+            target_modules=["q_proj", "v_proj", "down_proj"],
+        ),
+        autocast_adapter_dtype=True,
+    )  # float32 adapters over the bf16 base, as load_policy
 
 
 def test_merged_weights_leave_a_bf16_base_untouched_where_merging_in_place_moved_it():

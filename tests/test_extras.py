@@ -1,5 +1,6 @@
 """The slim core: r3exp runs with only its core packages (as on the lent GPU machine, which has no vLLM, W&B,
 lm-eval, ...), and a config that needs a missing optional extra stops at once with one line naming it."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,24 @@ from tests.site_packages import packages_without, python_without_site
 from tests.test_cli import SHORT
 
 # every optional extra's packages (pyproject.toml) and vLLM (the cpu and gpu extras); names as in site-packages
-EXTRAS = ("wandb", "lm_eval", "datasets", "dvc", "matplotlib", "mpl_toolkits", "pylab", "optuna", "submitit",
-          "hydra_plugins", "hydra_optuna", "hydra_submitit", "vllm", "optimi", "torch_optimi", "bfcl_eval")
+EXTRAS = (
+    "wandb",
+    "lm_eval",
+    "datasets",
+    "dvc",
+    "matplotlib",
+    "mpl_toolkits",
+    "pylab",
+    "optuna",
+    "submitit",
+    "hydra_plugins",
+    "hydra_optuna",
+    "hydra_submitit",
+    "vllm",
+    "optimi",
+    "torch_optimi",
+    "bfcl_eval",
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +54,36 @@ def error_lines(out) -> list[str]:
 @pytest.mark.integration
 def test_that_environment_lacks_the_extras_and_has_the_core(core_only):
     """Else the tests below prove nothing."""
-    for name in ("wandb", "lm_eval", "datasets", "dvc", "matplotlib", "wandb_workspaces", "vllm", "optimi",
-                 "hydra_plugins.hydra_optuna_sweeper", "hydra_plugins.hydra_submitit_launcher"):
+    for name in (
+        "wandb",
+        "lm_eval",
+        "datasets",
+        "dvc",
+        "matplotlib",
+        "wandb_workspaces",
+        "vllm",
+        "optimi",
+        "hydra_plugins.hydra_optuna_sweeper",
+        "hydra_plugins.hydra_submitit_launcher",
+    ):
         out = python_without_site(core_only, "-c", f"import {name}", timeout=120)
         assert out.returncode != 0 and "ModuleNotFoundError" in out.stderr, name
-    out = python_without_site(core_only, "-c", "import torch, hydra, omegaconf, lightning, transformers, peft, yaml",
-                              timeout=300)
+    out = python_without_site(
+        core_only, "-c", "import torch, hydra, omegaconf, lightning, transformers, peft, yaml", timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
 
 
 @pytest.mark.integration
 def test_a_short_main_job_runs_on_the_core_alone(core_only, tmp_path):
-    out = r3exp(core_only, *SHORT, "engine=hf", "logger=csv", f"hydra.run.dir={tmp_path}",
-                f"paths.results_cache={tmp_path / 'results'}")
+    out = r3exp(
+        core_only,
+        *SHORT,
+        "engine=hf",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.results_cache={tmp_path / 'results'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| base | test | 16 |" in out.stdout and "| trained | test | 16 |" in out.stdout
     results = json.loads((tmp_path / "results.json").read_text())
@@ -67,7 +101,8 @@ def test_the_default_config_without_its_extras_is_one_line_naming_them_before_an
     assert out.returncode == 2, out.stderr[-2000:]
     assert error_lines(out) == [
         "error: logger=wandb needs the wandb package: pip install 'r3exp[wandb]' (or logger=csv); engine=vllm needs "
-        "the vllm package: pip install 'r3exp[cpu]' (CPU) or 'r3exp[gpu]' (CUDA) (or engine=hf)"], out.stderr[-2000:]
+        "the vllm package: pip install 'r3exp[cpu]' (CPU) or 'r3exp[gpu]' (CUDA) (or engine=hf)"
+    ], out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "provenance.json").exists() and not (tmp_path / "checkpoints").exists()
 
@@ -76,16 +111,18 @@ def test_the_default_config_without_its_extras_is_one_line_naming_them_before_an
 def test_bfcl_without_its_data_package_is_one_line_naming_the_install(core_only, tmp_path):
     out = r3exp(core_only, "mode=evaluate", "task=bfcl", "engine=hf", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2, out.stderr[-2000:]
-    assert error_lines(out) == ["error: task=bfcl needs the bfcl-eval package: pip install --no-deps "
-                                "bfcl-eval==2026.3.23"], out.stderr[-2000:]
+    assert error_lines(out) == [
+        "error: task=bfcl needs the bfcl-eval package: pip install --no-deps bfcl-eval==2026.3.23"
+    ], out.stderr[-2000:]
 
 
 @pytest.mark.integration
 def test_the_forgetting_check_without_lm_eval_is_one_line_naming_its_extra(core_only, tmp_path):
     out = r3exp(core_only, "forgetting.enabled=true", "engine=hf", "logger=csv", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2, out.stderr[-2000:]
-    assert error_lines(out) == ["error: forgetting.enabled=true needs the lm-eval package: "
-                                "pip install 'r3exp[forgetting]'"], out.stderr[-2000:]
+    assert error_lines(out) == [
+        "error: forgetting.enabled=true needs the lm-eval package: pip install 'r3exp[forgetting]'"
+    ], out.stderr[-2000:]
     assert "Traceback" not in out.stderr and not (tmp_path / "provenance.json").exists()
 
 
@@ -99,28 +136,37 @@ def extras_needed(*overrides: str) -> list[str]:
     return [need.install for need in needs(cfg, engine=MODES[cfg.mode].engine)]
 
 
-@pytest.mark.parametrize("overrides, extras", [
-    ((), ["'r3exp[wandb]'", "'r3exp[cpu]' (CPU) or 'r3exp[gpu]' (CUDA)"]),
-    (("engine=hf", "logger=csv"), []),
-    (("mode=evaluate", "engine=hf"), []),  # mode=evaluate logs nothing to W&B
-    (("experiment=paper_countdown", "engine=hf", "logger=csv"), ["'r3exp[data]'"]),  # the paper's hub dataset
-    (("mode=data", "task=countdown", "task.source=some/hub-id"), ["'r3exp[data]'"]),
-    (("mode=data", "task=countdown", f"task.source={ROOT / 'src'}"), []),  # a directory of split files
-    (("mode=forgetting",), ["'r3exp[forgetting]'"]),
-    (("mode=compare",), ["'r3exp[reports]'"]),
-    # full fine-tuning of bf16 weights with Kahan summation; LoRA (the config's default) trains float32 adapters
-    (("model=qwen2_7b", "model.lora=null", "engine=hf", "logger=csv"), ["'r3exp[kahan]'"]),
-    (("model=qwen2_7b", "engine=hf", "logger=csv"), []),
-    (("model=qwen2_1.5b", "model.lora=null", "engine=hf", "logger=csv"), []),  # float32 master weights
-    (("mode=evaluate", "task=bfcl", "engine=hf"), ["--no-deps bfcl-eval==2026.3.23"]),  # BFCL's data files
-])
+@pytest.mark.parametrize(
+    "overrides, extras",
+    [
+        ((), ["'r3exp[wandb]'", "'r3exp[cpu]' (CPU) or 'r3exp[gpu]' (CUDA)"]),
+        (("engine=hf", "logger=csv"), []),
+        (("mode=evaluate", "engine=hf"), []),  # mode=evaluate logs nothing to W&B
+        (("experiment=paper_countdown", "engine=hf", "logger=csv"), ["'r3exp[data]'"]),  # the paper's hub dataset
+        (("mode=data", "task=countdown", "task.source=some/hub-id"), ["'r3exp[data]'"]),
+        (("mode=data", "task=countdown", f"task.source={ROOT / 'src'}"), []),  # a directory of split files
+        (("mode=forgetting",), ["'r3exp[forgetting]'"]),
+        (("mode=compare",), ["'r3exp[reports]'"]),
+        # full fine-tuning of bf16 weights with Kahan summation; LoRA (the config's default) trains float32 adapters
+        (("model=qwen2_7b", "model.lora=null", "engine=hf", "logger=csv"), ["'r3exp[kahan]'"]),
+        (("model=qwen2_7b", "engine=hf", "logger=csv"), []),
+        (("model=qwen2_1.5b", "model.lora=null", "engine=hf", "logger=csv"), []),  # float32 master weights
+        (("mode=evaluate", "task=bfcl", "engine=hf"), ["--no-deps bfcl-eval==2026.3.23"]),  # BFCL's data files
+    ],
+)
 def test_what_needs_which_extra(overrides, extras):
     assert extras_needed(*overrides) == extras
 
 
 def test_with_every_extra_installed_nothing_more_is_needed():
     """This environment has r3exp[all] and vLLM: the check raises nothing (a full install runs as before)."""
-    for overrides in ((), ("forgetting.enabled=true",), ("mode=compare",), ("experiment=paper_apigen",),
-                      ("model=qwen2_7b", "model.lora=null"), ("task=bfcl",)):
+    for overrides in (
+        (),
+        ("forgetting.enabled=true",),
+        ("mode=compare",),
+        ("experiment=paper_apigen",),
+        ("model=qwen2_7b", "model.lora=null"),
+        ("task=bfcl",),
+    ):
         cfg = composed(*overrides)
         check_extras(cfg, engine=MODES[cfg.mode].engine)

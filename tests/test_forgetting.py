@@ -1,5 +1,6 @@
 """The forgetting check: the real lm-evaluation-harness, through ``python -m r3exp``, on the embedded model
 with the task r3exp ships in lm-eval's format (offline)."""
+
 from __future__ import annotations
 
 import json
@@ -38,12 +39,13 @@ def test_main_job_scores_base_and_trained_with_lm_eval_and_compare_shows_it(tmp_
             # identical settings for both models: the same task config (but for the model named in its
             # metadata), the same seeds and few-shot
             base_own = lm_eval_results(run_dir, "base")
-            assert {k: v for k, v in own["configs"]["r3exp_arithmetic"].items() if k != "metadata"} == \
-                {k: v for k, v in base_own["configs"]["r3exp_arithmetic"].items() if k != "metadata"}
-            assert [own["config"].get(k) for k in SETTINGS] == \
-                [base_own["config"].get(k) for k in SETTINGS]
+            assert {k: v for k, v in own["configs"]["r3exp_arithmetic"].items() if k != "metadata"} == {
+                k: v for k, v in base_own["configs"]["r3exp_arithmetic"].items() if k != "metadata"
+            }
+            assert [own["config"].get(k) for k in SETTINGS] == [base_own["config"].get(k) for k in SETTINGS]
         assert forgetting["difference"]["r3exp_arithmetic/acc"] == pytest.approx(
-            forgetting["trained"]["r3exp_arithmetic/acc"] - forgetting["base"]["r3exp_arithmetic/acc"])
+            forgetting["trained"]["r3exp_arithmetic/acc"] - forgetting["base"]["r3exp_arithmetic/acc"]
+        )
     assert out.stdout.count("general ability (lm-eval)") == 2
     out = r3exp("mode=compare", f"compare.runs={sweep}", f"hydra.run.dir={tmp_path / 'compare'}")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -63,8 +65,13 @@ def test_forgetting_mode_scores_the_same_model_the_same_under_both_labels(tmp_pa
     base = json.loads((tmp_path / "a" / "results.json").read_text())["forgetting"]
     assert set(base) == {"base", "difference"} and base["difference"] == {}
     model_dir = next((CACHE / "models").glob("tiny-h128-l2-*"))
-    out = r3exp("mode=forgetting", "model.warm_start=null", "forgetting.limit=40", f"forgetting.policy={model_dir}",
-                f"hydra.run.dir={tmp_path / 'b'}")
+    out = r3exp(
+        "mode=forgetting",
+        "model.warm_start=null",
+        "forgetting.limit=40",
+        f"forgetting.policy={model_dir}",
+        f"hydra.run.dir={tmp_path / 'b'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     both = json.loads((tmp_path / "b" / "results.json").read_text())["forgetting"]
     assert both["base"] == both["trained"] == base["base"] and both["difference"] == {"r3exp_arithmetic/acc": 0.0}
@@ -74,11 +81,14 @@ def test_forgetting_mode_scores_the_same_model_the_same_under_both_labels(tmp_pa
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("override, says", [
-    ("forgetting.tasks=[gsm8k]", "'gsm8k': its dataset comes from the Hugging Face hub"),
-    ("forgetting.tasks=[no_such_task]", "lm-eval knows no task 'no_such_task'"),
-    ("forgetting.backend=tgi", "forgetting.backend='tgi'"),
-])
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("forgetting.tasks=[gsm8k]", "'gsm8k': its dataset comes from the Hugging Face hub"),
+        ("forgetting.tasks=[no_such_task]", "lm-eval knows no task 'no_such_task'"),
+        ("forgetting.backend=tgi", "forgetting.backend='tgi'"),
+    ],
+)
 def test_a_benchmark_that_cannot_run_here_fails_in_one_line_before_training(override, says, tmp_path):
     out = r3exp(*SHORT, "forgetting.enabled=true", override, f"hydra.run.dir={tmp_path}", timeout=600)
     assert out.returncode == 2, out.stderr[-2000:]
@@ -88,9 +98,21 @@ def test_a_benchmark_that_cannot_run_here_fails_in_one_line_before_training(over
 
 
 def test_scores_keep_every_metric_and_filter_but_not_standard_errors():
-    results = {"results": {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.5,
-                                     "exact_match_stderr,strict-match": 0.1, "exact_match,flexible-extract": 0.6},
-                           "hellaswag": {"acc,none": 0.4, "acc_norm,none": 0.45, "acc_stderr,none": 0.01}}}
-    assert scores_of(results) == {"gsm8k/exact_match,strict-match": 0.5, "gsm8k/exact_match,flexible-extract": 0.6,
-                                  "hellaswag/acc": 0.4, "hellaswag/acc_norm": 0.45}
+    results = {
+        "results": {
+            "gsm8k": {
+                "alias": "gsm8k",
+                "exact_match,strict-match": 0.5,
+                "exact_match_stderr,strict-match": 0.1,
+                "exact_match,flexible-extract": 0.6,
+            },
+            "hellaswag": {"acc,none": 0.4, "acc_norm,none": 0.45, "acc_stderr,none": 0.01},
+        }
+    }
+    assert scores_of(results) == {
+        "gsm8k/exact_match,strict-match": 0.5,
+        "gsm8k/exact_match,flexible-extract": 0.6,
+        "hellaswag/acc": 0.4,
+        "hellaswag/acc_norm": 0.45,
+    }
     assert GeneralAbility().tasks == ["r3exp_arithmetic"]

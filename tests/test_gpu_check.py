@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py, the one command for a lent GPU machine, run here at small shapes on CPU, in an
 environment without what that machine lacks (vLLM, Hydra, OmegaConf, W&B, lm-eval, DVC), so it cannot rot; and
 each of its checks (benchmarks/gpu_checks.py) fed a broken input, where it must fail, and a sound one."""
+
 from __future__ import annotations
 
 import functools
@@ -41,17 +42,41 @@ def test_the_gpu_check_runs_every_configuration_with_only_torch_transformers_and
     """bfloat16 holds this CPU's gap to the bound the GPU's is held to (gpu_checks.GAP_BOUNDS)."""
     packages = gpu_machine_packages(tmp_path / "site")
     out = python_without_site(
-        packages, "benchmarks/gpu_check.py", "--cpu-shapes", "--dtype", dtype, "--steps", "2", "--examples", "4",
-        "--group-size", "4", "--attempt-tokens", "12", "--reflection-tokens", "12", "--paper-rows", "8",
-        "--paper-context", "60", "--paper-reflection", "20", timeout=900)
+        packages,
+        "benchmarks/gpu_check.py",
+        "--cpu-shapes",
+        "--dtype",
+        dtype,
+        "--steps",
+        "2",
+        "--examples",
+        "4",
+        "--group-size",
+        "4",
+        "--attempt-tokens",
+        "12",
+        "--reflection-tokens",
+        "12",
+        "--paper-rows",
+        "8",
+        "--paper-context",
+        "60",
+        "--paper-reflection",
+        "20",
+        timeout=900,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     checks = [line for line in out.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
     # two models (tied and untied output layer) x LoRA and full fine-tuning, six checks each (the seventh,
     # the engine's sleep, runs on CUDA only: on CPU a sleeping engine keeps its weights)
     assert len(checks) == 24 and all(line.startswith("PASS") for line in checks), "\n".join(checks)
     assert "gpu_check: 24 of 24 checks passed" in out.stdout
-    for name in ("qwen2_1.5b · LoRA r16", "qwen2_1.5b · full fine-tuning", "qwen2_7b · LoRA r16",
-                 "qwen2_7b · full fine-tuning"):
+    for name in (
+        "qwen2_1.5b · LoRA r16",
+        "qwen2_1.5b · full fine-tuning",
+        "qwen2_7b · LoRA r16",
+        "qwen2_7b · full fine-tuning",
+    ):
         prefix = f"PASS {name} · {dtype} · cpu: "
         assert f"{prefix}engine/trainer log-prob gap" in out.stdout
         assert f"{prefix}reflection groups carry a reward" in out.stdout
@@ -59,15 +84,22 @@ def test_the_gpu_check_runs_every_configuration_with_only_torch_transformers_and
         assert f"{prefix}weight push reaches the engine: 27 tensors equal" in out.stdout
     if dtype == "bfloat16":  # each model config's model.master_weights: 1.5B float32, 7B kahan
         assert out.stdout.count("27 tensors equal; 27 pushed in torch.float32, held in torch.bfloat16") == 1
-        assert "qwen2_1.5b · full fine-tuning · bfloat16 · cpu: master weights float32, trainable float32, " \
-               "torch.optim.adamw.AdamW" in out.stdout
-        assert "qwen2_7b · full fine-tuning · bfloat16 · cpu: master weights kahan, trainable bfloat16, " \
-               "optimi.adamw.AdamW" in out.stdout  # torch-optimi: this view has it, as the carried wheel gives it
-        assert "qwen2_7b · LoRA r16 · bfloat16 · cpu: master weights kahan, trainable float32, " \
-               "torch.optim.adamw.AdamW" in out.stdout  # float32 adapters need no compensation
+        assert (
+            "qwen2_1.5b · full fine-tuning · bfloat16 · cpu: master weights float32, trainable float32, "
+            "torch.optim.adamw.AdamW" in out.stdout
+        )
+        assert (
+            "qwen2_7b · full fine-tuning · bfloat16 · cpu: master weights kahan, trainable bfloat16, "
+            "optimi.adamw.AdamW" in out.stdout
+        )  # torch-optimi: this view has it, as the carried wheel gives it
+        assert (
+            "qwen2_7b · LoRA r16 · bfloat16 · cpu: master weights kahan, trainable float32, "
+            "torch.optim.adamw.AdamW" in out.stdout
+        )  # float32 adapters need no compensation
     small = benchmark("gpu_check").SMALL
-    tied, untied = (benchmark("gpu_checks").qwen2_parameter_count(dict(small, tie_word_embeddings=tied))
-                    for tied in (True, False))
+    tied, untied = (
+        benchmark("gpu_checks").qwen2_parameter_count(dict(small, tie_word_embeddings=tied)) for tied in (True, False)
+    )
     assert out.stdout.count(f"architecture: {tied:,} parameters (expected {tied:,} from the config)") == 2
     assert out.stdout.count(f"architecture: {untied:,} parameters (expected {untied:,} from the config)") == 2
 
@@ -125,9 +157,13 @@ def test_the_architecture_check_fails_on_a_layer_fewer_or_another_width():
     check = benchmark("gpu_checks").check_architecture
     model, config = small_model()
     assert check(model, config)[0]
-    assert check(model, dict(config, tie_word_embeddings=False)) == (False, (
-        "205,376 parameters (expected 336,448 from the config); config differs (model, expected): "
-        "{'tie_word_embeddings': (True, False)}"))
+    assert check(model, dict(config, tie_word_embeddings=False)) == (
+        False,
+        (
+            "205,376 parameters (expected 336,448 from the config); config differs (model, expected): "
+            "{'tie_word_embeddings': (True, False)}"
+        ),
+    )
     shallow, _ = small_model(num_hidden_layers=config["num_hidden_layers"] - 1)
     passed, detail = check(shallow, config)
     assert not passed and "'num_hidden_layers': (1, 2)" in detail
@@ -144,16 +180,20 @@ def test_the_weight_push_check_compares_every_tensor_bit_for_bit():
     name = "model.layers.1.mlp.down_proj.weight"
     nudged = dict(held, **{name: held[name].clone()})
     nudged[name].view(torch.int16)[3, 5] += 1  # the next bfloat16 value: one unit in the last place
-    assert check(nudged, pushed) == (False, f"{name} differs (held torch.bfloat16 (64, 128), pushed torch.bfloat16 "
-                                            f"(64, 128)); {len(pushed)} tensors")
+    assert check(nudged, pushed) == (
+        False,
+        f"{name} differs (held torch.bfloat16 (64, 128), pushed torch.bfloat16 (64, 128)); {len(pushed)} tensors",
+    )
     missing = {k: v for k, v in held.items() if k != "model.norm.weight"}
     passed, detail = check(missing, pushed)
     assert not passed and detail.startswith("names differ: not in the engine ['model.norm.weight']")
     passed, detail = check(dict(held, extra=torch.zeros(1)), pushed)
     assert not passed and detail.endswith("only in the engine ['extra']")
     master = {k: v.float() for k, v in pushed.items()}  # float32 master weights, held in bfloat16
-    assert check(held, master) == (True, f"{len(pushed)} tensors equal; {len(pushed)} pushed in torch.float32, "
-                                         "held in torch.bfloat16")
+    assert check(held, master) == (
+        True,
+        f"{len(pushed)} tensors equal; {len(pushed)} pushed in torch.float32, held in torch.bfloat16",
+    )
     master[name] = master[name].clone()
     master[name][3, 5] = held[name][3, 5].float() * (1 + 2**-6)  # a few bfloat16 ulps: the engine would hold it
     assert not check(held, master)[0]
@@ -169,8 +209,10 @@ def test_the_gap_check_holds_each_dtype_to_its_bound():
     h200_7b = steps((0.204, 0.0366), (0.175, 0.037))  # docs/measurements: the largest gaps measured
     passed, detail = checks.check_gap(h200_7b, "bfloat16")
     assert passed, detail
-    assert detail == ("max |trainer - engine| per step ['2.04e-01', '1.75e-01'] (< 0.5); mean |trainer - engine| "
-                      "per step ['3.66e-02', '3.70e-02'] (< 0.1), bfloat16")
+    assert detail == (
+        "max |trainer - engine| per step ['2.04e-01', '1.75e-01'] (< 0.5); mean |trainer - engine| "
+        "per step ['3.66e-02', '3.70e-02'] (< 0.1), bfloat16"
+    )
     assert not checks.check_gap(steps((0.204, 0.0366), (0.6, 0.04)), "bfloat16")[0]  # one step's max above
     assert not checks.check_gap(steps((0.3, 0.2)), "bfloat16")[0]  # the mean above: every token moved
     assert not checks.check_gap(steps((math.nan, 0.01)), "bfloat16")[0]
@@ -210,7 +252,9 @@ def test_the_paper_step_check_fails_out_of_memory_or_on_a_non_finite_step():
     step = {"loss": -0.01, "grad_norm": 0.7, "micro_batches": 2.0}
     assert check(step, 32768) == (True, "2 micro-batches of <= 32768 tokens; loss -0.01, grad norm 0.7")
     assert check(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"), 32768) == (
-        False, "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB")
+        False,
+        "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB",
+    )
     assert not check(dict(step, loss=math.nan), 32768)[0]
     assert not check(dict(step, grad_norm=math.inf), 32768)[0]
     assert not check(dict(step, grad_norm=0.0), 32768)[0]

@@ -1,6 +1,7 @@
 """benchmarks/gpu_main_job.sh at CPU shapes, in an environment like the lent GPU machine's: this environment's
 site-packages less what that image lacks (vLLM, Hydra, OmegaConf, the antlr4 runtime, torch-optimi and every
 optional extra), with the wheels the script fetched here installed there by the script, offline."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,14 @@ SCRIPT = ROOT / "benchmarks" / "gpu_main_job.sh"
 
 
 def script(*args: str, env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPT), *args], cwd=ROOT, env={"PATH": os.environ["PATH"], "HOME": "/tmp", **env},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "HOME": "/tmp", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +54,28 @@ def test_fetch_builds_the_four_wheels_from_the_lock_file(wheels):
 def test_the_main_job_runs_where_only_torch_transformers_peft_and_lightning_are(wheels, tmp_path):
     """``gpu_main_job.sh run`` at CPU shapes: the wheels installed offline, the main job, its figures."""
     view = packages_without(tmp_path / "site-packages", ABSENT_ON_THE_GPU_IMAGE)
-    missing = subprocess.run([sys.executable, "-S", "-c", "import hydra"], env={"PYTHONPATH": str(view)},
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, "-S", "-c", "import hydra"], env={"PYTHONPATH": str(view)}, capture_output=True, text=True
+    )
     assert missing.returncode != 0  # else this test proves nothing
     short = [o for o in SHORT if not o.startswith("model.warm_start")]
-    env = {"WHEELS": str(wheels), "PYTHON": f"{sys.executable} -S", "PYTHONPATH": str(view),
-           "R3EXP_CACHE_DIR": str(CACHE), "RUN_DIR": str(tmp_path / "run")}
-    out = script("run", "trainer=cpu", "model.dtype=float32", *SMALL_QWEN2, *short, f"paths.results_cache={tmp_path}",
-                 env=env, timeout=900)
+    env = {
+        "WHEELS": str(wheels),
+        "PYTHON": f"{sys.executable} -S",
+        "PYTHONPATH": str(view),
+        "R3EXP_CACHE_DIR": str(CACHE),
+        "RUN_DIR": str(tmp_path / "run"),
+    }
+    out = script(
+        "run",
+        "trainer=cpu",
+        "model.dtype=float32",
+        *SMALL_QWEN2,
+        *short,
+        f"paths.results_cache={tmp_path}",
+        env=env,
+        timeout=900,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert "[gpu_main_job] installed antlr4" in out.stdout  # the wheels went in, offline
     for phase in ("model build", "engine start", "base evaluation", "training", "export", "trained evaluation"):

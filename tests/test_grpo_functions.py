@@ -1,4 +1,5 @@
 """GRPO math against hand-computed numbers (derivations in the comments)."""
+
 import math
 
 import pytest
@@ -63,8 +64,9 @@ def test_token_logprobs_with_temperature():
     logits = torch.tensor([[[0.0, math.log(3)], [0.0, math.log(3)]]])
     tokens = torch.tensor([[1, 0]])
     assert torch.allclose(F.token_logprobs(logits, tokens), torch.tensor([[math.log(0.75), math.log(0.25)]]))
-    assert torch.allclose(F.token_logprobs(logits, tokens[:, 1:2].expand(1, 2), 2.0)[0, 0],
-                          torch.tensor(-math.log(1 + math.sqrt(3))))
+    assert torch.allclose(
+        F.token_logprobs(logits, tokens[:, 1:2].expand(1, 2), 2.0)[0, 0], torch.tensor(-math.log(1 + math.sqrt(3)))
+    )
 
 
 def test_clipped_surrogate_hand_values_and_clip_gradients():
@@ -117,8 +119,9 @@ def test_aggregation_dapo_token_mean_and_global_normaliser():
 
 def test_merge_metrics_weights_means_by_tokens_and_takes_maxima():
     # micro-batch 1: 3 tokens, ratio mean 1.0; micro-batch 2: 1 token, ratio mean 2.0 -> (3 + 2) / 4
-    merged = F.merge_metrics([({"ratio_mean": 1.0, "logprob_diff_max": 0.1}, 3.0),
-                              ({"ratio_mean": 2.0, "logprob_diff_max": 0.3}, 1.0)])
+    merged = F.merge_metrics(
+        [({"ratio_mean": 1.0, "logprob_diff_max": 0.1}, 3.0), ({"ratio_mean": 2.0, "logprob_diff_max": 0.3}, 1.0)]
+    )
     assert merged == {"ratio_mean": pytest.approx(1.25), "logprob_diff_max": 0.3}
 
 
@@ -138,8 +141,17 @@ def test_grpo_loss_kl_term_and_clip_metrics():
     behaviour = torch.log(torch.tensor([[1 / 1.5, 1.0]]))  # ratio 1.5 at token 0, 1 at token 1
     ref = torch.tensor([[math.log(2), 0.0]])
     mask = torch.ones(1, 2, dtype=torch.bool)
-    loss, metrics = F.grpo_loss(lp, behaviour, torch.tensor([2.0]), mask, epsilon=0.2, epsilon_high=0.2,
-                                loss_type="dapo", beta=0.1, ref_logprobs=ref)
+    loss, metrics = F.grpo_loss(
+        lp,
+        behaviour,
+        torch.tensor([2.0]),
+        mask,
+        epsilon=0.2,
+        epsilon_high=0.2,
+        loss_type="dapo",
+        beta=0.1,
+        ref_logprobs=ref,
+    )
     # tokens: -min(1.5*2, 1.2*2) = -2.4 and -2; kl: 1 - ln 2 and 0
     expected = (-2.4 - 2.0 + 0.1 * (1 - math.log(2))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
@@ -149,8 +161,15 @@ def test_grpo_loss_kl_term_and_clip_metrics():
 
 def test_unknown_loss_type_lists_valid_ones():
     with pytest.raises(ValueError, match="dapo"):
-        F.grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1, dtype=torch.bool),
-                    epsilon=0.2, epsilon_high=0.2, loss_type="ppo")
+        F.grpo_loss(
+            torch.zeros(1, 1),
+            torch.zeros(1, 1),
+            torch.zeros(1),
+            torch.ones(1, 1, dtype=torch.bool),
+            epsilon=0.2,
+            epsilon_high=0.2,
+            loss_type="ppo",
+        )
 
 
 @pytest.mark.parametrize("loss_type", sorted(F.AGGREGATIONS))
@@ -168,8 +187,18 @@ def test_gradients_at_non_reflection_positions_are_exactly_zero(loss_type):
     lp = F.token_logprobs(logits[:, :-1], input_ids[:, 1:])
     behaviour = torch.where(mask, lp.detach() + 0.3 * torch.randn(N, T - 1), torch.full((N, T - 1), -50.0))
     ref = lp.detach() + torch.randn(N, T - 1) * 3
-    loss, _ = F.grpo_loss(lp, behaviour, torch.tensor([1.0, -2.0, 0.5]), mask, epsilon=0.2, epsilon_high=0.28,
-                          loss_type=loss_type, beta=0.05, ref_logprobs=ref, max_tokens=8)
+    loss, _ = F.grpo_loss(
+        lp,
+        behaviour,
+        torch.tensor([1.0, -2.0, 0.5]),
+        mask,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        loss_type=loss_type,
+        beta=0.05,
+        ref_logprobs=ref,
+        max_tokens=8,
+    )
     loss.backward()
     predicts_reflection = torch.zeros(N, T, dtype=torch.bool)
     predicts_reflection[:, :-1] = mask
@@ -202,16 +231,32 @@ def test_importance_weights_scale_the_policy_gradient_term_and_not_the_kl():
     lp = torch.tensor([[-1.0, -2.0]])
     mask = torch.ones(1, 2, dtype=torch.bool)
     weights = torch.tensor([[2.0, 0.5]])
-    loss, _ = F.grpo_loss(lp, lp.clone(), torch.tensor([1.0]), mask, epsilon=0.2, epsilon_high=0.2,
-                          loss_type="dapo", is_weights=weights)
+    loss, _ = F.grpo_loss(
+        lp, lp.clone(), torch.tensor([1.0]), mask, epsilon=0.2, epsilon_high=0.2, loss_type="dapo", is_weights=weights
+    )
     assert loss.item() == pytest.approx(-1.25)
     # with beta: the k3 KL of ref = lp - 1 on each token is e^-1 + 1 - 1 = e^-1, added unweighted
-    loss, _ = F.grpo_loss(lp, lp.clone(), torch.tensor([1.0]), mask, epsilon=0.2, epsilon_high=0.2,
-                          loss_type="dapo", is_weights=weights, beta=0.1, ref_logprobs=lp - 1.0)
+    loss, _ = F.grpo_loss(
+        lp,
+        lp.clone(),
+        torch.tensor([1.0]),
+        mask,
+        epsilon=0.2,
+        epsilon_high=0.2,
+        loss_type="dapo",
+        is_weights=weights,
+        beta=0.1,
+        ref_logprobs=lp - 1.0,
+    )
     assert loss.item() == pytest.approx(-1.25 + 0.1 * math.exp(-1))
 
 
 def test_merge_metrics_takes_minima_and_ignores_extremes_of_empty_micro_batches():
-    merged = F.merge_metrics([({"ratio_min": 0.9, "ratio_max": 1.1}, 3.0), ({"ratio_min": 1.0, "ratio_max": 1.0}, 0.0),
-                              ({"ratio_min": 0.95, "ratio_max": 1.05}, 1.0)])
+    merged = F.merge_metrics(
+        [
+            ({"ratio_min": 0.9, "ratio_max": 1.1}, 3.0),
+            ({"ratio_min": 1.0, "ratio_max": 1.0}, 0.0),
+            ({"ratio_min": 0.95, "ratio_max": 1.05}, 1.0),
+        ]
+    )
     assert merged == {"ratio_min": 0.9, "ratio_max": 1.1}

@@ -1,5 +1,6 @@
 """Freed host memory is reused: a training step's large tensors, allocated again the next step, come
 without page faults (r3exp.host_memory)."""
+
 from __future__ import annotations
 
 import os

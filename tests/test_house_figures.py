@@ -1,5 +1,6 @@
 """scripts/house_figures.py (the layout figures a refactor reports before and after) on a package made here,
 whose figures are known, and on r3exp itself."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,8 +16,9 @@ SCRIPT = ROOT / "scripts" / "house_figures.py"
 
 
 def run(package) -> str:
-    out = subprocess.run([sys.executable, str(SCRIPT), "--package", str(package)], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--package", str(package)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 

@@ -1,4 +1,5 @@
 """The pre-registered hypotheses' decisions (r3exp.results.hypotheses, analysis/r3_question.py)."""
+
 from __future__ import annotations
 
 import json
@@ -28,17 +29,21 @@ def paired(gain: float, p: float, interval: tuple[float, float]) -> PairedTest:
     return PairedTest([gain], 0, 0, 100, p, p, interval)
 
 
-@pytest.mark.parametrize("test, adjusted, outcome", [
-    (paired(0.05, 0.01, (0.01, 0.09)), 0.03, "supported"),
-    (paired(0.05, 0.01, (0.01, 0.09)), 0.06, "not shown"),  # significant alone, not after Holm
-    (paired(-0.05, 0.01, (-0.09, -0.01)), 0.02, "refuted"),
-])
+@pytest.mark.parametrize(
+    "test, adjusted, outcome",
+    [
+        (paired(0.05, 0.01, (0.01, 0.09)), 0.03, "supported"),
+        (paired(0.05, 0.01, (0.01, 0.09)), 0.06, "not shown"),  # significant alone, not after Holm
+        (paired(-0.05, 0.01, (-0.09, -0.01)), 0.02, "refuted"),
+    ],
+)
 def test_superiority_needs_a_positive_gain_and_a_holm_adjusted_p_below_alpha(test, adjusted, outcome):
     assert decide(Hypothesis("h", "a", "b", "first try"), test, adjusted) == outcome
 
 
-@pytest.mark.parametrize("interval, outcome", [((-0.02, 0.04), "supported"), ((-0.04, 0.02), "inconclusive"),
-                                               ((-0.09, -0.01), "refuted")])
+@pytest.mark.parametrize(
+    "interval, outcome", [((-0.02, 0.04), "supported"), ((-0.04, 0.02), "inconclusive"), ((-0.09, -0.01), "refuted")]
+)
 def test_non_inferiority_reads_the_interval_against_the_margin(interval, outcome):
     h = Hypothesis("h", "a", "b", "after reflection", kind="non-inferiority", margin=0.03)
     assert decide(h, paired(0.0, 0.5, interval), 1.0) == outcome
@@ -47,9 +52,12 @@ def test_non_inferiority_reads_the_interval_against_the_margin(interval, outcome
 def write_sweep(root):
     """Two seeds x four arms on the same ten test examples (first try, retry after reflection)."""
     base = [(False, False)] * 10
-    arms = {"r3": [(False, True)] * 4 + [(False, False)] * 6, "grpo": [(True, None)] * 3 + [(False, False)] * 7,
-            "r3_grpo": [(True, None)] * 3 + [(False, True)] * 1 + [(False, False)] * 6,
-            "r3_grpo_distill": [(True, None)] * 6 + [(False, False)] * 4}
+    arms = {
+        "r3": [(False, True)] * 4 + [(False, False)] * 6,
+        "grpo": [(True, None)] * 3 + [(False, False)] * 7,
+        "r3_grpo": [(True, None)] * 3 + [(False, True)] * 1 + [(False, False)] * 6,
+        "r3_grpo_distill": [(True, None)] * 6 + [(False, False)] * 4,
+    }
     for seed in (0, 1):
         for protocol, trained in arms.items():
             run = root / f"part{protocol == 'r3_grpo_distill'}" / f"{protocol}{seed}"
@@ -57,8 +65,9 @@ def write_sweep(root):
             write_episodes(run / "eval_base_episodes.jsonl", base)
             write_episodes(run / "eval_trained_episodes.jsonl", trained)
             results = json.loads((run / "results.json").read_text())
-            results["trained"].update(shuffled_reflection_fixed=10 * seed, empty_reflection_fixed=0, followed=1,
-                                      follow_defined=4)
+            results["trained"].update(
+                shuffled_reflection_fixed=10 * seed, empty_reflection_fixed=0, followed=1, follow_defined=4
+            )
             results["phases"] = {"training": 60.0, "trained evaluation": 30.0}
             (run / "results.json").write_text(json.dumps(results))
             (run / "train_metrics.csv").write_text("step,sampled_tokens\n0,100\n1,150\n")
@@ -72,8 +81,9 @@ def test_the_preregistered_analysis_decides_from_the_run_directories_of_every_pa
     h1_verdict, h3_verdict = evaluate(rows, [h1, h3])
     assert h1_verdict.test.gains == [0.4, 0.4] and (h1_verdict.test.a_only, h1_verdict.test.b_only) == (8, 0)
     assert h3_verdict.test.gains == [0.3, 0.3] and (h3_verdict.test.a_only, h3_verdict.test.b_only) == (6, 0)
-    assert h1_verdict.adjusted_p == pytest.approx(min(1.0, 2 * min(h1_verdict.test.bootstrap_p,
-                                                                   h3_verdict.test.bootstrap_p)))
+    assert h1_verdict.adjusted_p == pytest.approx(
+        min(1.0, 2 * min(h1_verdict.test.bootstrap_p, h3_verdict.test.bootstrap_p))
+    )
     with pytest.raises(ValueError, match="no runs of arm 'r3_lora'"):
         evaluate(rows, [Hypothesis("h", "r3_lora", "grpo", "first try")])
     monkeypatch.setattr(sys, "argv", ["r3_question.py", str(tmp_path)])

@@ -1,5 +1,6 @@
 """Imports go one way: a package imports only packages of lower layers and its own modules, so there is
 no cycle between packages."""
+
 from __future__ import annotations
 
 import ast
@@ -32,8 +33,13 @@ def package_of(path) -> str:
 def r3exp_imports(path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
-            [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        names = (
+            [node.module]
+            if isinstance(node, ast.ImportFrom) and node.module
+            else [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else []
+        )
         for name in names:
             if name == "r3exp":
                 found.add("r3exp")
@@ -70,8 +76,9 @@ def test_no_import_circle_and_no_two_modules_share_a_name():
     import sys
     from collections import Counter
 
-    figures = subprocess.run([sys.executable, str(ROOT / "scripts" / "house_figures.py")], capture_output=True,
-                             text=True, check=True).stdout
+    figures = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "house_figures.py")], capture_output=True, text=True, check=True
+    ).stdout
     assert "import circles between modules: 0" in figures, figures
     names = Counter(p.stem for p in SRC.rglob("*.py") if p.stem != "__init__" and "conf" not in p.parts)
     assert [name for name, count in names.items() if count > 1] == []

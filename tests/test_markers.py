@@ -1,5 +1,6 @@
 """The tiers are declared on the tests themselves: tests/conftest.py only checks them, and fails the collection
 of a file in which a test uses the real engine or model without the ``integration`` marker, naming the test."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,8 @@ from tests.conftest import ENGINE_FIXTURES
 
 # a suite in miniature: the real check, engine fixtures that start nothing
 CONFTEST = "from tests.conftest import pytest_make_collect_report\n" + "".join(
-    f"@pytest.fixture\ndef {name}():\n    return None\n" for name in sorted(ENGINE_FIXTURES))
+    f"@pytest.fixture\ndef {name}():\n    return None\n" for name in sorted(ENGINE_FIXTURES)
+)
 TESTS = """
 import pytest
 
@@ -54,8 +56,10 @@ def test_a_test_using_an_engine_without_the_marker_fails_its_files_collection_na
 
 
 def test_marked_on_the_test_or_its_class_or_its_module_passes(pytester):
-    pytester.makepyfile(test_module_marked="import pytest\n\npytestmark = pytest.mark.integration\n\n\n"
-                                           "def test_it(engine_pool):\n    pass\n")
+    pytester.makepyfile(
+        test_module_marked="import pytest\n\npytestmark = pytest.mark.integration\n\n\n"
+        "def test_it(engine_pool):\n    pass\n"
+    )
     marked = TESTS.replace("def test_unmarked", "@pytest.mark.integration\ndef test_unmarked")
     result = collect(pytester, CONFTEST, marked, "-m", "integration")
     assert result.ret == pytest.ExitCode.OK
@@ -65,12 +69,18 @@ def test_marked_on_the_test_or_its_class_or_its_module_passes(pytester):
 def test_the_check_never_marks(pytester):
     """The integration set is exactly what the tests declare: a test that starts a process but does not say
     so is not marked for it (what a test does is not read from its source)."""
-    tests = TESTS.replace("def test_unmarked", "@pytest.mark.integration\ndef test_unmarked") + """
+    tests = (
+        TESTS.replace("def test_unmarked", "@pytest.mark.integration\ndef test_unmarked")
+        + """
 def test_starts_a_process_unmarked():
     import subprocess, sys
     subprocess.run([sys.executable, "-c", "pass"])
 """
+    )
     result = collect(pytester, CONFTEST, tests, "-m", "integration")
     assert result.ret == pytest.ExitCode.OK
     assert sorted(line for line in result.outlines if "::" in line) == [
-        "test_tiers.py::TestMarkedClass::test_in_it", "test_tiers.py::test_marked", "test_tiers.py::test_unmarked"]
+        "test_tiers.py::TestMarkedClass::test_in_it",
+        "test_tiers.py::test_marked",
+        "test_tiers.py::test_unmarked",
+    ]

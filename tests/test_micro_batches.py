@@ -1,5 +1,6 @@
 """Token-budget micro-batches and reflection-only log-probs equal the simple computation: one forward over
 every row of the step, full-sequence logits over the whole vocabulary (fp32, 1e-5)."""
+
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,13 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from r3exp.grpo import functions as F
-from r3exp.grpo.logprobs import (can_share_prompts, decoder_and_output_layer, masked_token_logprobs, prompt_groups,
-                                 shared_prompt_logprobs)
+from r3exp.grpo.logprobs import (
+    can_share_prompts,
+    decoder_and_output_layer,
+    masked_token_logprobs,
+    prompt_groups,
+    shared_prompt_logprobs,
+)
 from r3exp.grpo.micro_batches import shared_prompt_micro_batches, token_budget_micro_batches
 from r3exp.grpo.module import GRPOLoss
 from r3exp.grpo.step import LossSettings, accumulate_gradients, correct_for_engine, reference_logprobs, step_rows
@@ -22,16 +28,32 @@ CLOSE = {"rtol": 1e-5, "atol": 1e-5}
 
 def causal_lm(tied: bool, lora: bool, seed: int = 0):
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=tied, max_position_embeddings=128))
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=tied,
+            max_position_embeddings=128,
+        )
+    )
     if lora:
         from peft import LoraConfig, get_peft_model
 
         # init_lora_weights=False: B is random too, so the adapter's A matrices get non-zero gradients
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, task_type="CAUSAL_LM",
-                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                 "gate_proj", "up_proj", "down_proj"]))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=4,
+                lora_alpha=8,
+                init_lora_weights=False,
+                task_type="CAUSAL_LM",
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            ),
+        )
     return model.train()
 
 
@@ -73,15 +95,23 @@ def full_logits_logprobs(model, batch, temperature):
     return F.token_logprobs(logits, batch["input_ids"][:, 1:], temperature)
 
 
-def one_batch_loss(policy, reference, rollouts, settings: LossSettings, scale_rewards: str,
-                   correction: tuple[str, torch.Tensor] | None = None):
+def one_batch_loss(
+    policy,
+    reference,
+    rollouts,
+    settings: LossSettings,
+    scale_rewards: str,
+    correction: tuple[str, torch.Tensor] | None = None,
+):
     """The simple computation: every row in one forward, full-vocabulary logits at every position.
     ``correction``: (behaviour, the trainer's log-probs before the first update, full logits) for the
     engine/trainer correction of ``grpo.loss`` (``correction`` ``truncate``, cap 2)."""
     width = max(r["input_ids"].shape[1] for r in rollouts)
     pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
-    batch = {k: torch.cat([pad(r[k]) for r in rollouts]) for k in ("input_ids", "attention_mask", "reflection_mask",
-                                                                    "behaviour_logprobs")}
+    batch = {
+        k: torch.cat([pad(r[k]) for r in rollouts])
+        for k in ("input_ids", "attention_mask", "reflection_mask", "behaviour_logprobs")
+    }
     rewards = torch.cat([r["rewards"] for r in rollouts])
     groups = torch.cat([r["group_ids"] + 1000 * i for i, r in enumerate(rollouts)])
     kinds = torch.cat([r["row_kinds"] for r in rollouts])
@@ -103,10 +133,19 @@ def one_batch_loss(policy, reference, rollouts, settings: LossSettings, scale_re
         mode, old = correction
         weights = torch.exp(old - behaviour).clamp(max=2.0).where(mask, torch.ones_like(old))
         behaviour = old if mode == "trainer" else behaviour
-    loss, _ = F.grpo_loss(logprobs, behaviour, advantages, mask,
-                          epsilon=settings.epsilon, epsilon_high=settings.epsilon_high, loss_type=settings.loss_type,
-                          beta=settings.beta, ref_logprobs=ref, max_tokens=settings.max_reflection_tokens,
-                          is_weights=weights)
+    loss, _ = F.grpo_loss(
+        logprobs,
+        behaviour,
+        advantages,
+        mask,
+        epsilon=settings.epsilon,
+        epsilon_high=settings.epsilon_high,
+        loss_type=settings.loss_type,
+        beta=settings.beta,
+        ref_logprobs=ref,
+        max_tokens=settings.max_reflection_tokens,
+        is_weights=weights,
+    )
     return loss
 
 
@@ -124,15 +163,24 @@ def test_micro_batched_step_equals_one_batch(loss_type, beta, mu, rollouts_per_s
     """Micro-batches (and, with ``share_prompts``, each group's prompt run once) give the loss and the
     gradients of the whole step in one batch of whole rows."""
     generator = torch.Generator().manual_seed(7)
-    rollouts = [rollout(generator, groups=3, group_size=4, shared_prompts=share_prompts)
-                for _ in range(rollouts_per_step)]
+    rollouts = [
+        rollout(generator, groups=3, group_size=4, shared_prompts=share_prompts) for _ in range(rollouts_per_step)
+    ]
     rollouts[0]["rewards"][4:8] = 1.0  # one group without signal: left out of the forward when beta = 0
     simple = causal_lm(tied=lora, lora=lora)
     chunked = copy.deepcopy(simple)
     reference = None if lora or not beta else copy.deepcopy(simple).eval().requires_grad_(False)
-    settings = LossSettings(epsilon=0.2, epsilon_high=0.28, beta=beta, loss_type=loss_type, temperature=0.7,
-                            max_reflection_tokens=8, max_tokens_per_micro_batch=40, logprob_chunk_size=5,
-                            share_prompts=share_prompts)
+    settings = LossSettings(
+        epsilon=0.2,
+        epsilon_high=0.28,
+        beta=beta,
+        loss_type=loss_type,
+        temperature=0.7,
+        max_reflection_tokens=8,
+        max_tokens_per_micro_batch=40,
+        logprob_chunk_size=5,
+        share_prompts=share_prompts,
+    )
     rows = step_rows(rollouts, "group", beta)
     if beta:
         rows.batch["ref_logprobs"] = reference_logprobs(chunked, reference, rows.batch, settings)
@@ -255,8 +303,16 @@ def test_micro_batched_step_equals_one_batch_with_the_engine_correction(loss_typ
     rollouts[0]["behaviour_logprobs"] = torch.where(mask, -6.0 + 3.0 * torch.rand(mask.shape, generator=generator), 0.0)
     simple = causal_lm(tied=False, lora=False)
     chunked = copy.deepcopy(simple)
-    settings = LossSettings(epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_type=loss_type, temperature=0.7,
-                            max_reflection_tokens=8, max_tokens_per_micro_batch=40, logprob_chunk_size=5)
+    settings = LossSettings(
+        epsilon=0.2,
+        epsilon_high=0.28,
+        beta=0.0,
+        loss_type=loss_type,
+        temperature=0.7,
+        max_reflection_tokens=8,
+        max_tokens_per_micro_batch=40,
+        logprob_chunk_size=5,
+    )
     rows = step_rows(rollouts, "group", 0.0)
     metrics = correct_for_engine(chunked, rows.batch, settings, GRPOLoss(correction="truncate", behaviour=behaviour))
     assert 0 < metrics["correction_share"] < 1 and metrics["engine_ratio_max"] > 2.0

@@ -1,4 +1,5 @@
 """The modes: one registered function each, a typed result, the sweepers' objective from it."""
+
 from __future__ import annotations
 
 import pytest
@@ -49,8 +50,9 @@ def test_a_mode_is_handed_one_resolved_run(tmp_path):
     from r3exp.runtime.run import ModeSpec
 
     seen = []
-    launch(composed(tmp_path, "mode=data"), ModeSpec(lambda run: seen.append(run) or ModeResult(run.run_dir),
-                                                     engine=False))
+    launch(
+        composed(tmp_path, "mode=data"), ModeSpec(lambda run: seen.append(run) or ModeResult(run.run_dir), engine=False)
+    )
     (run,) = seen
     assert run.run_dir == tmp_path / "run" and (run.run_dir / "provenance.json").exists()
     assert run.cfg.mode == "data" and run.resume is None and run.parts is None and run.logger is False

@@ -1,4 +1,5 @@
 """The paired statistics behind the R3-vs-base and R3-vs-GRPO claims, on outcomes written here."""
+
 from __future__ import annotations
 
 import json
@@ -8,16 +9,22 @@ import pytest
 
 from r3exp.errors import ConfigError
 from r3exp.results.across_runs import collect_runs, comparison_rows, paired_comparisons, paired_markdown
-from r3exp.results.paired import (bootstrap_interval, mcnemar_exact_p, pair, paired_bootstrap_p, paired_test,
-                                  solved_after_reflection)
+from r3exp.results.paired import (
+    bootstrap_interval,
+    mcnemar_exact_p,
+    pair,
+    paired_bootstrap_p,
+    paired_test,
+    solved_after_reflection,
+)
 from tests.test_compare import write_run
 
 
 def test_mcnemar_exact_is_the_two_sided_binomial_tail():
-    assert mcnemar_exact_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 2 ** 12)  # 0.0386
+    assert mcnemar_exact_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 2**12)  # 0.0386
     assert mcnemar_exact_p(2, 10) == mcnemar_exact_p(10, 2)
     assert mcnemar_exact_p(5, 5) == 1.0 and mcnemar_exact_p(0, 0) == 1.0
-    assert mcnemar_exact_p(8, 0) == pytest.approx(2 / 2 ** 8)
+    assert mcnemar_exact_p(8, 0) == pytest.approx(2 / 2**8)
 
 
 def test_bootstrap_p_is_one_without_a_difference_and_small_with_a_consistent_one():
@@ -38,8 +45,10 @@ def test_bootstrap_interval_is_the_spread_of_the_pooled_mean_difference():
     low, high = bootstrap_interval(pairs)
     assert low == pytest.approx(0.5 - 1.96 * 0.025, abs=0.005) and high == pytest.approx(0.5 + 1.96 * 0.025, abs=0.005)
     assert bootstrap_interval([[(True, False)] * 10]) == (1.0, 1.0)
-    for case in ([[(True, False)] * 8 + [(False, True)] * 5 + [(False, False)] * 187],
-                 [[(True, False)] * 14 + [(False, True)] * 4 + [(False, False)] * 182]):
+    for case in (
+        [[(True, False)] * 8 + [(False, True)] * 5 + [(False, False)] * 187],
+        [[(True, False)] * 14 + [(False, True)] * 4 + [(False, False)] * 182],
+    ):
         low, high = bootstrap_interval(case)
         assert (low > 0) == (paired_bootstrap_p(case) < 0.05), (low, high, paired_bootstrap_p(case))
     test = paired_test(pairs)
@@ -55,8 +64,8 @@ def test_bootstrap_resamples_an_example_in_every_seed_at_once():
 
 
 def test_paired_test_pools_seeds_and_keeps_per_seed_gains():
-    seed0 = [(True, False)] * 6 + [(False, True)] * 2 + [(True, True)] * 12   # +20 points of 20
-    seed1 = [(True, False)] * 3 + [(False, False)] * 17                      # +15 points
+    seed0 = [(True, False)] * 6 + [(False, True)] * 2 + [(True, True)] * 12  # +20 points of 20
+    seed1 = [(True, False)] * 3 + [(False, False)] * 17  # +15 points
     test = paired_test([seed0, seed1])
     assert test.gains == pytest.approx([0.2, 0.15])
     assert test.mean_gain == pytest.approx(0.175) and test.std_gain == pytest.approx(math.sqrt(2) * 0.025)
@@ -70,8 +79,16 @@ def write_episodes(path, outcomes):
     """outcomes: per example (first_try_success, retry_success or None)."""
     with path.open("w") as handle:
         for i, (first, retry) in enumerate(outcomes):
-            handle.write(json.dumps({"example": {"nums": [i, 1], "target": i + 1, "solution": "x"},
-                                     "first_try_success": first, "retry_success": retry}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "example": {"nums": [i, 1], "target": i + 1, "solution": "x"},
+                        "first_try_success": first,
+                        "retry_success": retry,
+                    }
+                )
+                + "\n"
+            )
 
 
 def test_solved_after_reflection_reads_first_try_or_retry_and_pairs_by_example(tmp_path):
@@ -86,9 +103,11 @@ def test_solved_after_reflection_reads_first_try_or_retry_and_pairs_by_example(t
 def test_compare_tests_trained_vs_base_and_every_pair_of_arms_seed_by_seed(tmp_path):
     base = [(False, False)] * 10
     for seed in (0, 1):
-        for protocol, trained in (("r3", [(False, True)] * 4 + [(False, False)] * 6),
-                                  ("grpo", [(True, None)] * 1 + [(False, False)] * 9),
-                                  ("r3_grpo", [(True, None)] * 2 + [(False, True)] * 3 + [(False, False)] * 5)):
+        for protocol, trained in (
+            ("r3", [(False, True)] * 4 + [(False, False)] * 6),
+            ("grpo", [(True, None)] * 1 + [(False, False)] * 9),
+            ("r3_grpo", [(True, None)] * 2 + [(False, True)] * 3 + [(False, False)] * 5),
+        ):
             run = tmp_path / f"{protocol}{seed}"
             write_run(run, seed, [f"seed={seed}", f"rollout.protocol={protocol}"], (0, 0), (0, 0))
             write_episodes(run / "eval_base_episodes.jsonl", base)
@@ -102,10 +121,17 @@ def test_compare_tests_trained_vs_base_and_every_pair_of_arms_seed_by_seed(tmp_p
         ("rollout.protocol=grpo trained", "rollout.protocol=grpo base", "first try"),
         ("rollout.protocol=r3 trained", "rollout.protocol=grpo trained", "after reflection"),
         ("rollout.protocol=r3 trained", "rollout.protocol=grpo trained", "first try"),
-        *[(f"rollout.protocol=r3_grpo {model}", f"rollout.protocol=r3_grpo {base}", measure)
-          for model, base in (("trained", "base"),) for measure in ("after reflection", "first try")],
-        *[("rollout.protocol=r3_grpo trained", f"rollout.protocol={other} trained", measure)
-          for other in ("r3", "grpo") for measure in ("after reflection", "first try")]}
+        *[
+            (f"rollout.protocol=r3_grpo {model}", f"rollout.protocol=r3_grpo {base}", measure)
+            for model, base in (("trained", "base"),)
+            for measure in ("after reflection", "first try")
+        ],
+        *[
+            ("rollout.protocol=r3_grpo trained", f"rollout.protocol={other} trained", measure)
+            for other in ("r3", "grpo")
+            for measure in ("after reflection", "first try")
+        ],
+    }
     r3_vs_base = found[("rollout.protocol=r3 trained", "rollout.protocol=r3 base", "after reflection")]
     assert r3_vs_base.gains == [0.4, 0.4] and (r3_vs_base.a_only, r3_vs_base.b_only) == (8, 0)
     r3_vs_grpo = found[("rollout.protocol=r3 trained", "rollout.protocol=grpo trained", "first try")]
@@ -115,5 +141,7 @@ def test_compare_tests_trained_vs_base_and_every_pair_of_arms_seed_by_seed(tmp_p
     both_vs_r3 = found[("rollout.protocol=r3_grpo trained", "rollout.protocol=r3 trained", "first try")]
     assert both_vs_r3.gains == [0.2, 0.2]
     table = paired_markdown(paired_comparisons(rows))
-    assert "| rollout.protocol=r3 trained | rollout.protocol=r3 base | after reflection | +40.0, +40.0 | +40.0 | 8 / 0 | 20 |" \
-        in table
+    assert (
+        "| rollout.protocol=r3 trained | rollout.protocol=r3 base | after reflection | +40.0, +40.0 | +40.0 | 8 / 0 "
+        "| 20 |" in table
+    )

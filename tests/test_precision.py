@@ -6,6 +6,7 @@ bfloat16, as ``model=qwen2_7b`` loads its weights; the optimizer is the one ``op
 (``r3exp.grpo.optimizers.adamw``); the forward and backward run under CPU bf16 autocast, as under
 ``trainer.precision=bf16-mixed``. The reference is the same training in float32 throughout.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,15 @@ LR, STEPS = 1e-5, 30
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    config = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    config = Qwen2Config(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_qwen2")
     Qwen2ForCausalLM(config).save_pretrained(path)
@@ -43,8 +51,10 @@ def train(model, optimizer, bf16_compute: bool, steps: int = STEPS) -> tuple[lis
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     compensation = {p: optimizer.state[p].get("kahan_comp") for p in model.parameters()}
-    return losses, {name: p.detach().float() - start[name] + (compensation[p].float() if compensation[p] is not None
-                                                              else 0.0) for name, p in model.named_parameters()}
+    return losses, {
+        name: p.detach().float() - start[name] + (compensation[p].float() if compensation[p] is not None else 0.0)
+        for name, p in model.named_parameters()
+    }
 
 
 def trainable(model) -> list[torch.nn.Parameter]:
@@ -80,13 +90,17 @@ def test_pure_bf16_adamw_rounds_most_updates_away(saved_model, reference):
     assert losses[0] - losses[-1] < 0.5 * (ref_losses[0] - ref_losses[-1])  # measured 0.0070 vs 0.0370
 
 
-@pytest.mark.parametrize("master_weights, dtype, optimizer_module, tolerance", [
-    ("float32", torch.float32, "torch.optim", 0.05),  # measured 0.025 (bf16 compute, float32 weights)
-    ("kahan", torch.bfloat16, "optimi", 0.08),  # measured 0.040 (weight + compensation; the bf16 weights alone
-    # lag it by under half an ulp each: 0.143 of the change after 30 steps, 0.077 after 50). Pure bf16: 0.93
-])
-def test_both_precision_settings_track_the_float32_reference(saved_model, reference, master_weights, dtype,
-                                                            optimizer_module, tolerance):
+@pytest.mark.parametrize(
+    "master_weights, dtype, optimizer_module, tolerance",
+    [
+        ("float32", torch.float32, "torch.optim", 0.05),  # measured 0.025 (bf16 compute, float32 weights)
+        ("kahan", torch.bfloat16, "optimi", 0.08),  # measured 0.040 (weight + compensation; the bf16 weights alone
+        # lag it by under half an ulp each: 0.143 of the change after 30 steps, 0.077 after 50). Pure bf16: 0.93
+    ],
+)
+def test_both_precision_settings_track_the_float32_reference(
+    saved_model, reference, master_weights, dtype, optimizer_module, tolerance
+):
     model = load_policy(saved_model, "bfloat16", master_weights=master_weights)
     assert {p.dtype for p in trainable(model)} == {dtype}
     optimizer = adamw(trainable(model), lr=LR, betas=(0.9, 0.99))
@@ -105,8 +119,11 @@ def test_both_precision_settings_track_the_float32_reference(saved_model, refere
 
 def test_an_optimizer_that_would_round_bf16_updates_away_is_refused(saved_model):
     model = load_policy(saved_model, "bfloat16", master_weights="kahan")
-    with pytest.raises(ConfigError, match=r"AdamW would update [\d,]+ trainable bfloat16 parameters uncompensated.*"
-                                          r"model.master_weights=float32"):
+    with pytest.raises(
+        ConfigError,
+        match=r"AdamW would update [\d,]+ trainable bfloat16 parameters uncompensated.*"
+        r"model.master_weights=float32",
+    ):
         check_updates_kept(torch.optim.AdamW(trainable(model), lr=LR))
     import optimi
 
@@ -119,8 +136,13 @@ def test_adamw_hands_its_settings_to_the_kahan_optimizer(saved_model):
     model = load_policy(saved_model, "bfloat16", master_weights="kahan")
     optimizer = adamw(trainable(model), lr=3e-6, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.05)
     group = optimizer.param_groups[0]
-    assert (group["lr"], group["beta1"], group["beta2"], group["eps"], group["weight_decay"]) == \
-        (3e-6, 0.8, 0.95, 1e-7, 0.05)
+    assert (group["lr"], group["beta1"], group["beta2"], group["eps"], group["weight_decay"]) == (
+        3e-6,
+        0.8,
+        0.95,
+        1e-7,
+        0.05,
+    )
     assert group["kahan_sum"] is True and group["decouple_lr"] is False  # decay scaled by lr, as PyTorch's
     assert compensates(optimizer)
 
@@ -146,7 +168,10 @@ def test_the_kahan_optimizer_is_pytorchs_adamw_rule(saved_model):
     ours = [torch.nn.Parameter(w.clone()) for w in weights]
     theirs = [torch.nn.Parameter(w.clone()) for w in weights]
     settings = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
-    steppers = [optimi.AdamW(ours, decouple_lr=False, kahan_sum=False, **settings), torch.optim.AdamW(theirs, **settings)]
+    steppers = [
+        optimi.AdamW(ours, decouple_lr=False, kahan_sum=False, **settings),
+        torch.optim.AdamW(theirs, **settings),
+    ]
     for step in range(20):
         grads = [torch.randn_like(w) for w in weights]
         for params, optimizer in zip((ours, theirs), steppers):

@@ -40,9 +40,14 @@ def fit(tmp_path, earlier) -> tuple[L.Trainer, CheckpointOnSignal]:
     previous = signal.signal(signal.SIGUSR2, earlier)
     try:
         stop = CheckpointOnSignal(["SIGUSR2"])
-        trainer = L.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True,
-                                                                                   every_n_train_steps=100), stop])
+        trainer = L.Trainer(
+            max_steps=10,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=100), stop],
+        )
         trainer.fit(Regression())
         handler_after = signal.getsignal(signal.SIGUSR2)
     finally:
@@ -77,8 +82,14 @@ def test_without_an_earlier_handler_the_run_still_stops_and_hands_over_nothing(t
 
 
 def test_an_unsignalled_fit_is_not_preempted(tmp_path):
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[CheckpointOnSignal(["SIGUSR2"])])
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[CheckpointOnSignal(["SIGUSR2"])],
+    )
     module = Regression()
     module.training_step = lambda batch, batch_idx: torch.nn.functional.mse_loss(module.layer(batch[0]), batch[1])
     trainer.fit(module)

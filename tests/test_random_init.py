@@ -1,5 +1,6 @@
 """``model.init=random``: a paper model's architecture with random weights and a tokenizer of its vocabulary size,
 with no hub: what a GPU machine without network runs (``benchmarks/gpu_main_job.sh``)."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,13 @@ from tests.conftest import CONF
 from tests.test_cli import SHORT, r3exp
 
 # Qwen2-1.5B's vocabulary and tied output layer at a width a CPU test affords
-SMALL_QWEN2 = ["model.architecture.num_hidden_layers=1", "model.architecture.hidden_size=64",
-               "model.architecture.intermediate_size=128", "model.architecture.num_attention_heads=4",
-               "model.architecture.num_key_value_heads=2"]
+SMALL_QWEN2 = [
+    "model.architecture.num_hidden_layers=1",
+    "model.architecture.hidden_size=64",
+    "model.architecture.intermediate_size=128",
+    "model.architecture.num_attention_heads=4",
+    "model.architecture.num_key_value_heads=2",
+]
 
 
 def test_the_filled_tokenizer_decodes_every_id_and_encodes_task_text_as_the_embedded_bpe():
@@ -33,8 +38,9 @@ def test_the_filled_tokenizer_decodes_every_id_and_encodes_task_text_as_the_embe
 
 def test_a_random_model_has_the_architecture_it_was_given_and_is_cached(tmp_path):
     architecture = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "qwen2_7b.yaml").architecture)
-    architecture.update(num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                        num_key_value_heads=2)
+    architecture.update(
+        num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2
+    )
     path = ensure_random_model(architecture, "bfloat16", 0, tiny_corpus(), tmp_path)
     config = json.loads((path / "config.json").read_text())
     rope = config.get("rope_parameters") or {}  # transformers 5 keeps rope_theta there
@@ -52,8 +58,17 @@ def test_a_paper_model_with_random_weights_runs_the_main_job_on_the_hf_engine_wi
     on the Hugging Face engine (the GPU machine has no vLLM), HF_HUB_OFFLINE=1."""
     run_dir = tmp_path / "run"
     short = [o for o in SHORT if not o.startswith("model.warm_start")]
-    out = r3exp("model=qwen2_1.5b", "model.init=random", *SMALL_QWEN2, "model.dtype=float32", "engine=hf",
-                "logger=csv", *short, f"hydra.run.dir={run_dir}", f"paths.results_cache={tmp_path / 'results'}")
+    out = r3exp(
+        "model=qwen2_1.5b",
+        "model.init=random",
+        *SMALL_QWEN2,
+        "model.dtype=float32",
+        "engine=hf",
+        "logger=csv",
+        *short,
+        f"hydra.run.dir={run_dir}",
+        f"paths.results_cache={tmp_path / 'results'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["base"]["total"] == 16 and results["trained"]["total"] == 16
@@ -62,8 +77,9 @@ def test_a_paper_model_with_random_weights_runs_the_main_job_on_the_hf_engine_wi
     assert json.loads((merged / "config.json").read_text())["vocab_size"] == 151_936
     import csv
 
-    logged = [row for row in csv.DictReader((run_dir / "csv" / "version_0" / "metrics.csv").open())
-              if row["memory/peak_gib"]]  # every logged metric, logger=csv
+    logged = [
+        row for row in csv.DictReader((run_dir / "csv" / "version_0" / "metrics.csv").open()) if row["memory/peak_gib"]
+    ]  # every logged metric, logger=csv
     assert len(logged) == 2 and all(0.1 < float(row["memory/peak_gib"]) < 24 for row in logged)  # peak RSS on CPU
     assert all(float(row["time/step_seconds"]) >= float(row["time/generation_seconds"]) > 0 for row in logged)
 
@@ -73,5 +89,7 @@ def test_a_model_without_an_architecture_cannot_be_random(tmp_path):
     out = r3exp("model=smollm2_135m", "+model.init=random", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: model.init=random: model 'smollm2_135m' has no model.architecture (the fields of its "
-                      "config.json; the paper models' configs write them out)"], out.stderr[-2000:]
+    assert errors == [
+        "error: model.init=random: model 'smollm2_135m' has no model.architecture (the fields of its "
+        "config.json; the paper models' configs write them out)"
+    ], out.stderr[-2000:]

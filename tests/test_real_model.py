@@ -1,6 +1,7 @@
 """SmolLM2-135M-Instruct (model=smollm2_135m), a real pretrained model, through r3exp: its GGUF conversion,
 the exact token path under its own BPE tokenizer and chat template, the on-policy check, and every mode a
 user runs (main job with LoRA, resume, full fine-tuning, export, the forgetting check)."""
+
 from __future__ import annotations
 
 import csv
@@ -19,13 +20,29 @@ from r3exp.rollout.episodes import ChatRenderer, Episode
 from tests.conftest import CACHE, CONF, load_task
 
 # a few short steps: generation is ~120 tokens/s for this model on 2 cores, so every sampled token counts
-SMOLLM2 = ["model=smollm2_135m", "task=arithmetic", "evaluation.limit=4", "evaluation.controls=[]",
-           "rollout.examples_per_step=4", "rollout.group_size=2", "rollout.max_draws=1", "rollout.attempt.max_tokens=12",
-           "rollout.reflection.max_tokens=16", "rollout.retry.max_tokens=12", "task.split_sizes.train=64",
-           "task.split_sizes.validation=4", "task.split_sizes.test=4", "callbacks.checkpoint.every_n_train_steps=1"]
+SMOLLM2 = [
+    "model=smollm2_135m",
+    "task=arithmetic",
+    "evaluation.limit=4",
+    "evaluation.controls=[]",
+    "rollout.examples_per_step=4",
+    "rollout.group_size=2",
+    "rollout.max_draws=1",
+    "rollout.attempt.max_tokens=12",
+    "rollout.reflection.max_tokens=16",
+    "rollout.retry.max_tokens=12",
+    "task.split_sizes.train=64",
+    "task.split_sizes.validation=4",
+    "task.split_sizes.test=4",
+    "callbacks.checkpoint.every_n_train_steps=1",
+]
 # a reward this model earns about half the time ("The correct calculation is ..."), so that steps train
-SIGNAL = ["rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains", "~rollout.reward._partial_",
-          "+rollout.reward.text=correct", "rollout.max_draws=3"]
+SIGNAL = [
+    "rollout.reward._target_=r3exp.rollout.episodes.ReflectionContains",
+    "~rollout.reward._partial_",
+    "+rollout.reward.text=correct",
+    "rollout.max_draws=3",
+]
 
 
 def smollm2_spec(**changes) -> GGUFSpec:
@@ -89,6 +106,7 @@ def test_a_model_without_chat_template_fails_in_one_line(tmp_path, smollm2_path)
 
 # --- the exact token path under a real tokenizer ------------------------------------------------------
 
+
 @pytest.mark.integration
 def test_chatml_template_and_end_of_turn(smollm2_tokenizer):
     tok = smollm2_tokenizer
@@ -106,8 +124,14 @@ def test_trained_ids_are_the_sampled_ids_even_where_decode_encode_does_not_round
     text = tok.decode(sampled, skip_special_tokens=True)
     assert text == "hello" and tok.encode(text, add_special_tokens=False) != sampled[:-1]  # no round trip
     context = ChatRenderer(tok)([{"role": "user", "content": "Say hello."}])
-    episode = Episode({"x": 1}, Completion([], [], "", True), False, reflection_prompt_ids=context,
-                      reflections=[Completion(sampled, [-0.5] * len(sampled), text, True)], rewards=[1.0])
+    episode = Episode(
+        {"x": 1},
+        Completion([], [], "", True),
+        False,
+        reflection_prompt_ids=context,
+        reflections=[Completion(sampled, [-0.5] * len(sampled), text, True)],
+        rewards=[1.0],
+    )
     batch = build_batch([episode], pad_id=tok.pad_token_id)
     row = batch["input_ids"][0]
     assert row[: len(context)].tolist() == context  # the engine's prompt ids, unchanged
@@ -128,8 +152,9 @@ def test_sampled_reflections_end_at_im_end_or_are_cut_at_max_tokens(smollm2_engi
     tok, task = smollm2_tokenizer, load_task("arithmetic", train=40, held_out=8)
     greedy = SamplingConfig(max_tokens=16, temperature=0.0)
     for max_tokens in (48, 4):  # long enough to end the turn, and a cut
-        protocol = R3Protocol(task, smollm2_engine, tok, greedy, SamplingConfig(max_tokens=max_tokens, temperature=1.0),
-                              greedy)
+        protocol = R3Protocol(
+            task, smollm2_engine, tok, greedy, SamplingConfig(max_tokens=max_tokens, temperature=1.0), greedy
+        )
         episodes = [ep for ep in protocol.run(task.examples("train")[:12], group_size=2) if ep.reflections]
         assert episodes, "every first attempt succeeded: no reflection to check"
         reflections = [r for ep in episodes for r in ep.reflections]
@@ -148,8 +173,11 @@ def test_sampled_reflections_end_at_im_end_or_are_cut_at_max_tokens(smollm2_engi
             assert batch["input_ids"][b][batch["reflection_mask"][b]].tolist() == r.token_ids
         # the retry sees the reflection as an assistant turn that the chat template closes
         ep = episodes[0]
-        retry_prompt = tok.decode(protocol.render.for_task(task, ep.example, task.retry_messages(
-            ep.example, ep.attempt.text, ep.reflections[0].text)))
+        retry_prompt = tok.decode(
+            protocol.render.for_task(
+                task, ep.example, task.retry_messages(ep.example, ep.attempt.text, ep.reflections[0].text)
+            )
+        )
         assert f"{ep.reflections[0].text}<|im_end|>\n<|im_start|>user\n" in retry_prompt
 
 
@@ -163,8 +191,14 @@ def test_trainer_and_engine_agree_on_the_sampled_tokens(smollm2_engine, smollm2_
     from r3exp.rollout.episodes import R3Protocol
 
     tok, task = smollm2_tokenizer, load_task("arithmetic", train=40, held_out=8)
-    protocol = R3Protocol(task, smollm2_engine, tok, SamplingConfig(max_tokens=16, temperature=0.0),
-                          SamplingConfig(max_tokens=32, temperature=1.0), SamplingConfig(max_tokens=16, temperature=0.0))
+    protocol = R3Protocol(
+        task,
+        smollm2_engine,
+        tok,
+        SamplingConfig(max_tokens=16, temperature=0.0),
+        SamplingConfig(max_tokens=32, temperature=1.0),
+        SamplingConfig(max_tokens=16, temperature=0.0),
+    )
     batch = build_batch(protocol.run(task.examples("train")[:8], group_size=2), tok.pad_token_id)
     policy = load_policy(smollm2_path)
     mask = batch["reflection_mask"][:, 1:]  # aligned on the predicted token, as the loss takes it
@@ -175,6 +209,7 @@ def test_trainer_and_engine_agree_on_the_sampled_tokens(smollm2_engine, smollm2_
 
 
 # --- every mode a user runs, through the real command line ---------------------------------------------
+
 
 def step_rows(run_dir) -> list[dict]:
     with open(run_dir / "train_metrics.csv") as handle:
@@ -201,8 +236,9 @@ def test_main_job_with_lora_then_resume(tmp_path):
 
 
 @pytest.mark.integration
-def test_full_finetuning_exports_a_policy_that_vllm_and_transformers_read_alike(tmp_path, smollm2_tokenizer,
-                                                                                smollm2_path, engine_pool):
+def test_full_finetuning_exports_a_policy_that_vllm_and_transformers_read_alike(
+    tmp_path, smollm2_tokenizer, smollm2_path, engine_pool
+):
     from safetensors.torch import load_file
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -218,15 +254,17 @@ def test_full_finetuning_exports_a_policy_that_vllm_and_transformers_read_alike(
     assert set(trained) == set(base)  # the tied output layer is stored as the embedding, as in the base
     if float(step_rows(run_dir)[0]["skipped"] or 0) == 0:
         assert any(not torch.equal(trained[k], base[k]) for k in base)  # the step moved the weights
-    ids = ChatRenderer(smollm2_tokenizer)([{"role": "user", "content": "What is 7 times 8?"}]) + \
-        smollm2_tokenizer.encode("7 times 8 is 56.", add_special_tokens=False)
+    ids = ChatRenderer(smollm2_tokenizer)(
+        [{"role": "user", "content": "What is 7 times 8?"}]
+    ) + smollm2_tokenizer.encode("7 times 8 is 56.", add_special_tokens=False)
     policy = load_policy(merged)
     with torch.no_grad():
         hf = torch.log_softmax(policy(torch.tensor([ids])).logits[0, :-1].float(), -1)
     hf = hf.gather(1, torch.tensor(ids[1:]).unsqueeze(1)).squeeze(1)
     engine = engine_pool.get(merged)
-    request = engine.llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0),
-                                  use_tqdm=False)[0]
+    request = engine.llm.generate(
+        [TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False
+    )[0]
     vllm = torch.tensor([step[token].logprob for step, token in zip(request.prompt_logprobs[1:], ids[1:])])
     assert (hf - vllm).abs().max().item() < 1e-4
 
@@ -235,8 +273,13 @@ def test_full_finetuning_exports_a_policy_that_vllm_and_transformers_read_alike(
 def test_forgetting_check_scores_the_real_model(tmp_path, smollm2_path):
     from tests.test_cli import r3exp
 
-    out = r3exp("model=smollm2_135m", "mode=forgetting", "forgetting.limit=20", f"forgetting.policy={smollm2_path}",
-                f"hydra.run.dir={tmp_path}")
+    out = r3exp(
+        "model=smollm2_135m",
+        "mode=forgetting",
+        "forgetting.limit=20",
+        f"forgetting.policy={smollm2_path}",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     scores = json.loads((tmp_path / "results.json").read_text())["forgetting"]
     assert scores["base"] == scores["trained"] and scores["difference"] == {"r3exp_arithmetic/acc": 0.0}

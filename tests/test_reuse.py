@@ -1,6 +1,7 @@
 """Reusing the base model's evaluation across runs (``evaluation.reuse_base``, ``forgetting.reuse_base``):
 the key changes with every input that matters, a stored entry is complete or absent, and a reused result
 is the one evaluating again gives (real runs of the main job)."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,15 @@ def test_the_key_ignores_what_greedy_evaluation_ignores_and_follows_what_it_does
     assert key_of(tmp_path, "task.seed=0", "seed=5") == key_of(tmp_path, "task.seed=0", "seed=6")  # greedy
     hot = ("task.seed=0", "evaluation.reflection.temperature=0.7")
     assert key_of(tmp_path, *hot, "seed=5") != key_of(tmp_path, *hot, "seed=6")  # sampled: the seed matters
-    for changed in ("seed=1", "task.split_sizes.test=17", "evaluation.limit=3", "evaluation.split=validation",
-                    "rollout.reflection.max_tokens=9", "engine.dtype=bfloat16", "evaluation.controls=[empty]"):
+    for changed in (
+        "seed=1",
+        "task.split_sizes.test=17",
+        "evaluation.limit=3",
+        "evaluation.split=validation",
+        "rollout.reflection.max_tokens=9",
+        "engine.dtype=bfloat16",
+        "evaluation.controls=[empty]",
+    ):
         assert key_of(tmp_path, changed) != base, changed
     (tmp_path / "model.safetensors").write_bytes(b"other weights")
     assert key_of(tmp_path) != base
@@ -71,11 +79,18 @@ def test_a_reused_base_evaluation_is_what_evaluating_again_gives(tmp_path):
     """Three real main jobs sharing a results cache: R3 evaluates and stores the base model's evaluation and
     lm-eval scores; GRPO with reuse off evaluates them again (the same: the protocol does not enter them);
     GRPO with reuse on reads them, and its run directory holds the same files."""
-    common = [*SHORT, "trainer.max_steps=1", "forgetting.enabled=true", "forgetting.limit=20",
-              f"paths.results_cache={tmp_path / 'results'}"]
-    runs = {"stored": ["rollout.protocol=r3"],
-            "evaluated": ["rollout.protocol=grpo", "evaluation.reuse_base=false", "forgetting.reuse_base=false"],
-            "reused": ["rollout.protocol=grpo"]}
+    common = [
+        *SHORT,
+        "trainer.max_steps=1",
+        "forgetting.enabled=true",
+        "forgetting.limit=20",
+        f"paths.results_cache={tmp_path / 'results'}",
+    ]
+    runs = {
+        "stored": ["rollout.protocol=r3"],
+        "evaluated": ["rollout.protocol=grpo", "evaluation.reuse_base=false", "forgetting.reuse_base=false"],
+        "reused": ["rollout.protocol=grpo"],
+    }
     results, episodes = {}, {}
     for name, extra in runs.items():
         out = r3exp(*common, *extra, f"hydra.run.dir={tmp_path / name}", timeout=900)

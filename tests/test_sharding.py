@@ -1,6 +1,7 @@
 """Sharded full fine-tuning (FSDP2) on real gloo ranks on this CPU: one sharded step on 2 ranks equals one
 single-process step on the union of their rows, and the weights gathered for the engine (and the
 export) equal the unsharded model's."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ def reference_of(policy, case):
 def with_reference(model, reference, rows, case, pad_to=None):
     loss_case = CASES[case][0]
     if settings(loss_case).beta:
-        rows.batch["ref_logprobs"] = reference_logprobs(model, reference, rows.batch, settings(loss_case),
-                                                        pad_to=pad_to)
+        rows.batch["ref_logprobs"] = reference_logprobs(
+            model, reference, rows.batch, settings(loss_case), pad_to=pad_to
+        )
     return rows
 
 
@@ -81,8 +83,9 @@ def _rank_step(rank: int, case: str, port: int, out_dir: str) -> None:
     loss = sgd_step(root, root.parameters(), rows, case, pad_to)
     weights = dict(gathered_hf_weights(root))
     adapter = dict(gathered_hf_weights(root, adapter=True))
-    torch.save({"loss": loss, "weights": weights, "adapter": adapter, "micro_batches": pad_to},
-               f"{out_dir}/rank{rank}.pt")
+    torch.save(
+        {"loss": loss, "weights": weights, "adapter": adapter, "micro_batches": pad_to}, f"{out_dir}/rank{rank}.pt"
+    )
     dist.destroy_process_group()
 
 

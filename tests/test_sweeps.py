@@ -1,5 +1,6 @@
 """A real Hydra multirun on the tiny model, the comparison over its directory, and the analysis notebook
 executed on one of its runs."""
+
 from __future__ import annotations
 
 import csv
@@ -16,9 +17,15 @@ pytestmark = pytest.mark.integration  # a real multirun of the command line
 @pytest.fixture(scope="module")
 def multirun(tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("multirun")
-    out = r3exp("-m", *SHORT, "callbacks.reflection_samples.every_n_steps=1",
-                "rollout.protocol=r3,grpo", f"hydra.sweep.dir={sweep_dir}",
-                "+hydra.callbacks.compare._target_=r3exp.results.sweep_callback.CompareSweep", timeout=1200)
+    out = r3exp(
+        "-m",
+        *SHORT,
+        "callbacks.reflection_samples.every_n_steps=1",
+        "rollout.protocol=r3,grpo",
+        f"hydra.sweep.dir={sweep_dir}",
+        "+hydra.callbacks.compare._target_=r3exp.results.sweep_callback.CompareSweep",
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return sweep_dir
 
@@ -46,7 +53,8 @@ def test_compare_reproduces_each_runs_results_and_draws_the_plots(multirun, tmp_
             for kind in ("first_try", "after_reflection"):
                 assert float(row[f"{label}_{kind}"]) == results[label][f"{kind}_accuracy"]
         assert float(row["delta_training_after_reflection"]) == pytest.approx(
-            results["trained"]["after_reflection_accuracy"] - results["base"]["after_reflection_accuracy"])
+            results["trained"]["after_reflection_accuracy"] - results["base"]["after_reflection_accuracy"]
+        )
         assert row["seeds"] == "1" and row["n"] == "16"
     table = (tmp_path / "comparison.md").read_text()
     assert table.startswith("| task | model | setting |") and "rollout.protocol=grpo" in table
@@ -55,7 +63,8 @@ def test_compare_reproduces_each_runs_results_and_draws_the_plots(multirun, tmp_
     assert {(c["a"], c["b"]) for c in paired} == {
         ("rollout.protocol=r3 trained", "rollout.protocol=r3 base"),
         ("rollout.protocol=grpo trained", "rollout.protocol=grpo base"),
-        ("rollout.protocol=r3 trained", "rollout.protocol=grpo trained")}
+        ("rollout.protocol=r3 trained", "rollout.protocol=grpo trained"),
+    }
     assert all(c["examples"] == 16 and 0 <= c["mcnemar_p"] <= 1 for c in paired)
     for png in ("accuracy.png", "training.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -90,19 +99,32 @@ def test_analysis_notebook_executes_on_a_run(multirun, monkeypatch):
     monkeypatch.setenv("R3EXP_RUN_DIR", str(job))
     notebook = nbformat.read(ROOT / "notebooks" / "reflection_analysis.ipynb", as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    printed = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                      for o in cell.get("outputs", []))
+    printed = "".join(
+        o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+    )
     assert "reflection samples" in printed and "== first sampled step" in printed
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
-               for cell in notebook.cells for o in cell.get("outputs", []))
+    assert any(
+        o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+        for cell in notebook.cells
+        for o in cell.get("outputs", [])
+    )
 
 
 @pytest.mark.slow
 def test_optuna_sweep_runs_two_trials_and_reports_the_best(tmp_path):
     fixed = [o for o in SHORT if not o.startswith(("rollout.group_size", "rollout.reflection.max_tokens"))]
-    out = r3exp("-m", "--config-dir", "sweeps", "--config-name", "optuna_reflection", *fixed,
-                "evaluation.split=validation", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}",
-                timeout=1800)
+    out = r3exp(
+        "-m",
+        "--config-dir",
+        "sweeps",
+        "--config-name",
+        "optuna_reflection",
+        *fixed,
+        "evaluation.split=validation",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={tmp_path}",
+        timeout=1800,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     import yaml
 

@@ -1,4 +1,5 @@
 """Where a run's time goes: phases add up, keep their order, and the install's record is read back."""
+
 from __future__ import annotations
 
 import time

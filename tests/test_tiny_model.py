@@ -17,11 +17,13 @@ def test_tokenizer_ids_round_trip_through_autotokenizer(tiny_path, tokenizer):
     for text in TEXTS:
         assert tokenizer.encode(text, add_special_tokens=False) == raw.encode(text, add_special_tokens=False).ids
         assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": TEXTS[0]}], add_generation_prompt=True,
-                                         tokenize=False)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": TEXTS[0]}], add_generation_prompt=True, tokenize=False
+    )
     assert chat.endswith("<|im_start|>assistant\n")
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": TEXTS[0]}], add_generation_prompt=True,
-                                        tokenize=True, return_dict=False)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": TEXTS[0]}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     assert list(ids) == raw.encode(chat, add_special_tokens=False).ids
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token_id != tokenizer.eos_token_id
 

@@ -1,5 +1,6 @@
 """Tracking pieces on their own: sample rows, the bounded samples history, the metrics file, the offline
 W&B reader, provenance. (A real training run with W&B offline is read back in test_cli.)"""
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,21 @@ from tests.conftest import ROOT
 
 
 def completion(text: str) -> Completion:
-    return Completion(token_ids=list(range(len(text.split()))), logprobs=[-1.0] * len(text.split()), text=text,
-                      finished=True)
+    return Completion(
+        token_ids=list(range(len(text.split()))), logprobs=[-1.0] * len(text.split()), text=text, finished=True
+    )
 
 
 def failed_episode(example: dict, rewards: list[float]) -> Episode:
-    return Episode(example=example, attempt=completion("<answer> 1 </answer>"), first_try_success=False,
-                   reflections=[completion(f"reflection {i} " * (i + 1)) for i in range(len(rewards))],
-                   retries=[completion(f"retry {i}") for i in range(len(rewards))], rewards=rewards,
-                   retry_successes=[bool(r) for r in rewards])
+    return Episode(
+        example=example,
+        attempt=completion("<answer> 1 </answer>"),
+        first_try_success=False,
+        reflections=[completion(f"reflection {i} " * (i + 1)) for i in range(len(rewards))],
+        retries=[completion(f"retry {i}") for i in range(len(rewards))],
+        rewards=rewards,
+        retry_successes=[bool(r) for r in rewards],
+    )
 
 
 def test_sample_rows_pair_each_reflection_with_its_advantage_and_keep_groups_whole(countdown):
@@ -37,8 +44,12 @@ def test_sample_rows_pair_each_reflection_with_its_advantage_and_keep_groups_who
     assert len(batch_rows(episodes)) == len(advantages)
     rows = sample_rows(countdown, episodes, advantages, step=5, limit=10)
     assert [tuple(r) for r in rows] == [SAMPLE_COLUMNS] * 4
-    assert [(r["group"], r["reward"], r["advantage"], r["retry_success"]) for r in rows] == \
-        [(0, 1.0, 0.7, True), (0, 0.0, -0.7, False), (1, 0.0, 0.0, False), (1, 0.0, 0.0, False)]
+    assert [(r["group"], r["reward"], r["advantage"], r["retry_success"]) for r in rows] == [
+        (0, 1.0, 0.7, True),
+        (0, 0.0, -0.7, False),
+        (1, 0.0, 0.0, False),
+        (1, 0.0, 0.0, False),
+    ]
     assert rows[1]["reflection"] == "reflection 1 reflection 1 " and rows[1]["reflection_tokens"] == 4
     assert rows[0]["task_prompt"] == countdown.user_prompt(examples[1]) and all(r["step"] == 5 for r in rows)
     assert len(sample_rows(countdown, episodes, advantages, step=5, limit=3)) == 2  # the second group won't fit
@@ -82,8 +93,9 @@ def test_provenance_records_commit_data_hashes_and_dvc_outputs(tmp_path):
     data = tmp_path / "data"
     write_jsonl([{"a": 1}], data / "train.jsonl")
     lock = tmp_path / "dvc.lock"
-    lock.write_text("schema: '2.0'\nstages:\n  data:\n    cmd: x\n    outs:\n    - path: pipeline/data\n"
-                    "      md5: abc.dir\n")
+    lock.write_text(
+        "schema: '2.0'\nstages:\n  data:\n    cmd: x\n    outs:\n    - path: pipeline/data\n      md5: abc.dir\n"
+    )
     record = collect_provenance(ROOT, seed=3, data_paths=[data, tmp_path / "missing"], lock_file=lock)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert record["git"]["commit"] == head and record["seed"] == 3

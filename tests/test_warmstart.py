@@ -1,4 +1,5 @@
 """The warm start: scripted episodes, the supervised sequences and their labels, the trained accuracy."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ import pytest
 
 from r3exp.evaluation.reflection_repairs import repair_statistics
 from r3exp.rollout.episodes import ChatRenderer
+from r3exp.scripted_sft import IGNORE, WarmStartSpec, build_sequences, encode_conversation, ensure_warm_start
 from r3exp.tasks.countdown import extract_answer
 from r3exp.tasks.countdown_reflections import Repair, apply_repair, near_miss, read_repair, repairs
-from r3exp.scripted_sft import IGNORE, WarmStartSpec, build_sequences, encode_conversation, ensure_warm_start
 
 
 def test_scripted_episodes_pair_a_wrong_attempt_and_its_reflection_with_a_right_answer(countdown):
@@ -71,18 +72,34 @@ def test_repair_statistics_separate_the_reflection_from_the_retry():
     example = {"nums": [3, 4, 2], "target": 5}  # 3 + 4 - 2
 
     def episode(attempt, reflection, retry, first=False):
-        return {"example": example, "first_try_success": first, "first_attempt": f"<answer> {attempt} </answer>",
-                "reflection": reflection, "retry": f"<answer> {retry} </answer>",
-                "retry_success": retry == "3 + 4 - 2"}
-    stats = repair_statistics([
-        episode("3 + 4 - 2", None, None, first=True),
-        episode("3 + 4 + 2", "I should use - instead of the second +.", "3 + 4 - 2"),  # right, applied
-        episode("3 + 4 + 2", "I should use - instead of the first +.", "3 - 4 + 2"),   # wrong, applied
-        episode("3 + 4 + 2", "I should use - instead of the second +.", "3 * 4 + 2"),  # right, ignored
-        episode("3 * 4 * 2", "I should use 5 instead of 7.", "3 * 4 * 2"),             # names no token of it
-    ])
-    assert stats == {"episodes": 5, "failures": 4, "one_change_fixes": 3, "repair_fits": 3, "repair_right": 2,
-                     "retry_applies_repair": 2, "retry_repeats_attempt": 1, "retry_success": 1}
+        return {
+            "example": example,
+            "first_try_success": first,
+            "first_attempt": f"<answer> {attempt} </answer>",
+            "reflection": reflection,
+            "retry": f"<answer> {retry} </answer>",
+            "retry_success": retry == "3 + 4 - 2",
+        }
+
+    stats = repair_statistics(
+        [
+            episode("3 + 4 - 2", None, None, first=True),
+            episode("3 + 4 + 2", "I should use - instead of the second +.", "3 + 4 - 2"),  # right, applied
+            episode("3 + 4 + 2", "I should use - instead of the first +.", "3 - 4 + 2"),  # wrong, applied
+            episode("3 + 4 + 2", "I should use - instead of the second +.", "3 * 4 + 2"),  # right, ignored
+            episode("3 * 4 * 2", "I should use 5 instead of 7.", "3 * 4 * 2"),  # names no token of it
+        ]
+    )
+    assert stats == {
+        "episodes": 5,
+        "failures": 4,
+        "one_change_fixes": 3,
+        "repair_fits": 3,
+        "repair_right": 2,
+        "retry_applies_repair": 2,
+        "retry_repeats_attempt": 1,
+        "retry_success": 1,
+    }
 
 
 def test_generated_scripted_episodes_depend_on_neither_the_task_seed_nor_the_split_sizes():
@@ -91,12 +108,17 @@ def test_generated_scripted_episodes_depend_on_neither_the_task_seed_nor_the_spl
     other_seed = load_task("countdown", seed=7, split_sizes={"train": 2500, "validation": 300, "test": 900})
     assert other_seed.scripted_episodes_ignore_splits
     # a training split smaller than the script's pool caps the pool: then the split sizes do matter
-    assert not load_task("countdown", split_sizes={"train": 100, "validation": 30, "test": 30}).scripted_episodes_ignore_splits
+    assert not load_task(
+        "countdown", split_sizes={"train": 100, "validation": 30, "test": 30}
+    ).scripted_episodes_ignore_splits
     assert other_seed.scripted_episodes(50, seed=0) == load_task("countdown").scripted_episodes(50, seed=0)
-    held_out = {(tuple(sorted(e["nums"])), e["target"]) for split in ("validation", "test")
-                for e in other_seed.examples(split)}
-    assert not held_out & {(tuple(sorted(ep["example"]["nums"])), ep["example"]["target"])
-                           for ep in other_seed.scripted_episodes(500, seed=0)}
+    held_out = {
+        (tuple(sorted(e["nums"])), e["target"]) for split in ("validation", "test") for e in other_seed.examples(split)
+    }
+    assert not held_out & {
+        (tuple(sorted(ep["example"]["nums"])), ep["example"]["target"])
+        for ep in other_seed.scripted_episodes(500, seed=0)
+    }
 
 
 def test_only_the_trained_assistant_turns_carry_labels(countdown, tokenizer):
@@ -107,11 +129,15 @@ def test_only_the_trained_assistant_turns_carry_labels(countdown, tokenizer):
     ids, labels = encode_conversation(render, tokenizer.eos_token_id, messages, trained={3, 5})
     assert len(ids) == len(labels)
     labelled = [t for t in labels if t != IGNORE]
-    expected = tokenizer.encode(ep["reflection"], add_special_tokens=False) + [tokenizer.eos_token_id] \
-        + tokenizer.encode(ep["answer"], add_special_tokens=False) + [tokenizer.eos_token_id]
+    expected = (
+        tokenizer.encode(ep["reflection"], add_special_tokens=False)
+        + [tokenizer.eos_token_id]
+        + tokenizer.encode(ep["answer"], add_special_tokens=False)
+        + [tokenizer.eos_token_id]
+    )
     assert labelled == expected
     # the sequence up to the last answer is exactly what the rollout engine renders for the retry
-    assert ids[:len(render(messages[:-1]))] == render(messages[:-1])
+    assert ids[: len(render(messages[:-1]))] == render(messages[:-1])
     assert tokenizer.decode([t for t, lab in zip(ids, labels) if lab == IGNORE]).count(ep["attempt"]) == 1
 
 
@@ -165,8 +191,13 @@ def test_warm_start_lands_in_the_accuracy_band(tmp_path):
     default model's warm start from scratch (about 5 minutes on 2 CPU cores): pytest -m slow."""
     from tests.test_cli import r3exp
 
-    out = r3exp("mode=warmstart", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
-                "logger=none", timeout=1800)
+    out = r3exp(
+        "mode=warmstart",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "logger=none",
+        timeout=1800,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "run" / "results.json").read_text())["warm_start"]
     assert result["split"] == "validation" and result["total"] == 200
@@ -187,8 +218,14 @@ def test_a_shipped_warm_start_is_used_and_lands_in_the_accuracy_band(overrides, 
     from r3exp.scripted_sft import SHIPPED
     from tests.test_cli import r3exp
 
-    out = r3exp(*overrides, "mode=evaluate", "evaluation.split=validation", f"hydra.run.dir={tmp_path}",
-                f"paths.cache_dir={tmp_path / 'cache'}", "logger=none")
+    out = r3exp(
+        *overrides,
+        "mode=evaluate",
+        "evaluation.split=validation",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "logger=none",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert Path(json.loads((tmp_path / "provenance.json").read_text())["model_path"]).parent == SHIPPED
     assert not (tmp_path / "cache" / "warmstart").exists()  # nothing was built
@@ -204,7 +241,10 @@ def test_a_shipped_warm_start_comes_before_the_cache_and_none_means_rebuild(coun
     shipped_root = tmp_path / "shipped"
     shutil.copytree(built, shipped_root / built.name)
     cache = tmp_path / "cache"
-    assert ensure_warm_start(str(tiny_path), countdown, {"seed": 0}, spec, cache, shipped_root) == shipped_root / built.name
+    assert (
+        ensure_warm_start(str(tiny_path), countdown, {"seed": 0}, spec, cache, shipped_root)
+        == shipped_root / built.name
+    )
     assert not cache.exists()  # nothing built
     other = ensure_warm_start(str(tiny_path), countdown, {"seed": 1}, spec, cache, shipped_root)
     assert other.parent == cache  # another key: built into the cache
@@ -215,7 +255,8 @@ def test_a_shipped_warm_start_comes_before_the_cache_and_none_means_rebuild(coun
 @pytest.mark.parametrize("overrides", SHIPPED_RECIPES)
 def test_a_shipped_warm_start_is_what_its_recipe_builds(overrides):
     """Their recipe and settings give the key of a shipped warm start, built by that recipe (its report). A
-    change to either changes the key: rebuild with mode=warmstart and ship the result (docs/results/r3-effect.md, "Warm start")."""
+    change to either changes the key: rebuild with mode=warmstart and ship the result (docs/results/r3-effect.md,
+    "Warm start")."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -232,6 +273,7 @@ def test_a_shipped_warm_start_is_what_its_recipe_builds(overrides):
     shipped = SHIPPED / key
     assert (shipped / "model.safetensors").exists(), (
         f"no shipped warm start {key}: python -m r3exp mode=warmstart {' '.join(overrides)} and copy "
-        f"<paths.cache_dir>/warmstart/{key} to {SHIPPED}")
+        f"<paths.cache_dir>/warmstart/{key} to {SHIPPED}"
+    )
     report = json.loads((shipped / "warm_start.json").read_text())
     assert report["task"] == task.name and report["spec"] == asdict(model.warm_start)

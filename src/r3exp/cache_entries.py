@@ -3,6 +3,7 @@ place and moved in with one rename, so an interrupted build leaves nothing half-
 build the same entry at once (a Hydra multirun's jobs, parallel test workers) both end with it: the first
 rename wins, the other job drops its own copy and uses that one.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -39,8 +39,11 @@ def app(cfg: DictConfig) -> float | None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 2))
     except (SIGTERMException, Preempted) as stop:  # r3exp.runtime.preemption saved the step's checkpoint
-        print("stopped by a scheduler's signal after an optimizer step; its checkpoint is last.ckpt: rerun with "
-              "ckpt_path=last to continue", file=sys.stderr)
+        print(
+            "stopped by a scheduler's signal after an optimizer step; its checkpoint is last.ckpt: rerun with "
+            "ckpt_path=last to continue",
+            file=sys.stderr,
+        )
         if isinstance(stop, Preempted):
             stop.hand_over()  # a requeue signal: the scheduler's own handler (submitit requeues the job and exits)
         sys.exit(EXIT_CODE)

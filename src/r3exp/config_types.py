@@ -14,6 +14,7 @@ Tensor`` takes a number and not ``'fast'``), ``Literal``, ``Path`` (a string is 
 ``Any``, a callable) and values that are themselves configs are not checked here; an annotation that
 cannot be resolved is skipped.
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -29,8 +30,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from r3exp.errors import ConfigError
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-SEQUENCES = (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Iterable,
-             collections.abc.Collection)
+SEQUENCES = (
+    list,
+    tuple,
+    set,
+    frozenset,
+    collections.abc.Sequence,
+    collections.abc.Iterable,
+    collections.abc.Collection,
+)
 MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
 UNCHECKED = object()  # an annotation this module does not judge
 
@@ -38,15 +46,34 @@ UNCHECKED = object()  # an annotation this module does not judge
 # The keys that map onto no target, with their types (tests/test_config_types.py checks that every such key of
 # the packaged configs is here, so a new one cannot go unchecked).
 PLAIN_KEYS: dict[str, Any] = {
-    "mode": str, "seed": int, "verbose": bool, "reuse_freed_memory": bool, "run_name": str, "experiment_name": str,
-    "sweep_name": str, "warm_start_path": str | None,
+    "mode": str,
+    "seed": int,
+    "verbose": bool,
+    "reuse_freed_memory": bool,
+    "run_name": str,
+    "experiment_name": str,
+    "sweep_name": str,
+    "warm_start_path": str | None,
     "ckpt_path": str | None,
-    "paths.log_dir": str, "paths.cache_dir": str, "paths.results_cache": str, "paths.output_dir": str | None,
-    "evaluation.split": str, "evaluation.label": str | None, "evaluation.limit": int | None,
-    "evaluation.batch_size": int, "evaluation.reuse_base": bool, "evaluation.controls": list,
-    "failures.attempts": int, "failures.temperature": float, "failures.rule": str, "failures.output": str | None,
-    "compare.runs": str | None, "compare.wandb_group": str | None, "compare.publish": bool,
-    "compare.project": str, "compare.entity": str | None,
+    "paths.log_dir": str,
+    "paths.cache_dir": str,
+    "paths.results_cache": str,
+    "paths.output_dir": str | None,
+    "evaluation.split": str,
+    "evaluation.label": str | None,
+    "evaluation.limit": int | None,
+    "evaluation.batch_size": int,
+    "evaluation.reuse_base": bool,
+    "evaluation.controls": list,
+    "failures.attempts": int,
+    "failures.temperature": float,
+    "failures.rule": str,
+    "failures.output": str | None,
+    "compare.runs": str | None,
+    "compare.wandb_group": str | None,
+    "compare.publish": bool,
+    "compare.project": str,
+    "compare.entity": str | None,
 }
 
 
@@ -109,16 +136,20 @@ def node_problems(path: str, node: DictConfig) -> list[str]:
         key_path = f"{path}.{key}" if path else str(key)
         if key not in parameters:
             if not takes_any:
-                accepted = ", ".join(name for name, p in parameters.items()
-                                     if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+                accepted = ", ".join(
+                    name for name, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                )
                 problems.append(f"{key_path}: not a setting of {target_name} (its settings: {accepted})")
             continue
         child = node._get_node(key)
         if isinstance(child, DictConfig) and "_target_" in child:
             continue  # checked as a node of its own
         try:
-            value = OmegaConf.to_container(child, resolve=True) if isinstance(child, (DictConfig, ListConfig)) \
+            value = (
+                OmegaConf.to_container(child, resolve=True)
+                if isinstance(child, (DictConfig, ListConfig))
                 else node[key]
+            )
         except Exception:  # noqa: BLE001 - an interpolation only the run can resolve (${hydra:...})
             continue
         annotation = hints.get(key, UNCHECKED)
@@ -186,9 +217,11 @@ def judge(annotation: Any, value: Any) -> bool | object:
     if annotation in MAPPINGS:
         return isinstance(value, dict)
     if annotation in SEQUENCES:
-        return isinstance(value, (list, tuple)) or (annotation is not list and isinstance(value, str)
-                                                    and annotation in (collections.abc.Iterable,
-                                                                       collections.abc.Sequence))
+        return isinstance(value, (list, tuple)) or (
+            annotation is not list
+            and isinstance(value, str)
+            and annotation in (collections.abc.Iterable, collections.abc.Sequence)
+        )
     return UNCHECKED  # a class, a callable, a protocol: the target judges it
 
 
@@ -201,6 +234,14 @@ def describe(annotation: Any) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(v) for v in typing.get_args(annotation))
     annotation = origin or annotation
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", Path: "a path",
-             list: "a list", tuple: "a list", dict: "a mapping"}
+    names = {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Path: "a path",
+        list: "a list",
+        tuple: "a list",
+        dict: "a mapping",
+    }
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))

@@ -5,6 +5,7 @@ command; under SLURM or torchrun they exist already) before anything is built, s
 process group first and then builds its own colocated engine, evaluates its shard and trains.
 Outside a process group every helper here is the single-process identity.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,10 @@ class Ranks:
     def of_engines(cls, tensor_parallel_size: int) -> "Ranks":
         """The ranks of this process group split into engines of ``tensor_parallel_size`` ranks each."""
         if tensor_parallel_size < 1 or world_size() % tensor_parallel_size:
-            raise ConfigError(f"engine.tensor_parallel_size={tensor_parallel_size}: the {world_size()} rank(s) "
-                              "(trainer.devices x trainer.num_nodes) must split into engines of that many ranks")
+            raise ConfigError(
+                f"engine.tensor_parallel_size={tensor_parallel_size}: the {world_size()} rank(s) "
+                "(trainer.devices x trainer.num_nodes) must split into engines of that many ranks"
+            )
         return cls(tensor_parallel_size)
 
     @property
@@ -69,12 +72,12 @@ class Ranks:
     def shard(self, items: list) -> list:
         """This rank's share of ``items``: every ``data_world``-th item from position ``data_rank`` (the ranks
         of one engine share theirs)."""
-        return items[self.data_rank::self.data_world]
+        return items[self.data_rank :: self.data_world]
 
     def gather_shards(self, mine: list) -> list:
         """The inverse of :meth:`shard` on every rank: all shares' items in the original order (each share
         once, from its engine's leader)."""
-        shards = gather_objects(mine)[::self.engine_size]
+        shards = gather_objects(mine)[:: self.engine_size]
         total = sum(len(s) for s in shards)
         return [shards[i % len(shards)][i // len(shards)] for i in range(total)]
 
@@ -109,14 +112,20 @@ def launch_ranks(trainer_cfg) -> LaunchedRanks:
         return LaunchedRanks()
     from lightning.fabric import Fabric  # noqa: PLC0415 - Lightning takes seconds; only launching ranks needs it
 
-    fabric = Fabric(accelerator=trainer_cfg.get("accelerator", "auto"), devices=trainer_cfg.get("devices", 1),
-                    num_nodes=trainer_cfg.get("num_nodes", 1), strategy="ddp")
+    fabric = Fabric(
+        accelerator=trainer_cfg.get("accelerator", "auto"),
+        devices=trainer_cfg.get("devices", 1),
+        num_nodes=trainer_cfg.get("num_nodes", 1),
+        strategy="ddp",
+    )
     if fabric.world_size == 1:
         return LaunchedRanks()
     if _local_multirun():
-        raise ConfigError("several ranks per job inside a local Hydra multirun (-m) are not supported: "
-                          "Lightning's launcher re-runs the command. Run the jobs one by one, or through "
-                          "SLURM (sweeps/slurm.yaml), where every rank exists already")
+        raise ConfigError(
+            "several ranks per job inside a local Hydra multirun (-m) are not supported: "
+            "Lightning's launcher re-runs the command. Run the jobs one by one, or through "
+            "SLURM (sweeps/slurm.yaml), where every rank exists already"
+        )
     fabric.launch()
     return LaunchedRanks(list(getattr(fabric.strategy.launcher, "procs", []) or []))
 
@@ -187,8 +196,11 @@ def sum_gradients(params: Iterable[torch.nn.Parameter], bucket_elements: int = 2
             p.grad = torch.zeros_like(p)
     bucket: list[torch.nn.Parameter] = []
     for p in params + [None]:
-        if p is not None and (not bucket or sum(q.numel() for q in bucket) + p.numel() <= bucket_elements) \
-                and (not bucket or p.grad.dtype == bucket[0].grad.dtype and p.grad.device == bucket[0].grad.device):
+        if (
+            p is not None
+            and (not bucket or sum(q.numel() for q in bucket) + p.numel() <= bucket_elements)
+            and (not bucket or p.grad.dtype == bucket[0].grad.dtype and p.grad.device == bucket[0].grad.device)
+        ):
             bucket.append(p)
             continue
         if bucket:
@@ -196,6 +208,6 @@ def sum_gradients(params: Iterable[torch.nn.Parameter], bucket_elements: int = 2
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             offset = 0
             for q in bucket:
-                q.grad.copy_(flat[offset:offset + q.numel()].view_as(q.grad))
+                q.grad.copy_(flat[offset : offset + q.numel()].view_as(q.grad))
                 offset += q.numel()
         bucket = [p] if p is not None else []

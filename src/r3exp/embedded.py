@@ -3,6 +3,7 @@
 Glue between ``tasks`` and ``models`` (which know nothing of each other): the built-in tasks, with
 their packaged default configs, contribute their prompts and answers.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,6 +1,7 @@
 """What needs which optional extra (``pip install 'r3exp[<extra>]'``; pyproject.toml): one table, checked once
 before a run starts, so that a config needing a missing package stops with one line instead of a traceback
 after the model has loaded. Packages are looked up with ``find_spec``: nothing here imports them."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,8 +14,12 @@ from r3exp.errors import MissingExtra
 
 # The modes that log through cfg.logger (r3exp.runtime.publishing.build_logger).
 LOGGER_MODES = ("main", "train")
-PACKAGES = {"lm_eval": "lm-eval", "wandb_workspaces": "wandb-workspaces", "optimi": "torch-optimi",
-            "bfcl_eval": "bfcl-eval"}  # what pip calls a module's package
+PACKAGES = {
+    "lm_eval": "lm-eval",
+    "wandb_workspaces": "wandb-workspaces",
+    "optimi": "torch-optimi",
+    "bfcl_eval": "bfcl-eval",
+}  # what pip calls a module's package
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,12 @@ def needs(cfg: DictConfig, engine: bool) -> list[Need]:
     if engine and str(cfg.engine.get("_target_", "")).endswith("VLLMEngine"):
         found.append(Need("engine=vllm", ("vllm",), "'r3exp[cpu]' (CPU) or 'r3exp[gpu]' (CUDA)", "engine=hf"))
     model = cfg.get("model") or {}
-    if mode in LOGGER_MODES and model.get("master_weights") == "kahan" and not model.get("lora") \
-            and model.get("dtype") in ("bfloat16", "float16"):  # full fine-tuning of low-precision weights
+    if (
+        mode in LOGGER_MODES
+        and model.get("master_weights") == "kahan"
+        and not model.get("lora")
+        and model.get("dtype") in ("bfloat16", "float16")
+    ):  # full fine-tuning of low-precision weights
         found.append(Need("model.master_weights=kahan", ("optimi",), "'r3exp[kahan]'", "model.master_weights=float32"))
     if mode == "forgetting" or (mode == "main" and cfg.forgetting.get("enabled")):
         setting = "mode=forgetting" if mode == "forgetting" else "forgetting.enabled=true"

@@ -12,6 +12,7 @@ peak instead of falling between steps. PyTorch's CPU tuning guides get the same 
 jemalloc or tcmalloc (Intel Extension for PyTorch, "Performance Tuning Guide", "Memory Allocator"; vLLM's
 CPU installation page); this needs no library beyond glibc.
 """
+
 from __future__ import annotations
 
 import ctypes

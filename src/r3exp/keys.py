@@ -1,6 +1,7 @@
 """The names that several modules share: the labels of evaluated models and the keys of logged metrics.
 Writers and readers (the module, the callbacks, W&B, ``train_metrics.csv``, ``mode=compare``) import
 them from here."""
+
 from __future__ import annotations
 
 # evaluated models, in results.json, the printed table, W&B and mode=compare

@@ -1,6 +1,7 @@
 """Records that one part of r3exp writes and others read: the :class:`StepRecord` the training step
 publishes once per optimizer step (the callbacks read it and never write module state), and the
 :class:`EpisodeRecord` of an evaluation episode (the JSONL files, W&B, the analyses)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -66,8 +67,11 @@ EPISODE_FIELDS = tuple(EpisodeRecord.__annotations__)
 def episode_record(task_prompt: str, episode) -> EpisodeRecord:
     """The record of an ``r3exp.rollout.episodes.Episode`` whose task prompt is ``task_prompt``."""
     return EpisodeRecord(
-        example=episode.example, task_prompt=task_prompt, first_attempt=episode.attempt.text,
+        example=episode.example,
+        task_prompt=task_prompt,
+        first_attempt=episode.attempt.text,
         first_try_success=episode.first_try_success,
         reflection=episode.reflections[0].text if episode.reflections else None,
         retry=episode.retries[0].text if episode.retries else None,
-        retry_success=episode.retry_successes[0] if episode.retry_successes else None)
+        retry_success=episode.retry_successes[0] if episode.retry_successes else None,
+    )

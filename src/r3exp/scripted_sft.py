@@ -11,6 +11,7 @@ settings, warm-start settings), so the main job builds it once and later runs re
 the default main job and of ``experiment=r3_demo`` ship inside the package (``r3exp/warmstarts/<key>``,
 2 MB each): a run whose key matches one starts from it at once; ``mode=warmstart`` always rebuilds.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,7 +72,7 @@ def encode_conversation(render: ChatRenderer, eos_id: int, messages: list[dict],
         if message["role"] != "assistant":
             continue
         prompt = render(messages[:i])
-        if prompt[:len(ids)] != ids:
+        if prompt[: len(ids)] != ids:
             raise RuntimeError("the chat template does not render conversations prefix-stably")
         labels += [IGNORE] * (len(prompt) - len(ids))
         ids = list(prompt)
@@ -84,11 +85,15 @@ def encode_conversation(render: ChatRenderer, eos_id: int, messages: list[dict],
 def build_sequences(task: Task, tokenizer, spec: WarmStartSpec) -> list[tuple[list[int], list[int]]]:
     episodes = task.scripted_episodes(spec.episodes, spec.seed)
     if not episodes:
-        raise ConfigError(f"task {task.name!r} has no scripted episodes for a warm start; "
-                          "set model.warm_start=null (or implement Task.scripted_episodes)")
+        raise ConfigError(
+            f"task {task.name!r} has no scripted episodes for a warm start; "
+            "set model.warm_start=null (or implement Task.scripted_episodes)"
+        )
     if not spec.reflection_analysis and any("repair" not in ep for ep in episodes):
-        raise ConfigError(f"model.warm_start.reflection_analysis=false: task {task.name!r}'s scripted episodes "
-                          "have no repair-only reflection ('repair'); set it to true")
+        raise ConfigError(
+            f"model.warm_start.reflection_analysis=false: task {task.name!r}'s scripted episodes "
+            "have no repair-only reflection ('repair'); set it to true"
+        )
     render, eos_id = ChatRenderer(tokenizer), tokenizer.eos_token_id
     rng = random.Random(spec.seed)
     sequences = []
@@ -96,8 +101,11 @@ def build_sequences(task: Task, tokenizer, spec: WarmStartSpec) -> list[tuple[li
         example = ep["example"]
         first = task.first_attempt_messages(example)
         if rng.random() < spec.direct_fraction:
-            sequences.append(encode_conversation(render, eos_id, first + [{"role": "assistant", "content": ep["answer"]}],
-                                                 trained={len(first)}))
+            sequences.append(
+                encode_conversation(
+                    render, eos_id, first + [{"role": "assistant", "content": ep["answer"]}], trained={len(first)}
+                )
+            )
         else:
             reflection = ep["reflection"] if spec.reflection_analysis else ep["repair"]
             reflection = f"{reflection} {ep['answer']}" if spec.reflection_ends_with_answer else reflection
@@ -128,7 +136,7 @@ def train(model, sequences: list[tuple[list[int], list[int]]], spec: WarmStartSp
         for _ in bar:
             if len(order) < spec.batch_size:
                 order += rng.sample(range(len(sequences)), len(sequences))
-            batch, order = [sequences[i] for i in order[:spec.batch_size]], order[spec.batch_size:]
+            batch, order = [sequences[i] for i in order[: spec.batch_size]], order[spec.batch_size :]
             width = max(len(ids) for ids, _ in batch)
             input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in batch])
             labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in batch])
@@ -146,8 +154,9 @@ def train(model, sequences: list[tuple[list[int], list[int]]], spec: WarmStartSp
 
 
 def warm_start_key(base_path: str, task_settings: dict, spec: WarmStartSpec) -> str:
-    payload = json.dumps([BUILD_VERSION, Path(base_path).name, task_settings, asdict(spec)], sort_keys=True,
-                         default=str)
+    payload = json.dumps(
+        [BUILD_VERSION, Path(base_path).name, task_settings, asdict(spec)], sort_keys=True, default=str
+    )
     return f"warm-{Path(base_path).name}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
 
@@ -163,15 +172,27 @@ def build_warm_start(base_path: str, task: Task, spec: WarmStartSpec, out_dir: s
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    report = {"base": str(base_path), "task": task.name, "spec": asdict(spec), "sequences": len(sequences),
-              "first_loss": losses[0], "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-              "seconds": time.perf_counter() - start}
+    report = {
+        "base": str(base_path),
+        "task": task.name,
+        "spec": asdict(spec),
+        "sequences": len(sequences),
+        "first_loss": losses[0],
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "seconds": time.perf_counter() - start,
+    }
     (out_dir / "warm_start.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def ensure_warm_start(base_path: str, task: Task, task_settings: dict, spec: WarmStartSpec,
-                      cache_root: str | os.PathLike, shipped: str | os.PathLike | None = SHIPPED) -> Path:
+def ensure_warm_start(
+    base_path: str,
+    task: Task,
+    task_settings: dict,
+    spec: WarmStartSpec,
+    cache_root: str | os.PathLike,
+    shipped: str | os.PathLike | None = SHIPPED,
+) -> Path:
     """The warm start for these inputs: the one shipped with the package under the same key (unless
     ``shipped`` is None), else the cached one, building it on first use (5-15 minutes on 2 CPU cores)."""
     key = warm_start_key(base_path, task_settings, spec)

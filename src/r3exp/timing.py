@@ -4,6 +4,7 @@ training, export, ...), printed as a table at the end of the main job and kept i
 The install is timed by ``scripts/install.sh`` itself (``<venv>/r3exp-install.json``) and shown beside the
 run's own phases when present: the cost a fresh clone pays once.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,10 @@ class PhaseTimes:
         rows = ["| phase | seconds | share of the run |", "|---|---|---|"]
         if install_seconds is not None:
             rows.append(f"| install (scripts/install.sh, once) | {install_seconds:.0f} | - |")
-        rows += [f"| {name} | {seconds:.1f} | {100 * seconds / total:.0f}% |" if total else f"| {name} | {seconds:.1f} | - |"
-                 for name, seconds in self.seconds.items()]
+        rows += [
+            f"| {name} | {seconds:.1f} | {100 * seconds / total:.0f}% |" if total else f"| {name} | {seconds:.1f} | - |"
+            for name, seconds in self.seconds.items()
+        ]
         rows.append(f"| **total of these phases** | **{total:.1f}** | 100% |")
         return "\n".join(rows)
 

@@ -7,6 +7,7 @@ keeps from the console (and Hydra's job log, which mirrors it) only r3exp's own 
 record of each distinct library warning, so that one that matters is seen once. Python warnings are
 routed the same way. ``verbose=true`` leaves everything as the libraries set it up.
 """
+
 from __future__ import annotations
 
 import logging

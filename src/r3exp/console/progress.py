@@ -1,20 +1,26 @@
 """The training progress bar: one line per run, with what the run is doing (step n of N, mean reward, the
 rate at which retries follow their reflection, generated tokens/s) instead of Lightning's epoch and
 logger version."""
+
 from __future__ import annotations
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from r3exp import keys
 
-SHOWN = (("reward", keys.REWARD_MEAN), ("retry", keys.RETRY_SUCCESS), ("follows", keys.FOLLOW_RATE),
-         ("tok/s", keys.GENERATED_TOKENS_PER_SECOND))
+SHOWN = (
+    ("reward", keys.REWARD_MEAN),
+    ("retry", keys.RETRY_SUCCESS),
+    ("follows", keys.FOLLOW_RATE),
+    ("tok/s", keys.GENERATED_TOKENS_PER_SECOND),
+)
 
 
 def progress_metrics(stats: dict[str, float], logged: dict) -> dict[str, str]:
     """The bar's postfix: the step's rollout statistics, then the loss when the step trained."""
-    shown = {name: f"{stats[key]:.3g}" if name != "tok/s" else f"{stats[key]:.0f}"
-             for name, key in SHOWN if key in stats}
+    shown = {
+        name: f"{stats[key]:.3g}" if name != "tok/s" else f"{stats[key]:.0f}" for name, key in SHOWN if key in stats
+    }
     if keys.LOSS in logged:
         shown["loss"] = logged[keys.LOSS]
     return shown

@@ -1,4 +1,5 @@
 """The paper's evaluation: accuracy on the first try, and after one reflection and one retry."""
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,12 @@ class EvalResult:
         return self.after_reflection_correct / self.total if self.total else 0.0
 
     def to_dict(self) -> dict:
-        record = {**asdict(self), "after_reflection_correct": self.after_reflection_correct,
-                  "first_try_accuracy": self.first_try_accuracy,
-                  "after_reflection_accuracy": self.after_reflection_accuracy}
+        record = {
+            **asdict(self),
+            "after_reflection_correct": self.after_reflection_correct,
+            "first_try_accuracy": self.first_try_accuracy,
+            "after_reflection_accuracy": self.after_reflection_accuracy,
+        }
         if self.groups is None:
             del record["groups"]
         else:
@@ -58,13 +62,24 @@ class EvalResult:
     def from_dict(cls, data: dict) -> "EvalResult":
         controls = ("shuffled_reflection_fixed", "empty_reflection_fixed", "followed", "follow_defined")
         groups = data.get("groups")
-        return cls(data["split"], data["total"], data["first_try_correct"], data["reflection_fixed"],
-                   **{key: data.get(key) for key in controls},
-                   groups=None if groups is None else {name: cls.from_dict(g) for name, g in groups.items()})
+        return cls(
+            data["split"],
+            data["total"],
+            data["first_try_correct"],
+            data["reflection_fixed"],
+            **{key: data.get(key) for key in controls},
+            groups=None if groups is None else {name: cls.from_dict(g) for name, g in groups.items()},
+        )
 
 
-def evaluate(protocol: R3Protocol, examples: Sequence[dict], split: str, batch_size: int = 256,
-             description: str = "evaluate", progress: bool = True) -> tuple[EvalResult, list[Episode]]:
+def evaluate(
+    protocol: R3Protocol,
+    examples: Sequence[dict],
+    split: str,
+    batch_size: int = 256,
+    description: str = "evaluate",
+    progress: bool = True,
+) -> tuple[EvalResult, list[Episode]]:
     """Run one R3 episode (one reflection, one retry) per example, in batches of equal size of at most
     ``batch_size`` examples (each batch is three engine calls, the progress bar moves once per batch)."""
     episodes: list[Episode] = []
@@ -97,22 +112,25 @@ def episodes_result(episodes: Sequence[Episode], split: str) -> EvalResult:
     )
 
 
-def result_with_controls(task, episodes: Sequence[Episode], split: str,
-                         control_outcomes: dict[str, list[tuple[Episode, bool]]]) -> EvalResult:
+def result_with_controls(
+    task, episodes: Sequence[Episode], split: str, control_outcomes: dict[str, list[tuple[Episode, bool]]]
+) -> EvalResult:
     """The counts of ``episodes``, with the follow rate and each control's fixed retries (``control_outcomes``:
     control -> (failed episode, did its control retry pass), for these episodes or more), and per group
     when the task groups its examples (``Task.group``; groups in the order they first appear)."""
     result = _counts(task, episodes, split, control_outcomes)
     names = [task.group(ep.example) for ep in episodes]
     if any(name is not None for name in names):
-        result.groups = {str(name): _counts(task, [ep for ep, n in zip(episodes, names) if n == name], split,
-                                            control_outcomes)
-                         for name in dict.fromkeys(names)}
+        result.groups = {
+            str(name): _counts(task, [ep for ep, n in zip(episodes, names) if n == name], split, control_outcomes)
+            for name in dict.fromkeys(names)
+        }
     return result
 
 
-def _counts(task, episodes: Sequence[Episode], split: str,
-            control_outcomes: dict[str, list[tuple[Episode, bool]]]) -> EvalResult:
+def _counts(
+    task, episodes: Sequence[Episode], split: str, control_outcomes: dict[str, list[tuple[Episode, bool]]]
+) -> EvalResult:
     result = episodes_result(episodes, split)
     result.followed, result.follow_defined = follow_counts(task, episodes)
     members = {id(ep) for ep in episodes}
@@ -140,8 +158,11 @@ def control_reflections(episodes: Sequence[Episode], control: str) -> list[tuple
 def follow_counts(task, episodes: Sequence[Episode]) -> tuple[int, int]:
     """(followed, defined): retries that did what their reflection proposed, of the failures whose
     reflection proposes something the task can read (``Task.reflection_followed``)."""
-    verdicts = [task.reflection_followed(ep.example, ep.attempt.text, ep.reflections[0].text, ep.retries[0].text)
-                for ep in episodes if ep.reflections and ep.retries]
+    verdicts = [
+        task.reflection_followed(ep.example, ep.attempt.text, ep.reflections[0].text, ep.retries[0].text)
+        for ep in episodes
+        if ep.reflections and ep.retries
+    ]
     defined = [v for v in verdicts if v is not None]
     return sum(defined), len(defined)
 
@@ -156,23 +177,35 @@ def format_table(results: dict[str, EvalResult]) -> str:
             f"| {100 * (r.after_reflection_accuracy - r.first_try_accuracy):+.1f} |"
         )
     if any(r.shuffled_reflection_fixed is not None or r.empty_reflection_fixed is not None for r in results.values()):
-        lines += ["", "| model | after reflection | with another example's reflection | with an empty reflection "
-                  "| retry follows its reflection |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| model | after reflection | with another example's reflection | with an empty reflection "
+            "| retry follows its reflection |",
+            "|---|---|---|---|---|",
+        ]
         for name, r in results.items():
-            lines.append(f"| {name} | {_share(r.after_reflection_correct, r.total)} "
-                         f"| {_share(_plus(r.first_try_correct, r.shuffled_reflection_fixed), r.total)} "
-                         f"| {_share(_plus(r.first_try_correct, r.empty_reflection_fixed), r.total)} "
-                         f"| {_share(r.followed, r.follow_defined)} |")
+            lines.append(
+                f"| {name} | {_share(r.after_reflection_correct, r.total)} "
+                f"| {_share(_plus(r.first_try_correct, r.shuffled_reflection_fixed), r.total)} "
+                f"| {_share(_plus(r.first_try_correct, r.empty_reflection_fixed), r.total)} "
+                f"| {_share(r.followed, r.follow_defined)} |"
+            )
     if any(r.groups for r in results.values()):
-        lines += ["", "| model | category | n | first try | after reflection | Δ "
-                  "| with another example's reflection | with an empty reflection |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| model | category | n | first try | after reflection | Δ "
+            "| with another example's reflection | with an empty reflection |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in results.items():
             for group, g in (r.groups or {}).items():
-                lines.append(f"| {name} | {group} | {g.total} | {100 * g.first_try_accuracy:.1f}% ({g.first_try_correct}) "
-                             f"| {100 * g.after_reflection_accuracy:.1f}% ({g.after_reflection_correct}) "
-                             f"| {100 * (g.after_reflection_accuracy - g.first_try_accuracy):+.1f} "
-                             f"| {_share(_plus(g.first_try_correct, g.shuffled_reflection_fixed), g.total)} "
-                             f"| {_share(_plus(g.first_try_correct, g.empty_reflection_fixed), g.total)} |")
+                lines.append(
+                    f"| {name} | {group} | {g.total} | {100 * g.first_try_accuracy:.1f}% ({g.first_try_correct}) "
+                    f"| {100 * g.after_reflection_accuracy:.1f}% ({g.after_reflection_correct}) "
+                    f"| {100 * (g.after_reflection_accuracy - g.first_try_accuracy):+.1f} "
+                    f"| {_share(_plus(g.first_try_correct, g.shuffled_reflection_fixed), g.total)} "
+                    f"| {_share(_plus(g.first_try_correct, g.empty_reflection_fixed), g.total)} |"
+                )
     return "\n".join(lines)
 
 
@@ -186,8 +219,12 @@ def _share(count: int | None, total: int | None) -> str:
     return f"{100 * count / total:.1f}% ({count}/{total})"
 
 
-def save_results(results: dict[str, EvalResult], path: str | Path, forgetting: dict | None = None,
-                 phases: dict[str, float] | None = None) -> Path:
+def save_results(
+    results: dict[str, EvalResult],
+    path: str | Path,
+    forgetting: dict | None = None,
+    phases: dict[str, float] | None = None,
+) -> Path:
     """``results.json``: each evaluated model's counts and accuracies under its label, and, when the
     forgetting check ran, ``forgetting``: lm-eval scores by label and ``difference`` (trained - base);
     ``phases``: the run's wall-clock seconds per phase (``r3exp.timing``)."""

@@ -7,6 +7,7 @@ r3exp in lm-eval's own format with a local data file, which runs offline. lm-eva
 files (``<out_dir>/<label>/.../results_*.json`` and the per-sample logs); the scores are read from its
 results, keyed ``<task>/<metric>`` (``r3exp_arithmetic/acc``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -96,17 +97,24 @@ def check_tasks(spec: GeneralAbility, manager) -> None:
 
     unknown = [t for t in spec.tasks if t not in manager.all_tasks]
     if unknown:
-        raise ConfigError(f"forgetting.tasks: lm-eval knows no task {unknown[0]!r} (list them with "
-                          "`lm-eval ls tasks`; your own go in forgetting.include_path)")
+        raise ConfigError(
+            f"forgetting.tasks: lm-eval knows no task {unknown[0]!r} (list them with "
+            "`lm-eval ls tasks`; your own go in forgetting.include_path)"
+        )
     for name in spec.tasks:
         try:
             get_task_dict([name], manager)
         except Exception as err:  # noqa: BLE001 - datasets raises many kinds for an unreachable hub
             text = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-            offline = any(word in text.lower()
-                          for word in ("offline", "connection", "hub", "resolve", "couldn't reach"))
-            hint = ("its dataset comes from the Hugging Face hub, which this machine cannot reach: run it where the "
-                    "hub is reachable, or pick offline tasks (r3exp_arithmetic)" if offline else text)
+            offline = any(
+                word in text.lower() for word in ("offline", "connection", "hub", "resolve", "couldn't reach")
+            )
+            hint = (
+                "its dataset comes from the Hugging Face hub, which this machine cannot reach: run it where the "
+                "hub is reachable, or pick offline tasks (r3exp_arithmetic)"
+                if offline
+                else text
+            )
             raise ConfigError(f"forgetting.tasks: {name!r}: {hint}") from None
 
 
@@ -117,8 +125,9 @@ def check(spec: GeneralAbility) -> None:
         check_tasks(spec, task_manager(spec, Path(workdir)))
 
 
-def score_model(model_path: str | Path, label: str, spec: GeneralAbility, out_dir: str | Path,
-                seed: int = 0) -> dict[str, float]:
+def score_model(
+    model_path: str | Path, label: str, spec: GeneralAbility, out_dir: str | Path, seed: int = 0
+) -> dict[str, float]:
     """Run lm-eval on ``model_path``; its output files go to ``<out_dir>/<label>/``. Returns
     ``{"<task>/<metric>": value}`` for every numeric metric (standard errors left out)."""
     from lm_eval import simple_evaluate  # noqa: PLC0415 - lm-eval is optional (r3exp[forgetting])
@@ -134,11 +143,22 @@ def score_model(model_path: str | Path, label: str, spec: GeneralAbility, out_di
             model_args["gpu_memory_utilization"] = spec.gpu_memory_utilization
         tracker = EvaluationTracker(output_path=str(out))
         results = simple_evaluate(
-            model=backend, model_args=model_args, tasks=spec.tasks, num_fewshot=spec.num_fewshot,
-            batch_size=spec.batch_size, limit=spec.limit, task_manager=manager, evaluation_tracker=tracker,
-            log_samples=True, apply_chat_template=spec.apply_chat_template, random_seed=seed,
-            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-            device="cuda" if torch.cuda.is_available() else "cpu")
+            model=backend,
+            model_args=model_args,
+            tasks=spec.tasks,
+            num_fewshot=spec.num_fewshot,
+            batch_size=spec.batch_size,
+            limit=spec.limit,
+            task_manager=manager,
+            evaluation_tracker=tracker,
+            log_samples=True,
+            apply_chat_template=spec.apply_chat_template,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            device="cuda" if torch.cuda.is_available() else "cpu",
+        )
     samples = results.pop("samples")
     tracker.save_results_aggregated(results=results, samples=samples)
     for task in results["configs"]:

@@ -4,6 +4,7 @@ Reads evaluation episodes (``eval_<label>_episodes.jsonl``); ``analysis/reflecti
 the figures for a set of runs. Repairs are the sentences the warm start teaches ("I should use 7 instead
 of the second 8."; ``r3exp.tasks.countdown_reflections``).
 """
+
 from __future__ import annotations
 
 from r3exp.records import EpisodeRecord
@@ -17,8 +18,19 @@ def repair_statistics(episodes: list[EpisodeRecord]) -> dict[str, int]:
     attempt, how many name the right one, how often the retry applies the named change, how often it
     repeats the failed attempt word for word, how often it succeeds. It separates a reflection's quality
     from the retry's faithfulness to it."""
-    counts = dict.fromkeys(["episodes", "failures", "one_change_fixes", "repair_fits", "repair_right",
-                            "retry_applies_repair", "retry_repeats_attempt", "retry_success"], 0)
+    counts = dict.fromkeys(
+        [
+            "episodes",
+            "failures",
+            "one_change_fixes",
+            "repair_fits",
+            "repair_right",
+            "retry_applies_repair",
+            "retry_repeats_attempt",
+            "retry_success",
+        ],
+        0,
+    )
     for ep in episodes:
         counts["episodes"] += 1
         if ep["first_try_success"]:

@@ -10,6 +10,7 @@ have the same key reads the stored result instead of computing it again; any cha
 another key, so nothing stale is read.
 ``evaluation.reuse_base`` / ``forgetting.reuse_base`` switch it off; ``paths.results_cache`` says where.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,13 +41,17 @@ def library_versions() -> dict[str, str | None]:
 def code_identity(directory: str | Path) -> dict[str, str] | None:
     """The code a result was computed with, when r3exp runs from a git checkout: the commit and a hash of
     the uncommitted changes to tracked files (an installed r3exp is identified by its version)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=30,
-                              check=True).stdout
+        return subprocess.run(
+            ["git", *args], cwd=directory, capture_output=True, text=True, timeout=30, check=True
+        ).stdout
 
     try:
-        return {"commit": git("rev-parse", "HEAD").strip(),
-                "changes": hashlib.sha256(git("diff", "HEAD").encode()).hexdigest()[:20]}
+        return {
+            "commit": git("rev-parse", "HEAD").strip(),
+            "changes": hashlib.sha256(git("diff", "HEAD").encode()).hexdigest()[:20],
+        }
     except (OSError, subprocess.SubprocessError):
         return None
 

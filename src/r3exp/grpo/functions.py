@@ -12,6 +12,7 @@ TRL's ``vllm_importance_sampling_correction`` (``token_truncate``, ``token_mask`
 rows (distilled retries) take LUFFY's policy shaping (Yan et al. 2025, arXiv 2504.14945, ``f(p) = p / (p + γ)``),
 as Critique-GRPO (Zhang et al. 2025, arXiv 2506.03106) trains its refinements.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,13 @@ SCALE_REWARDS = ("group", "batch", "none")
 CORRECTIONS = ("none", "truncate", "mask")
 
 
-def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_rewards: str = "group",
-                     eps: float = 1e-4, batch_std: float | None = None) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    scale_rewards: str = "group",
+    eps: float = 1e-4,
+    batch_std: float | None = None,
+) -> torch.Tensor:
     """(N,) advantages ``(r - mean_group) / (std + eps)``.
 
     ``scale_rewards``: ``group`` divides by the group's std (GRPO), ``batch`` by the std of all rewards
@@ -89,8 +95,14 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def clipped_surrogate(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, advantages: torch.Tensor,
-                      mask: torch.Tensor, epsilon: float, epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_surrogate(
+    logprobs: torch.Tensor,
+    behaviour_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    epsilon: float,
+    epsilon_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, T) per-token PPO-clip loss ``-min(ρ A, clip(ρ, 1-ε, 1+ε_high) A)`` and the ratio ``ρ``.
 
     ``ρ = exp(logprobs - behaviour_logprobs)`` is the importance ratio against the policy that sampled
@@ -104,8 +116,14 @@ def clipped_surrogate(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, 
     return -torch.minimum(unclipped, clipped), ratio
 
 
-def importance_weights(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor,
-                       correction: str, cap: float = 2.0, low: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+def importance_weights(
+    trainer_logprobs: torch.Tensor,
+    engine_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    correction: str,
+    cap: float = 2.0,
+    low: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """(N, T) per-token weights that correct for the engine sampling from a slightly different policy than
     the trainer computes (other kernels, another precision), and their metrics.
 
@@ -142,8 +160,9 @@ def importance_weights(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Te
     return weights.detach(), metrics
 
 
-def shaped_policy_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                       gamma: float) -> torch.Tensor:
+def shaped_policy_loss(
+    logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """(N, T) per-token loss ``-A · p / (p + γ)`` of off-policy rows, ``p = exp(logprobs)`` the policy's
     probability of the token (LUFFY's policy shaping, unclipped, no behaviour probability in the denominator:
     LUFFY's ``π_φ = 1``). Its gradient is ``-A · γ p / (p + γ)² · ∇log p``: REINFORCE's ``-A · ∇log p``
@@ -200,11 +219,23 @@ AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def grpo_loss(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, advantages: torch.Tensor,
-              mask: torch.Tensor, *, epsilon: float, epsilon_high: float, loss_type: str, beta: float = 0.0,
-              ref_logprobs: torch.Tensor | None = None, max_tokens: int = 1, step: StepSize | None = None,
-              is_weights: torch.Tensor | None = None, off_policy: torch.Tensor | None = None,
-              shaping_gamma: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
+def grpo_loss(
+    logprobs: torch.Tensor,
+    behaviour_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    epsilon: float,
+    epsilon_high: float,
+    loss_type: str,
+    beta: float = 0.0,
+    ref_logprobs: torch.Tensor | None = None,
+    max_tokens: int = 1,
+    step: StepSize | None = None,
+    is_weights: torch.Tensor | None = None,
+    off_policy: torch.Tensor | None = None,
+    shaping_gamma: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The masked clipped GRPO objective (+ ``beta`` · k3 KL to the reference). Returns (loss, metrics).
 
     All (N, T) inputs are aligned on the predicted token; ``advantages`` is (N,). ``step`` is the size of

@@ -1,6 +1,7 @@
 """The rows of one optimizer step, split into micro-batches under a token budget (verl's dynamic batch
 size, ``ppo_max_token_len_per_gpu``; OpenRLHF's ``max_tokens_per_gpu``): what one forward holds is set by
 the budget, never by how many rows the step drew."""
+
 from __future__ import annotations
 
 import logging
@@ -29,14 +30,18 @@ def token_budget_micro_batches(lengths: Sequence[int], max_tokens: int | None) -
             batches[-1].append(index)
         else:
             if lengths[index] > max_tokens:
-                log.warning("a row of %d tokens exceeds grpo.max_tokens_per_micro_batch=%d: it goes through "
-                            "on its own", lengths[index], max_tokens)
+                log.warning(
+                    "a row of %d tokens exceeds grpo.max_tokens_per_micro_batch=%d: it goes through on its own",
+                    lengths[index],
+                    max_tokens,
+                )
             batches.append([index])
     return batches
 
 
-def shared_prompt_micro_batches(groups: Sequence[tuple[int, Sequence[int]]], lengths: Sequence[int],
-                                max_tokens: int | None) -> list[list[int]]:
+def shared_prompt_micro_batches(
+    groups: Sequence[tuple[int, Sequence[int]]], lengths: Sequence[int], max_tokens: int | None
+) -> list[list[int]]:
     """Row indices in micro-batches that keep the rows of a shared prompt together, for
     :func:`r3exp.grpo.logprobs.shared_prompt_logprobs`, which runs each prompt once and then every row's own
     tokens, both padded: ``groups`` are (prompt length, rows), and a micro-batch of g prompts and r rows

@@ -1,6 +1,7 @@
 """The LightningModule: plumbing around the GRPO math. It draws on-policy rollouts, has
 :mod:`r3exp.grpo.step` accumulate their gradients, steps the optimizer, logs the returned metrics and
 pushes new weights to the engine."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,14 +21,21 @@ from r3exp.grpo import functions as F
 from r3exp.grpo.logprobs import can_share_prompts
 from r3exp.grpo.optimizers import check_updates_kept
 from r3exp.grpo.sharding import gathered_hf_weights, shard_policy
+from r3exp.grpo.step import (
+    LossSettings,
+    StepRows,
+    accumulate_gradients,
+    correct_for_engine,
+    micro_batch_count,
+    reference_logprobs,
+    share_of_engine,
+    step_rows,
+)
 from r3exp.grpo.step_metrics import merge_rank_metrics, merge_rank_rollout_stats, merge_rollout_stats
-from r3exp.grpo.step import (LossSettings, StepRows, accumulate_gradients, correct_for_engine, micro_batch_count,
-                             reference_logprobs, share_of_engine, step_rows)
 from r3exp.models.export import is_peft, merged_weights, save_policy, save_weights
 from r3exp.records import StepRecord
 from r3exp.rollout.batching import Rollout
 from r3exp.rollout.engines.interface import GenerationEngine
-
 
 BEHAVIOURS = ("engine", "trainer")
 
@@ -80,11 +88,14 @@ class GRPOLoss:
         if self.correction not in F.CORRECTIONS:
             raise ConfigError(f"grpo.loss.correction={self.correction!r}; expected one of {F.CORRECTIONS}")
         if not 0 < self.correction_low <= 1 <= self.correction_cap:
-            raise ConfigError(f"grpo.loss.correction_low={self.correction_low}, correction_cap={self.correction_cap}: "
-                              "expected 0 < correction_low <= 1 <= correction_cap")
+            raise ConfigError(
+                f"grpo.loss.correction_low={self.correction_low}, correction_cap={self.correction_cap}: "
+                "expected 0 < correction_low <= 1 <= correction_cap"
+            )
         if not self.off_policy_shaping > 0:
-            raise ConfigError(f"grpo.loss.off_policy_shaping={self.off_policy_shaping}: expected > 0 (the γ of "
-                              "p / (p + γ))")
+            raise ConfigError(
+                f"grpo.loss.off_policy_shaping={self.off_policy_shaping}: expected > 0 (the γ of p / (p + γ))"
+            )
 
     @property
     def needs_trainer_pass(self) -> bool:
@@ -122,15 +133,31 @@ class R3GRPOModule(L.LightningModule):
             by the entry point, default one engine per rank.
     """
 
-    def __init__(self, policy: torch.nn.Module, engine: GenerationEngine, optimizer: Callable, loss: GRPOLoss,
-                 scheduler: Callable | None = None, mu: int = 1, max_reflection_tokens: int = 128,
-                 rollouts_per_step: int = 1, max_tokens_per_micro_batch: int | None = 2048,
-                 logprob_chunk_size: int = 512, max_grad_norm: float | None = 1.0,
-                 sharded_compute_dtype: str | None = None, share_prompts: bool = True,
-                 ranks: distributed.Ranks | None = None, reference_dtype: str | None = None):
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        engine: GenerationEngine,
+        optimizer: Callable,
+        loss: GRPOLoss,
+        scheduler: Callable | None = None,
+        mu: int = 1,
+        max_reflection_tokens: int = 128,
+        rollouts_per_step: int = 1,
+        max_tokens_per_micro_batch: int | None = 2048,
+        logprob_chunk_size: int = 512,
+        max_grad_norm: float | None = 1.0,
+        sharded_compute_dtype: str | None = None,
+        share_prompts: bool = True,
+        ranks: distributed.Ranks | None = None,
+        reference_dtype: str | None = None,
+    ):
         super().__init__()
-        for key, value in {"mu": mu, "rollouts_per_step": rollouts_per_step, "logprob_chunk_size": logprob_chunk_size,
-                           "max_tokens_per_micro_batch": max_tokens_per_micro_batch or 1}.items():
+        for key, value in {
+            "mu": mu,
+            "rollouts_per_step": rollouts_per_step,
+            "logprob_chunk_size": logprob_chunk_size,
+            "max_tokens_per_micro_batch": max_tokens_per_micro_batch or 1,
+        }.items():
             if value < 1:
                 raise ConfigError(f"grpo.{key}={value}; expected >= 1")
         self.automatic_optimization = False  # micro-batches under a token budget: see training_step
@@ -138,10 +165,18 @@ class R3GRPOModule(L.LightningModule):
         self.ranks = ranks or distributed.Ranks()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.mu, self.rollouts_per_step, self.max_grad_norm = mu, rollouts_per_step, max_grad_norm
-        self.settings = LossSettings(loss.epsilon, loss.epsilon_high, loss.beta, loss.loss_type, loss.temperature,
-                                     max_reflection_tokens, max_tokens_per_micro_batch, logprob_chunk_size,
-                                     share_prompts=share_prompts and can_share_prompts(policy),
-                                     off_policy_shaping=loss.off_policy_shaping)
+        self.settings = LossSettings(
+            loss.epsilon,
+            loss.epsilon_high,
+            loss.beta,
+            loss.loss_type,
+            loss.temperature,
+            max_reflection_tokens,
+            max_tokens_per_micro_batch,
+            logprob_chunk_size,
+            share_prompts=share_prompts and can_share_prompts(policy),
+            off_policy_shaping=loss.off_policy_shaping,
+        )
         self.reference = None
         if loss.beta != 0.0 and not is_peft(policy):
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -149,8 +184,10 @@ class R3GRPOModule(L.LightningModule):
                 self.reference.to(getattr(torch, reference_dtype))
         self.sharded_compute_dtype = getattr(torch, sharded_compute_dtype, None) if sharded_compute_dtype else None
         if sharded_compute_dtype and not isinstance(self.sharded_compute_dtype, torch.dtype):
-            raise ConfigError(f"grpo.sharded_compute_dtype={sharded_compute_dtype!r}: not a torch dtype "
-                              "(e.g. bfloat16, float16, float32)")
+            raise ConfigError(
+                f"grpo.sharded_compute_dtype={sharded_compute_dtype!r}: not a torch dtype "
+                "(e.g. bfloat16, float16, float32)"
+            )
         self.sharded = ShardedModels()  # FSDP (trainer=fsdp): the roots configure_model builds
         self.rollouts: list[Rollout] = []  # the rollouts of the current optimizer step(s), as the datamodule made them
         self.rollout_advantages: list[torch.Tensor] = []  # the advantage of each of their rows, rollout by rollout
@@ -249,8 +286,9 @@ class R3GRPOModule(L.LightningModule):
         # several ranks: the loss is normalised by the step's size over all of them, and all train or none;
         # the ranks of one tensor-parallel engine hold the same rollouts: counted once, their rows split
         once = self.ranks.all_reduce_once_per_engine
-        self.rows = step_rows([r.tensors for r in self.rollouts], self.loss_cfg.scale_rewards, self.loss_cfg.beta,
-                              reward_moments=once)
+        self.rows = step_rows(
+            [r.tensors for r in self.rollouts], self.loss_cfg.scale_rewards, self.loss_cfg.beta, reward_moments=once
+        )
         total_rows, total_tokens = once([self.rows.size.rows, self.rows.size.tokens])
         self.rows.size = F.StepSize(int(total_rows), int(total_tokens))
         self.rows = share_of_engine(self.rows, self.ranks.engine_rank, self.ranks.engine_size)
@@ -261,18 +299,20 @@ class R3GRPOModule(L.LightningModule):
             # once per rollout: they do not change over the mu steps
             reference = self.sharded.reference if self.sharded.policy is not None else self.reference
             with self._timed("reference_logprobs"):
-                self.rows.batch["ref_logprobs"] = reference_logprobs(self.trained_model, reference, self.rows.batch,
-                                                                     self.settings, self.device, self._pad_to())
+                self.rows.batch["ref_logprobs"] = reference_logprobs(
+                    self.trained_model, reference, self.rows.batch, self.settings, self.device, self._pad_to()
+                )
         if self.loss_cfg.needs_trainer_pass and self.step_has_signal:
             # the trainer's log-probs under the sampling weights, before the first of the mu updates
             with self._timed("trainer_logprobs"):
-                metrics = correct_for_engine(self.trained_model, self.rows.batch, self.settings, self.loss_cfg,
-                                             self.device, self._pad_to())
+                metrics = correct_for_engine(
+                    self.trained_model, self.rows.batch, self.settings, self.loss_cfg, self.device, self._pad_to()
+                )
             sampled = self.rows.batch["reflection_mask"][:, 1:] & ~self.rows.batch["off_policy"].unsqueeze(1)
             metrics = F.merge_metrics(distributed.gather_objects((metrics, float(sampled.sum()))))  # their tokens
             self._log({f"train/{key}": value for key, value in metrics.items()})
         mine = merge_rollout_stats([r.stats for r in self.rollouts])
-        self.last_batch_stats = merge_rank_rollout_stats(distributed.gather_objects(mine)[::self.ranks.engine_size])
+        self.last_batch_stats = merge_rank_rollout_stats(distributed.gather_objects(mine)[:: self.ranks.engine_size])
 
     def training_step(self, dataloader_iter: Iterator) -> None:
         position = self._calls % self.mu
@@ -291,16 +331,22 @@ class R3GRPOModule(L.LightningModule):
             # rank runs as many micro-batches, and each backward reduce-scatters (sums) its gradients.
             block_sync = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)
             with block_sync(), self._timed("forward_backward"):
-                metrics = accumulate_gradients(self.trained_model, self.rows, self.settings, self.device,
-                                               self.manual_backward, pad_to=self._pad_to())
+                metrics = accumulate_gradients(
+                    self.trained_model,
+                    self.rows,
+                    self.settings,
+                    self.device,
+                    self.manual_backward,
+                    pad_to=self._pad_to(),
+                )
             if self.sharded.policy is None:
                 distributed.sum_gradients(self.policy.parameters())
-            metrics = merge_rank_metrics(distributed.gather_objects(
-                (metrics, float(self.rows.batch["reflection_mask"][:, 1:].sum()))))
+            metrics = merge_rank_metrics(
+                distributed.gather_objects((metrics, float(self.rows.batch["reflection_mask"][:, 1:].sum())))
+            )
             trained_tokens = int(metrics.pop("trained_tokens"))
             self._log({f"train/{k}": v for k, v in metrics.items() if k != "loss"} | {keys.SKIPPED: 0.0})
-            self._log({keys.LOSS: metrics["loss"], "reward": self.last_batch_stats[keys.REWARD_MEAN]},
-                      prog_bar=True)
+            self._log({keys.LOSS: metrics["loss"], "reward": self.last_batch_stats[keys.REWARD_MEAN]}, prog_bar=True)
         else:
             self._log({keys.SKIPPED: 1.0})
         # clipping happens in on_before_optimizer_step, which step() calls after unscaling (16-bit AMP)
@@ -310,9 +356,19 @@ class R3GRPOModule(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        self.last_step = StepRecord(step, self.rollout_step, drew_rollout, position == self.mu - 1, self.rollouts,
-                                    self.rollout_advantages, dict(self.last_batch_stats), dict(self.step_metrics),
-                                    self._sync_seconds, trained_tokens, dict(self.phase_seconds))
+        self.last_step = StepRecord(
+            step,
+            self.rollout_step,
+            drew_rollout,
+            position == self.mu - 1,
+            self.rollouts,
+            self.rollout_advantages,
+            dict(self.last_batch_stats),
+            dict(self.step_metrics),
+            self._sync_seconds,
+            trained_tokens,
+            dict(self.phase_seconds),
+        )
 
     @contextlib.contextmanager
     def _timed(self, part: str):

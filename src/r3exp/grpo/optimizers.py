@@ -16,6 +16,7 @@ and weights of magnitude ~0.02, plain AdamW over bf16 weights leaves nearly ever
 :func:`adamw` picks by the parameters' dtypes, so the optimizer config needs no switch of its own, and
 :func:`check_updates_kept` refuses an optimizer that would round the updates of low-precision weights away.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -28,8 +29,13 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 KAHAN_EXTRA = "pip install 'r3exp[kahan]'"
 
 
-def adamw(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-          eps: float = 1e-8, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def adamw(
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
     """AdamW over ``params`` (decoupled weight decay scaled by ``lr``, as ``torch.optim.AdamW``):
     ``torch.optim.AdamW`` when every parameter is float32, else ``optimi.AdamW`` with Kahan summation
     (the same update rule: bias-corrected moments, ``eps`` outside the square root)."""
@@ -40,12 +46,14 @@ def adamw(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, f
     try:
         import optimi  # noqa: PLC0415 - torch-optimi is optional (r3exp[kahan]); only low-precision weights need it
     except ImportError:
-        raise ConfigError(f"model.master_weights=kahan trains {low_precision_dtypes(params)} weights, which needs "
-                          f"torch-optimi's Kahan-compensated AdamW: {KAHAN_EXTRA} (or model.master_weights=float32)"
-                          ) from None
+        raise ConfigError(
+            f"model.master_weights=kahan trains {low_precision_dtypes(params)} weights, which needs "
+            f"torch-optimi's Kahan-compensated AdamW: {KAHAN_EXTRA} (or model.master_weights=float32)"
+        ) from None
     # triton=False: optimi's Triton kernels are CUDA-only and optional; foreach picks itself
-    return optimi.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decouple_lr=False,
-                        kahan_sum=True, triton=False)
+    return optimi.AdamW(
+        params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decouple_lr=False, kahan_sum=True, triton=False
+    )
 
 
 def low_precision_dtypes(params: Iterable[torch.Tensor]) -> str:
@@ -70,4 +78,5 @@ def check_updates_kept(optimizer: torch.optim.Optimizer) -> None:
         f"{type(optimizer).__name__} would update {count:,} trainable {low_precision_dtypes(low)} parameters "
         "uncompensated: updates under 1/256 of a weight round to nothing (at lr 1e-5, almost all of them). Use "
         "model.master_weights=float32 (float32 weights, bf16 compute under trainer.precision=bf16-mixed) or "
-        "model.master_weights=kahan with r3exp's optimizer=adamw (torch-optimi's Kahan summation)")
+        "model.master_weights=kahan with r3exp's optimizer=adamw (torch-optimi's Kahan summation)"
+    )

@@ -1,4 +1,5 @@
 """Learning-rate schedules as ``LambdaLR`` factories (``_partial_`` in the optimizer config)."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,9 @@ def check_decay(decay: str) -> None:
         raise ConfigError(f"optimizer.scheduler.decay={decay!r}; expected one of {', '.join(DECAYS)}")
 
 
-def warmup_schedule(optimizer, total_steps: int, warmup_steps: int = 0, decay: str = "constant",
-                    min_ratio: float = 0.0) -> LambdaLR:
+def warmup_schedule(
+    optimizer, total_steps: int, warmup_steps: int = 0, decay: str = "constant", min_ratio: float = 0.0
+) -> LambdaLR:
     """Linear warmup over ``warmup_steps``, then ``constant``, ``linear`` or ``cosine`` decay to
     ``min_ratio`` × lr at ``total_steps``."""
     check_decay(decay)

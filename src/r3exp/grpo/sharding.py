@@ -12,6 +12,7 @@ The engine's weights are gathered one unit at a time (:func:`gathered_hf_weights
 all-gathered, its (LoRA-merged) weights are handed over under Hugging Face names, and it is freed before
 the next. No rank ever holds the whole model unsharded.
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -33,8 +34,10 @@ def decoder_layers(policy: torch.nn.Module) -> list[torch.nn.Module]:
     names = set(getattr(base, "_no_split_modules", None) or [])
     layers = [m for m in base.modules() if type(m).__name__ in names]
     if not layers:
-        raise TypeError(f"{type(base).__name__} names no decoder layer class (_no_split_modules): r3exp cannot "
-                        "shard it; use trainer=ddp")
+        raise TypeError(
+            f"{type(base).__name__} names no decoder layer class (_no_split_modules): r3exp cannot "
+            "shard it; use trainer=ddp"
+        )
     return layers
 
 
@@ -43,8 +46,11 @@ def shard_policy(policy: torch.nn.Module, mesh, param_dtype: torch.dtype | None 
     root around it; returns the root, which computes the log-probs. ``param_dtype``: the dtype in which
     parameters are gathered and computed (the sharded copy, which the optimizer steps, keeps its own);
     gradients are reduced in float32."""
-    precision = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else \
-        MixedPrecisionPolicy()
+    precision = (
+        MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        if param_dtype
+        else MixedPrecisionPolicy()
+    )
     for layer in decoder_layers(policy):
         fully_shard(layer, mesh=mesh, mp_policy=precision)
     root = fully_shard(ReflectionLogprobs(policy), mesh=mesh, mp_policy=precision)

@@ -4,6 +4,7 @@ The step's rows are every rollout of the step (``grpo.rollouts_per_step``). Thei
 normaliser (:class:`~r3exp.grpo.functions.StepSize`) are computed over all of them before any forward, so
 the micro-batches' losses sum to the loss of the step computed in one batch, whatever the split.
 """
+
 from __future__ import annotations
 
 import time
@@ -60,8 +61,12 @@ class StepRows:
         return bool(self.batch["advantages"].ne(0).any())
 
 
-def step_rows(rollouts: Sequence[RolloutTensors], scale_rewards: str, beta: float,
-              reward_moments: Callable[[list[float]], list[float]] = lambda moments: moments) -> StepRows:
+def step_rows(
+    rollouts: Sequence[RolloutTensors],
+    scale_rewards: str,
+    beta: float,
+    reward_moments: Callable[[list[float]], list[float]] = lambda moments: moments,
+) -> StepRows:
     """Merge the step's rollouts, compute group advantages over all of them, and keep the rows that move
     the loss: with ``beta`` = 0 a row whose advantage is 0 adds exactly 0 to the loss and its gradient
     (``-min(ρ·0, clip(ρ)·0)``), so it is left out of the forward; it still counts in the step's size.
@@ -69,8 +74,9 @@ def step_rows(rollouts: Sequence[RolloutTensors], scale_rewards: str, beta: floa
     ``reward_moments`` sums the (count, sum, sum of squares) of each kind's rewards over ranks, for ``batch``
     scaling."""
     batch = concat_batches(rollouts)
-    advantages = kind_advantages(batch["rewards"], batch["group_ids"], batch["row_kinds"], scale_rewards,
-                                 reward_moments)
+    advantages = kind_advantages(
+        batch["rewards"], batch["group_ids"], batch["row_kinds"], scale_rewards, reward_moments
+    )
     size = F.StepSize.of(batch["reflection_mask"][:, 1:])
     keep = torch.ones_like(advantages, dtype=torch.bool) if beta != 0.0 else advantages.ne(0)
     rows = keep.nonzero().squeeze(-1).tolist()
@@ -78,8 +84,13 @@ def step_rows(rollouts: Sequence[RolloutTensors], scale_rewards: str, beta: floa
     return StepRows(moving, size, advantages)
 
 
-def kind_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, row_kinds: torch.Tensor, scale_rewards: str,
-                    reward_moments: Callable[[list[float]], list[float]] = lambda moments: moments) -> torch.Tensor:
+def kind_advantages(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    row_kinds: torch.Tensor,
+    scale_rewards: str,
+    reward_moments: Callable[[list[float]], list[float]] = lambda moments: moments,
+) -> torch.Tensor:
     """(N,) group advantages computed for each kind of row on its own: groups never mix kinds, so only
     ``batch`` scaling differs from one computation over all rows (each kind is divided by the std of its
     own rewards; an attempt's reward and a reflection's measure different things). ``reward_moments`` is
@@ -93,26 +104,45 @@ def kind_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, row_kinds: t
             values = rewards[chosen].double()
             moments += [float(len(values)), values.sum().item(), (values**2).sum().item()]
         moments = reward_moments(moments)
-        stds = [F.pooled_std(*moments[3 * k:3 * k + 3]) for k in range(len(ROW_KINDS))]
+        stds = [F.pooled_std(*moments[3 * k : 3 * k + 3]) for k in range(len(ROW_KINDS))]
     for chosen, std in zip(selections, stds):
         if chosen.any():
             advantages[chosen] = F.group_advantages(rewards[chosen], group_ids[chosen], scale_rewards, batch_std=std)
     return advantages
 
 
-def micro_batch_loss(policy, micro: dict, settings: LossSettings, size: F.StepSize,
-                     ) -> tuple[torch.Tensor, dict[str, float]]:
+def micro_batch_loss(
+    policy, micro: dict, settings: LossSettings, size: F.StepSize
+) -> tuple[torch.Tensor, dict[str, float]]:
     """This micro-batch's share of the step's loss; (N, T-1) tensors below are aligned on the predicted token."""
     mask = micro["reflection_mask"][:, 1:]
-    logprobs = masked_token_logprobs(policy, micro["input_ids"], micro["attention_mask"], mask,
-                                     settings.temperature, settings.logprob_chunk_size, settings.share_prompts)
+    logprobs = masked_token_logprobs(
+        policy,
+        micro["input_ids"],
+        micro["attention_mask"],
+        mask,
+        settings.temperature,
+        settings.logprob_chunk_size,
+        settings.share_prompts,
+    )
     ref = micro["ref_logprobs"][:, 1:] if settings.beta else None
     weights = micro["is_weights"][:, 1:] if "is_weights" in micro else None
-    return F.grpo_loss(logprobs, micro["behaviour_logprobs"][:, 1:], micro["advantages"], mask,
-                       epsilon=settings.epsilon, epsilon_high=settings.epsilon_high, loss_type=settings.loss_type,
-                       beta=settings.beta, ref_logprobs=ref, max_tokens=settings.max_reflection_tokens, step=size,
-                       is_weights=weights, off_policy=micro.get("off_policy"),
-                       shaping_gamma=settings.off_policy_shaping)
+    return F.grpo_loss(
+        logprobs,
+        micro["behaviour_logprobs"][:, 1:],
+        micro["advantages"],
+        mask,
+        epsilon=settings.epsilon,
+        epsilon_high=settings.epsilon_high,
+        loss_type=settings.loss_type,
+        beta=settings.beta,
+        ref_logprobs=ref,
+        max_tokens=settings.max_reflection_tokens,
+        step=size,
+        is_weights=weights,
+        off_policy=micro.get("off_policy"),
+        shaping_gamma=settings.off_policy_shaping,
+    )
 
 
 def share_of_engine(rows: StepRows, engine_rank: int, engine_ranks: int) -> StepRows:
@@ -148,15 +178,21 @@ def padding_pass(policy, device: torch.device | str, backward: Callable[[torch.T
     fewer micro-batches than the others runs these, so every rank runs the same collectives. The gradient
     it adds is exactly 0."""
     ids = torch.zeros((1, 2), dtype=torch.long, device=device)
-    values = masked_token_logprobs(policy, ids, torch.ones_like(ids), torch.ones((1, 1), dtype=torch.bool,
-                                                                               device=device))
+    values = masked_token_logprobs(
+        policy, ids, torch.ones_like(ids), torch.ones((1, 1), dtype=torch.bool, device=device)
+    )
     if backward is not None and values.requires_grad:
         backward(0.0 * values.sum())
 
 
-def accumulate_gradients(policy, rows: StepRows, settings: LossSettings, device: torch.device | str = "cpu",
-                         backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
-                         pad_to: int | None = None) -> dict[str, float]:
+def accumulate_gradients(
+    policy,
+    rows: StepRows,
+    settings: LossSettings,
+    device: torch.device | str = "cpu",
+    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    pad_to: int | None = None,
+) -> dict[str, float]:
     """Forward and ``backward`` every micro-batch of the step; gradients accumulate in ``policy``. Returns
     the step's metrics: ``loss`` (the sum of the shares), the merged loss metrics, ``micro_batches``,
     ``trained_tokens`` (attended tokens of the rows that went through) and ``tokens_per_second`` (of
@@ -177,13 +213,23 @@ def accumulate_gradients(policy, rows: StepRows, settings: LossSettings, device:
         padding_pass(policy, device, backward)
     metrics = F.merge_metrics(parts)
     seconds = time.perf_counter() - start
-    metrics.update(loss=loss, micro_batches=float(len(splits)), trained_tokens=float(trained_tokens),
-                   tokens_per_second=trained_tokens / seconds if seconds > 0 else 0.0)
+    metrics.update(
+        loss=loss,
+        micro_batches=float(len(splits)),
+        trained_tokens=float(trained_tokens),
+        tokens_per_second=trained_tokens / seconds if seconds > 0 else 0.0,
+    )
     return metrics
 
 
-def reference_logprobs(policy, reference, batch: StepBatch, settings: LossSettings,
-                       device: torch.device | str = "cpu", pad_to: int | None = None) -> torch.Tensor:
+def reference_logprobs(
+    policy,
+    reference,
+    batch: StepBatch,
+    settings: LossSettings,
+    device: torch.device | str = "cpu",
+    pad_to: int | None = None,
+) -> torch.Tensor:
     """(N, T) log-prob of each reflection token under the reference at the token's own position (as
     ``behaviour_logprobs``), 0 elsewhere; micro-batched under the same token budget as the step. The
     reference is ``reference`` (a frozen copy of the initial policy), or for a LoRA policy with
@@ -198,8 +244,14 @@ def reference_logprobs(policy, reference, batch: StepBatch, settings: LossSettin
     return _logprobs_without_grad(reference, batch, settings, device, pad_to)
 
 
-def correct_for_engine(policy, batch: StepBatch, settings: LossSettings, loss, device: torch.device | str = "cpu",
-                       pad_to: int | None = None) -> dict[str, float]:
+def correct_for_engine(
+    policy,
+    batch: StepBatch,
+    settings: LossSettings,
+    loss,
+    device: torch.device | str = "cpu",
+    pad_to: int | None = None,
+) -> dict[str, float]:
     """One no-grad pass of the trainer over ``batch`` (micro-batched, reflection tokens only) before the
     step's first update: the trainer's log-probs of the sampled tokens under the sampling weights. In place:
     ``batch["is_weights"]`` (per-token engine/trainer correction, ``loss.correction``) and, with
@@ -210,8 +262,14 @@ def correct_for_engine(policy, batch: StepBatch, settings: LossSettings, loss, d
     trainer = _logprobs_without_grad(policy, batch, settings, device, pad_to)
     off_policy = batch["off_policy"].unsqueeze(1) if "off_policy" in batch else torch.zeros((1, 1), dtype=torch.bool)
     mask = batch["reflection_mask"][:, 1:] & ~off_policy
-    weights, metrics = F.importance_weights(trainer[:, 1:], batch["behaviour_logprobs"][:, 1:], mask,
-                                            loss.correction, loss.correction_cap, loss.correction_low)
+    weights, metrics = F.importance_weights(
+        trainer[:, 1:],
+        batch["behaviour_logprobs"][:, 1:],
+        mask,
+        loss.correction,
+        loss.correction_cap,
+        loss.correction_low,
+    )
     if loss.correction != "none":
         batch["is_weights"] = torch.cat([torch.ones_like(weights[:, :1]), weights], dim=1)
     if loss.behaviour == "trainer":
@@ -220,16 +278,22 @@ def correct_for_engine(policy, batch: StepBatch, settings: LossSettings, loss, d
 
 
 @torch.no_grad()
-def _logprobs_without_grad(model, batch: StepBatch, settings: LossSettings, device,
-                           pad_to: int | None) -> torch.Tensor:
+def _logprobs_without_grad(model, batch: StepBatch, settings: LossSettings, device, pad_to: int | None) -> torch.Tensor:
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
     splits = micro_batches(batch, settings)
     for indices in splits:
         micro = {k: v.to(device) for k, v in select_rows(batch, indices).items() if torch.is_tensor(v)}
         mask = micro["reflection_mask"][:, 1:]
-        values = masked_token_logprobs(model, micro["input_ids"], micro["attention_mask"], mask,
-                                       settings.temperature, settings.logprob_chunk_size, settings.share_prompts)
-        out[indices, 1:1 + values.shape[1]] = values.float().cpu()
+        values = masked_token_logprobs(
+            model,
+            micro["input_ids"],
+            micro["attention_mask"],
+            mask,
+            settings.temperature,
+            settings.logprob_chunk_size,
+            settings.share_prompts,
+        )
+        out[indices, 1 : 1 + values.shape[1]] = values.float().cpu()
     for _ in range(len(splits), pad_to or 0):
         padding_pass(model, device, backward=None)
     return out

@@ -23,21 +23,30 @@ def merge_rank_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     if len(stats) == 1:
         return dict(stats[0])
     slowest = {keys.SECONDS, keys.WALL_SECONDS}
-    additive = {keys.GROUPS, keys.SAMPLED_TOKENS, keys.DISTILLED_ROWS} | \
-        {key for key in stats[0] if key.endswith("/groups")}
-    return {key: max(s[key] for s in stats) if key in slowest
-            else sum(s[key] for s in stats) if key in additive else _mean_of_defined([s[key] for s in stats])
-            for key in stats[0]}
+    additive = {keys.GROUPS, keys.SAMPLED_TOKENS, keys.DISTILLED_ROWS} | {
+        key for key in stats[0] if key.endswith("/groups")
+    }
+    return {
+        key: max(s[key] for s in stats)
+        if key in slowest
+        else sum(s[key] for s in stats)
+        if key in additive
+        else _mean_of_defined([s[key] for s in stats])
+        for key in stats[0]
+    }
 
 
 def merge_rollout_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     """The rollout metrics of a step drawn as several rollouts: counts and times add up, rates average."""
     if len(stats) == 1:
         return dict(stats[0])
-    additive = {keys.GROUPS, keys.SECONDS, keys.WALL_SECONDS, keys.SAMPLED_TOKENS, keys.DISTILLED_ROWS} | \
-        {key for key in stats[0] if key.endswith("/groups")}  # and the groups of each kind of row
-    return {key: sum(s[key] for s in stats) if key in additive else _mean_of_defined([s[key] for s in stats])
-            for key in stats[0]}
+    additive = {keys.GROUPS, keys.SECONDS, keys.WALL_SECONDS, keys.SAMPLED_TOKENS, keys.DISTILLED_ROWS} | {
+        key for key in stats[0] if key.endswith("/groups")
+    }  # and the groups of each kind of row
+    return {
+        key: sum(s[key] for s in stats) if key in additive else _mean_of_defined([s[key] for s in stats])
+        for key in stats[0]
+    }
 
 
 def _mean_of_defined(values: list[float]) -> float:

@@ -1,5 +1,6 @@
 """The weights' dtypes a config names (``model.dtype``, ``gguf.dtype``): shared by the loaders
 (:mod:`r3exp.models.loading`), the GGUF conversion and the random-weight build, which import it and not each other."""
+
 from __future__ import annotations
 
 import torch

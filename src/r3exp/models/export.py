@@ -1,4 +1,5 @@
 """Policy weights in plain Hugging Face names: for the engine's weight sync and for export."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,9 +62,9 @@ def save_policy(model, tokenizer, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-
-def save_weights(model, tokenizer, out_dir: str | Path, merged: dict[str, torch.Tensor],
-                 adapter: dict[str, torch.Tensor]) -> dict[str, Path]:
+def save_weights(
+    model, tokenizer, out_dir: str | Path, merged: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor]
+) -> dict[str, Path]:
     """:func:`save_policy` from weights gathered elsewhere (a sharded policy, whose own parameters are
     shards): ``merged`` under the base model's names, ``adapter`` under the peft model's own names."""
     out_dir = Path(out_dir)

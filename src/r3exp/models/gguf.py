@@ -8,6 +8,7 @@ and chat template under ``<cache>/gguf/<package>-<version>-<file hash>/``, writt
 and moved into place in one rename, so an interrupted conversion leaves nothing half-written, and every
 later run (every rank, every test) loads that directory like any hub model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,12 +49,15 @@ def locate_gguf(spec: GGUFSpec) -> tuple[Path, str]:
     try:
         distribution = importlib.metadata.distribution(spec.package)
     except importlib.metadata.PackageNotFoundError:
-        raise ModelUnavailable(f"the model's weights come in the package {spec.package!r}, which is not installed: "
-                               f"{spec.install}") from None
+        raise ModelUnavailable(
+            f"the model's weights come in the package {spec.package!r}, which is not installed: {spec.install}"
+        ) from None
     path = Path(str(distribution.locate_file(spec.file)))
     if not path.is_file():
-        raise ModelUnavailable(f"{spec.package} {distribution.version} has no file {spec.file} (looked at {path}); "
-                               f"reinstall it: {reinstall(spec.package, distribution.version)}")
+        raise ModelUnavailable(
+            f"{spec.package} {distribution.version} has no file {spec.file} (looked at {path}); "
+            f"reinstall it: {reinstall(spec.package, distribution.version)}"
+        )
     return path, distribution.version
 
 
@@ -80,16 +84,19 @@ def ensure_gguf_model(spec: GGUFSpec, cache_root: str | os.PathLike) -> Path:
     if (target / "config.json").exists():
         return target
     if importlib.util.find_spec("gguf") is None:
-        raise ModelUnavailable("reading a GGUF file needs the package 'gguf': pip install gguf "
-                               "(or pip install 'r3exp[smollm2]'; scripts/install.sh installs it)")
+        raise ModelUnavailable(
+            "reading a GGUF file needs the package 'gguf': pip install gguf "
+            "(or pip install 'r3exp[smollm2]'; scripts/install.sh installs it)"
+        )
     log.info("converting %s (%s %s) to %s, once", gguf_path.name, spec.package, version, target)
     with staged_entry(target, prefix=".converting-") as staging:
         convert_gguf(gguf_path, staging, spec.dtype, fix=reinstall(spec.package, version))
     return target
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32",
-                 fix: str = "reinstall the package that ships it") -> None:
+def convert_gguf(
+    gguf_path: Path, out_dir: Path, dtype: str = "float32", fix: str = "reinstall the package that ships it"
+) -> None:
     """De-quantise ``gguf_path`` with transformers and save model, tokenizer and chat template to ``out_dir``.
 
     transformers marks a GGUF-loaded model as quantised and refuses to save it; the weights it holds are
@@ -98,13 +105,16 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32",
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - seconds to import; conversion only
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                     dtype=torch_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch_dtype(dtype)
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except Exception as err:  # noqa: BLE001 - the GGUF reader raises many types for a damaged file
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ModelUnavailable(f"cannot read the GGUF file {gguf_path} ({type(err).__name__}: {first_line}); "
-                               f"the file may be damaged: {fix}") from None
+        raise ModelUnavailable(
+            f"cannot read the GGUF file {gguf_path} ({type(err).__name__}: {first_line}); "
+            f"the file may be damaged: {fix}"
+        ) from None
     if not tokenizer.chat_template:
         raise ModelUnavailable(f"the GGUF file {gguf_path} has no chat template; R3 needs multi-turn chat prompts")
     model.hf_quantizer = None

@@ -1,4 +1,5 @@
 """Load a policy and its tokenizer: hub models and the embedded tiny model take the same path."""
+
 from __future__ import annotations
 
 import logging
@@ -71,8 +72,13 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-def load_policy(path: str | Path, dtype: str = "float32", lora: LoraSpec | dict | None = None,
-                gradient_checkpointing: bool = False, master_weights: str = "float32") -> Any:
+def load_policy(
+    path: str | Path,
+    dtype: str = "float32",
+    lora: LoraSpec | dict | None = None,
+    gradient_checkpointing: bool = False,
+    master_weights: str = "float32",
+) -> Any:
     """The causal LM at ``path`` (hub id or directory), optionally wrapped with a fresh LoRA adapter.
 
     ``dtype`` is the weights' dtype as loaded; ``master_weights`` (:data:`MASTER_WEIGHTS`) the dtype the
@@ -101,8 +107,9 @@ def check_master_weights(master_weights: str) -> None:
         raise ConfigError(f"model.master_weights={master_weights!r} is not one of {list(MASTER_WEIGHTS)}")
 
 
-def prepare_policy(model, lora: LoraSpec | dict | None = None, gradient_checkpointing: bool = False,
-                   master_weights: str = "float32") -> Any:
+def prepare_policy(
+    model, lora: LoraSpec | dict | None = None, gradient_checkpointing: bool = False, master_weights: str = "float32"
+) -> Any:
     """A loaded causal LM made ready to train: gradient checkpointing (non-reentrant, so it also holds
     under a LoRA adapter whose frozen inputs need no gradient), then a fresh LoRA adapter (its weights in
     float32 over a base of any dtype, as peft's ``autocast_adapter_dtype`` does), train mode. Under
@@ -115,10 +122,17 @@ def prepare_policy(model, lora: LoraSpec | dict | None = None, gradient_checkpoi
         from peft import LoraConfig, get_peft_model  # noqa: PLC0415 - seconds to import; only LoRA needs it
 
         spec = lora if isinstance(lora, LoraSpec) else LoraSpec(**lora)
-        model = get_peft_model(model, LoraConfig(
-            r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-            target_modules=list(spec.target_modules), task_type="CAUSAL_LM",
-        ), autocast_adapter_dtype=True)
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=spec.r,
+                lora_alpha=spec.alpha,
+                lora_dropout=spec.dropout,
+                target_modules=list(spec.target_modules),
+                task_type="CAUSAL_LM",
+            ),
+            autocast_adapter_dtype=True,
+        )
     if master_weights == "float32":
         for param in model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
@@ -189,8 +203,9 @@ class ModelSpec:
     @property
     def is_embedded(self) -> bool:
         """The embedded tiny model (built here, and warm-started when ``warm_start`` is set)."""
-        return self.init == "pretrained" and self.name_or_path is None and self.gguf is None \
-            and self.embedded is not None
+        return (
+            self.init == "pretrained" and self.name_or_path is None and self.gguf is None and self.embedded is not None
+        )
 
     def resolve(self, cache_dir: str | Path, corpus=None) -> str:
         """The path or hub id to load; builds the embedded model, or a random-weight one under
@@ -199,10 +214,15 @@ class ModelSpec:
             raise ConfigError(f"model.init={self.init!r} is not one of {list(INITS)}")
         if self.init == "random":
             if not self.architecture:
-                raise ConfigError(f"model.init=random: model {self.name!r} has no model.architecture (the fields of "
-                                  "its config.json; the paper models' configs write them out)")
-            return str(ensure_random_model(dict(self.architecture), self.dtype, 0, corpus() if corpus else [],
-                                           Path(cache_dir) / "models"))
+                raise ConfigError(
+                    f"model.init=random: model {self.name!r} has no model.architecture (the fields of "
+                    "its config.json; the paper models' configs write them out)"
+                )
+            return str(
+                ensure_random_model(
+                    dict(self.architecture), self.dtype, 0, corpus() if corpus else [], Path(cache_dir) / "models"
+                )
+            )
         if self.name_or_path:
             return str(self.name_or_path)
         if self.gguf is not None:

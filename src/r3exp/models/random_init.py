@@ -12,6 +12,7 @@ tokens than Qwen2's 151k-entry BPE) and anything about quality (random weights w
 Built once per (architecture, dtype, seed, corpus) under ``paths.cache_dir/models/random``, then loaded like
 any model directory.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,18 +36,23 @@ BPE_ENTRIES = 1024  # the embedded tokenizer's size (r3exp.models.tiny.TinySpec.
 def cache_key(architecture: Mapping, dtype: str, seed: int, corpus: list[str]) -> str:
     payload = json.dumps([BUILD_VERSION, dict(architecture), dtype, seed, corpus], sort_keys=True, default=str)
     kind = architecture.get("model_type", "model")
-    return f"{kind}-h{architecture.get('hidden_size')}-l{architecture.get('num_hidden_layers')}-" \
-           f"{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
+    return (
+        f"{kind}-h{architecture.get('hidden_size')}-l{architecture.get('num_hidden_layers')}-"
+        f"{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
+    )
 
 
-def ensure_random_model(architecture: Mapping, dtype: str, seed: int, corpus: Iterable[str],
-                        cache_root: str | os.PathLike) -> Path:
+def ensure_random_model(
+    architecture: Mapping, dtype: str, seed: int, corpus: Iterable[str], cache_root: str | os.PathLike
+) -> Path:
     """The directory of a random-weight model of ``architecture``, building it if not cached."""
     architecture = dict(architecture)
     for key in ("model_type", "vocab_size"):
         if key not in architecture:
-            raise ConfigError(f"model.architecture.{key} is missing: model.init=random builds the model from "
-                              "model.architecture (the fields of the model's config.json)")
+            raise ConfigError(
+                f"model.architecture.{key} is missing: model.init=random builds the model from "
+                "model.architecture (the fields of the model's config.json)"
+            )
     corpus = list(corpus)
     target = Path(cache_root) / "random" / cache_key(architecture, dtype, seed, corpus)
     if (target / "config.json").exists():
@@ -66,24 +72,34 @@ def filled_tokenizer(corpus: list[str], vocab_size: int):
     vocab = state["model"]["vocab"]
     taken = len(bpe)  # BPE entries and special tokens
     if vocab_size < taken:
-        raise ConfigError(f"model.architecture.vocab_size={vocab_size}: smaller than the embedded tokenizer's "
-                          f"{taken} entries")
+        raise ConfigError(
+            f"model.architecture.vocab_size={vocab_size}: smaller than the embedded tokenizer's {taken} entries"
+        )
     for token_id in range(taken, vocab_size):
         vocab[f"<w{token_id}>"] = token_id  # ASCII only: the byte-level decoder maps it to itself
 
-    fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)), eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", bos_token=None, unk_token=None)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(state)),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+    )
     fast.chat_template = CHATML_TEMPLATE
     return fast
 
 
-def build_random_model(architecture: dict, dtype: str, seed: int, corpus: list[str],
-                       out_dir: str | os.PathLike) -> None:
+def build_random_model(
+    architecture: dict, dtype: str, seed: int, corpus: list[str], out_dir: str | os.PathLike
+) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig  # noqa: PLC0415 - seconds to import
 
     tokenizer = filled_tokenizer(corpus, int(architecture["vocab_size"]))
-    special = dict(eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id,
-                   bos_token_id=None)
+    special = dict(
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
     fields = {k: v for k, v in architecture.items() if k != "model_type"}
     try:
         config = AutoConfig.for_model(architecture["model_type"], **fields, **special)

@@ -9,6 +9,7 @@ byte-level without regex) because ``AutoTokenizer`` returns ``Qwen2Tokenizer`` f
 which rebuilds the normalizer and pre-tokenizer: a tokenizer trained with any other pipeline would
 silently re-tokenize differently after reloading.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,10 +73,12 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
 
     tokenizer = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -85,11 +88,7 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        bos_token=None,
-        unk_token=None,
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None, unk_token=None
     )
     fast.chat_template = CHATML_TEMPLATE
     return fast

@@ -19,7 +19,10 @@ def data_mode(run: Run) -> ModeResult:
         rows = list(task.examples(split))
         write_jsonl(rows, run.run_dir / f"{split}.jsonl")
         sizes[split] = len(rows)
-    (run.run_dir / "data.json").write_text(json.dumps(
-        {"task": task.name, "source": run.cfg.task.get("source"), "seed": run.cfg.seed, "sizes": sizes}, indent=2))
+    (run.run_dir / "data.json").write_text(
+        json.dumps(
+            {"task": task.name, "source": run.cfg.task.get("source"), "seed": run.cfg.seed, "sizes": sizes}, indent=2
+        )
+    )
     print(f"{task.name} splits {sizes} -> {run.run_dir}")
     return ModeResult(run.run_dir, data=run.run_dir)

@@ -21,8 +21,10 @@ def check(cfg: DictConfig) -> None:
     """``forgetting.enabled``: lm-eval's tasks load here, in one process (before the engine starts)."""
     if cfg.forgetting.enabled:
         if distributed.world_size() > 1:
-            raise ConfigError("forgetting.enabled with several ranks: lm-eval runs in one process; run "
-                              "mode=forgetting forgetting.policy=<run dir>/policy/merged after the job")
+            raise ConfigError(
+                "forgetting.enabled with several ranks: lm-eval runs in one process; run "
+                "mode=forgetting forgetting.policy=<run dir>/policy/merged after the job"
+            )
         check_general_ability(instantiate(cfg.forgetting))
 
 

@@ -5,6 +5,7 @@ Each run directory holds ``results.json`` (``mode=main``: ``base`` and ``trained
 and, when it trained, ``train_metrics.csv``. Runs that differ only in their seed are one row (mean and
 standard deviation over the seeds); every other difference in overrides is its own row.
 """
+
 from __future__ import annotations
 
 import csv
@@ -45,8 +46,11 @@ class RunResult:
     def setting(self, shared: set[str] = frozenset()) -> str:
         """The overrides that define the row: not task or model (their own columns), not the seed
         (averaged over), not output paths, and not those ``shared`` by every compared run."""
-        kept = [o for o in self.overrides if not o.startswith(IGNORED_OVERRIDES)
-                and o.split("=")[0] not in ("task", "model") and o not in shared]
+        kept = [
+            o
+            for o in self.overrides
+            if not o.startswith(IGNORED_OVERRIDES) and o.split("=")[0] not in ("task", "model") and o not in shared
+        ]
         return " ".join(sorted(kept))
 
 
@@ -76,8 +80,11 @@ def read_run(directory: str | Path) -> RunResult:
         curves=read_metrics(metrics) if metrics.exists() else [],
         wandb_group=read_offline_run(wandb_runs[-1]).group if wandb_runs else None,
         forgetting=dict((results.get("forgetting") or {}).get("difference") or {}),
-        episodes={label: directory / f"eval_{label}_episodes.jsonl" for label in keys.COMPARED
-                  if (directory / f"eval_{label}_episodes.jsonl").exists()},
+        episodes={
+            label: directory / f"eval_{label}_episodes.jsonl"
+            for label in keys.COMPARED
+            if (directory / f"eval_{label}_episodes.jsonl").exists()
+        },
     )
 
 
@@ -165,9 +172,11 @@ def to_markdown(rows: list[ComparisonRow]) -> str:
     """The paper's layout: accuracies in %, mean ± std over seeds; deltas in points. Runs with the
     forgetting check add one column per benchmark: trained minus base, in points, mean ± std."""
     extra = forgetting_columns(rows)
-    header = ("| task | model | setting | seeds | n | base first try | base after reflection | trained first try "
-              "| trained after reflection | Δ reflection (base) | Δ training (first try) | Δ training (after reflection) |"
-              + "".join(f" Δ {c.removeprefix(FORGETTING)} (lm-eval) |" for c in extra))
+    header = (
+        "| task | model | setting | seeds | n | base first try | base after reflection | trained first try "
+        "| trained after reflection | Δ reflection (base) | Δ training (first try) | Δ training (after reflection) |"
+        + "".join(f" Δ {c.removeprefix(FORGETTING)} (lm-eval) |" for c in extra)
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         cells = [row.task, row.model, row.setting or "default", str(len(row.runs)), str(row.runs[0].total)]
@@ -187,8 +196,14 @@ def write_csv(rows: list[ComparisonRow], path: str | Path) -> Path:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            record = {"task": row.task, "model": row.model, "setting": row.setting, "seeds": len(row.runs),
-                      "n": row.runs[0].total, "runs": " ".join(str(r.directory) for r in row.runs)}
+            record = {
+                "task": row.task,
+                "model": row.model,
+                "setting": row.setting,
+                "seeds": len(row.runs),
+                "n": row.runs[0].total,
+                "runs": " ".join(str(r.directory) for r in row.runs),
+            }
             record.update({c: row.mean(c) for c in columns})
             record.update({f"{c}_std": row.std(c) for c in columns})
             record.update({name: row.delta(*pair) for name, pair in DELTAS.items()})
@@ -212,8 +227,9 @@ class PairedComparison:
     test: PairedTest
 
 
-def paired_evaluations(a_runs: list[RunResult], a_label: str, b_runs: list[RunResult], b_label: str,
-                       measure: str) -> PairedTest | None:
+def paired_evaluations(
+    a_runs: list[RunResult], a_label: str, b_runs: list[RunResult], b_label: str, measure: str
+) -> PairedTest | None:
     """The paired test of ``a_label`` in ``a_runs`` vs ``b_label`` in ``b_runs``, matched by seed; None when
     no seed has both evaluations' episodes."""
     b_by_seed = {run.seed: run for run in b_runs}
@@ -223,16 +239,20 @@ def paired_evaluations(a_runs: list[RunResult], a_label: str, b_runs: list[RunRe
         if other is None or a_label not in run.episodes or b_label not in other.episodes:
             continue
         first_only = MEASURES[measure]
-        pairs.append(pair(solved_after_reflection(run.episodes[a_label], first_only),
-                          solved_after_reflection(other.episodes[b_label], first_only),
-                          where=f" ({run.directory} {a_label} vs {other.directory} {b_label})"))
+        pairs.append(
+            pair(
+                solved_after_reflection(run.episodes[a_label], first_only),
+                solved_after_reflection(other.episodes[b_label], first_only),
+                where=f" ({run.directory} {a_label} vs {other.directory} {b_label})",
+            )
+        )
     return paired_test(pairs) if pairs else None
 
 
 def arm_of(setting: str) -> tuple[str, str]:
     """``(protocol, the other overrides)`` of a row's setting; no ``rollout.protocol`` override is ``r3``."""
     options = setting.split()
-    protocol = next((o[len(PROTOCOL_KEY):] for o in options if o.startswith(PROTOCOL_KEY)), "r3")
+    protocol = next((o[len(PROTOCOL_KEY) :] for o in options if o.startswith(PROTOCOL_KEY)), "r3")
     return protocol, " ".join(o for o in options if not o.startswith(PROTOCOL_KEY))
 
 
@@ -249,8 +269,12 @@ def paired_comparisons(rows: list[ComparisonRow]) -> list[PairedComparison]:
     arms = [(row, *arm_of(row.setting)) for row in rows]
     for a, a_protocol, a_rest in arms:
         for b, b_protocol, b_rest in arms:
-            if a_protocol not in ARMS or b_protocol not in ARMS or ARMS.index(a_protocol) >= ARMS.index(b_protocol) \
-                    or (a.task, a.model, a_rest) != (b.task, b.model, b_rest):
+            if (
+                a_protocol not in ARMS
+                or b_protocol not in ARMS
+                or ARMS.index(a_protocol) >= ARMS.index(b_protocol)
+                or (a.task, a.model, a_rest) != (b.task, b.model, b_rest)
+            ):
                 continue
             for measure in MEASURES:
                 test = paired_evaluations(a.runs, keys.TRAINED, b.runs, keys.TRAINED, measure)
@@ -265,13 +289,17 @@ def _p(value: float) -> str:
 
 def paired_markdown(comparisons: list[PairedComparison]) -> str:
     """The paired tests: per-seed gains (points), mean ± std, the discordant pairs, pooled p-values."""
-    header = ("| a | b | measure | gain per seed (points) | mean ± std | a only / b only | examples "
-              "| McNemar p | bootstrap p | 95% interval (points) |")
+    header = (
+        "| a | b | measure | gain per seed (points) | mean ± std | a only / b only | examples "
+        "| McNemar p | bootstrap p | 95% interval (points) |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for c in comparisons:
         t = c.test
-        lines.append(f"| {c.a} | {c.b} | {c.measure} | {', '.join(f'{100 * g:+.1f}' for g in t.gains)} "
-                     f"| {_points(t.mean_gain, t.std_gain)} | {t.a_only} / {t.b_only} | {t.examples} "
-                     f"| {_p(t.mcnemar_p)} | {_p(t.bootstrap_p)} "
-                     f"| {100 * t.interval[0]:+.1f} to {100 * t.interval[1]:+.1f} |")
+        lines.append(
+            f"| {c.a} | {c.b} | {c.measure} | {', '.join(f'{100 * g:+.1f}' for g in t.gains)} "
+            f"| {_points(t.mean_gain, t.std_gain)} | {t.a_only} / {t.b_only} | {t.examples} "
+            f"| {_p(t.mcnemar_p)} | {_p(t.bootstrap_p)} "
+            f"| {100 * t.interval[0]:+.1f} to {100 * t.interval[1]:+.1f} |"
+        )
     return "\n".join(lines)

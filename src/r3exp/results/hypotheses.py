@@ -8,6 +8,7 @@ pooled difference is positive and the Holm-adjusted bootstrap p is below ``alpha
 and so significant, else not shown. ``non-inferiority`` (``margin`` points): supported when the bootstrap's
 95% interval lies above ``-margin``, refuted when it lies below 0, else inconclusive.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -83,22 +84,28 @@ def evaluate(rows: list[ComparisonRow], hypotheses: list[Hypothesis], alpha: flo
         tests.append(test)
     primary = [i for i, h in enumerate(hypotheses) if h.primary]  # a non-inferiority test's p: its superiority
     adjusted = dict(zip(primary, holm([tests[i].bootstrap_p for i in primary])))
-    return [Verdict(h, t, adjusted.get(i), decide(h, t, adjusted.get(i), alpha))
-            for i, (h, t) in enumerate(zip(hypotheses, tests))]
+    return [
+        Verdict(h, t, adjusted.get(i), decide(h, t, adjusted.get(i), alpha))
+        for i, (h, t) in enumerate(zip(hypotheses, tests))
+    ]
 
 
 def verdicts_markdown(verdicts: list[Verdict]) -> str:
-    header = ("| hypothesis | a | b | measure | gain (points, mean ± std over seeds) | 95% interval | a only / b only "
-              "| McNemar p | bootstrap p | Holm p | outcome |")
+    header = (
+        "| hypothesis | a | b | measure | gain (points, mean ± std over seeds) | 95% interval | a only / b only "
+        "| McNemar p | bootstrap p | Holm p | outcome |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     corrected = sum(v.adjusted_p is not None for v in verdicts)
     for v in verdicts:
         h, t = v.hypothesis, v.test
         # 10,000 resamples: a bootstrap p of 0 is below 1e-4, and Holm's multiplies it by at most the tests
         adjusted = "–" if v.adjusted_p is None else p_text(v.adjusted_p, floor=corrected * 1e-4)
-        lines.append(f"| {h.name} | {h.a} | {h.b} | {h.measure} | {100 * t.mean_gain:+.1f} ± {100 * t.std_gain:.1f} "
-                     f"| {100 * t.interval[0]:+.1f} to {100 * t.interval[1]:+.1f} | {t.a_only} / {t.b_only} "
-                     f"| {t.mcnemar_p:.2g} | {p_text(t.bootstrap_p)} | {adjusted} | {v.outcome} |")
+        lines.append(
+            f"| {h.name} | {h.a} | {h.b} | {h.measure} | {100 * t.mean_gain:+.1f} ± {100 * t.std_gain:.1f} "
+            f"| {100 * t.interval[0]:+.1f} to {100 * t.interval[1]:+.1f} | {t.a_only} / {t.b_only} "
+            f"| {t.mcnemar_p:.2g} | {p_text(t.bootstrap_p)} | {adjusted} | {v.outcome} |"
+        )
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ and "R3 beats plain GRPO". Outcomes are paired per example within a seed and poo
 
 Pure functions over booleans; :func:`solved_after_reflection` reads them from ``eval_<label>_episodes.jsonl``.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ def mcnemar_exact_p(a_only: int, b_only: int) -> float:
     n = a_only + b_only
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(a_only, b_only) + 1)) / 2 ** n
+    tail = sum(math.comb(n, k) for k in range(min(a_only, b_only) + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
@@ -60,8 +61,9 @@ def paired_bootstrap_p(pairs_per_seed: list[Pairs], resamples: int = 10_000, see
     return _two_sided(bootstrap_sums(pairs_per_seed, resamples, seed))
 
 
-def bootstrap_interval(pairs_per_seed: list[Pairs], resamples: int = 10_000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    pairs_per_seed: list[Pairs], resamples: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """The percentile bootstrap interval (``level``) of the pooled mean difference (a - b), as fractions:
     the resamples of :func:`bootstrap_sums` divided by the number of pooled pairs."""
     total = sum(len(pairs) for pairs in pairs_per_seed)
@@ -98,9 +100,17 @@ class PairedTest:
         return statistics.stdev(self.gains) if len(self.gains) > 1 else 0.0
 
     def to_dict(self) -> dict:
-        return {"gains": self.gains, "mean_gain": self.mean_gain, "std_gain": self.std_gain, "a_only": self.a_only,
-                "b_only": self.b_only, "examples": self.examples, "mcnemar_p": self.mcnemar_p,
-                "bootstrap_p": self.bootstrap_p, "interval_95": list(self.interval)}
+        return {
+            "gains": self.gains,
+            "mean_gain": self.mean_gain,
+            "std_gain": self.std_gain,
+            "a_only": self.a_only,
+            "b_only": self.b_only,
+            "examples": self.examples,
+            "mcnemar_p": self.mcnemar_p,
+            "bootstrap_p": self.bootstrap_p,
+            "interval_95": list(self.interval),
+        }
 
 
 def paired_test(pairs_per_seed: list[Pairs], resamples: int = 10_000) -> PairedTest:
@@ -111,8 +121,15 @@ def paired_test(pairs_per_seed: list[Pairs], resamples: int = 10_000) -> PairedT
     gains = [sum(int(a) - int(b) for a, b in pairs) / len(pairs) for pairs in pairs_per_seed]
     a_only = sum(a and not b for pairs in pairs_per_seed for a, b in pairs)
     b_only = sum(b and not a for pairs in pairs_per_seed for a, b in pairs)
-    return PairedTest(gains, a_only, b_only, sum(len(p) for p in pairs_per_seed), mcnemar_exact_p(a_only, b_only),
-                      paired_bootstrap_p(pairs_per_seed, resamples), bootstrap_interval(pairs_per_seed, resamples))
+    return PairedTest(
+        gains,
+        a_only,
+        b_only,
+        sum(len(p) for p in pairs_per_seed),
+        mcnemar_exact_p(a_only, b_only),
+        paired_bootstrap_p(pairs_per_seed, resamples),
+        bootstrap_interval(pairs_per_seed, resamples),
+    )
 
 
 def example_key(example: dict) -> str:
@@ -136,6 +153,8 @@ def pair(a: dict[str, bool], b: dict[str, bool], where: str = "") -> Pairs:
     """The paired outcomes of two evaluations of the same examples, in example-key order (refused, naming
     the runs, when their examples differ: e.g. runs of different ``evaluation.limit`` compared seed by seed)."""
     if a.keys() != b.keys():
-        raise ConfigError(f"compare.runs: paired evaluations must cover the same examples{where}: "
-                         f"{len(a.keys() - b.keys())} only in one, {len(b.keys() - a.keys())} only in the other")
+        raise ConfigError(
+            f"compare.runs: paired evaluations must cover the same examples{where}: "
+            f"{len(a.keys() - b.keys())} only in one, {len(b.keys() - a.keys())} only in the other"
+        )
     return [(a[key], b[key]) for key in sorted(a)]

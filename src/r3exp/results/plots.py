@@ -1,14 +1,23 @@
 """PNG plots of a comparison: accuracy bars per row, reward and reflection length over training."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from r3exp.results.across_runs import COLUMNS, ComparisonRow
 
-LABELS = {"base_first_try": "base, first try", "base_after_reflection": "base, after reflection",
-          "trained_first_try": "trained, first try", "trained_after_reflection": "trained, after reflection"}
-COLOURS = {"base_first_try": "#c6dbef", "base_after_reflection": "#6baed6",
-           "trained_first_try": "#fdd0a2", "trained_after_reflection": "#e6550d"}
+LABELS = {
+    "base_first_try": "base, first try",
+    "base_after_reflection": "base, after reflection",
+    "trained_first_try": "trained, first try",
+    "trained_after_reflection": "trained, after reflection",
+}
+COLOURS = {
+    "base_first_try": "#c6dbef",
+    "base_after_reflection": "#6baed6",
+    "trained_first_try": "#fdd0a2",
+    "trained_after_reflection": "#e6550d",
+}
 
 
 def _pyplot():
@@ -88,8 +97,12 @@ def plot_training(rows: list[ComparisonRow], path: str | Path, window: int = 10)
 
     xlabel = "thousand tokens sampled for training" if by_tokens else "step"
     reward_ax.set(xlabel=xlabel, ylabel=f"mean reward, {window}-step average", title="Reward", ylim=(-0.03, 1.03))
-    follow_ax.set(xlabel=xlabel, ylabel="share of sampled reflections", ylim=(-0.03, 1.03),
-                  title="Retry follows its reflection (R3)")
+    follow_ax.set(
+        xlabel=xlabel,
+        ylabel="share of sampled reflections",
+        ylim=(-0.03, 1.03),
+        title="Retry follows its reflection (R3)",
+    )
     length_ax.set(xlabel=xlabel, ylabel="tokens", title="Reflection (GRPO: attempt) length")
     length_ax.set_ylim(bottom=0)
     for ax in (reward_ax, follow_ax, length_ax):

@@ -1,5 +1,6 @@
 """A Hydra callback that compares a multirun's runs when the last one ends (``hydra.callbacks`` in
 ``experiment=r3_demo``): the comparison's files go to the sweep directory, and its table is printed."""
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,12 @@ class CompareSweep(Callback):
             return
         error = job_return._return_value  # the exception; .return_value would raise it here
         overrides = " ".join(job_return.overrides or [])
-        log.error("job failed (%s): %s\n%s", overrides, error,
-                  "".join(traceback.format_exception(type(error), error, error.__traceback__)))
+        log.error(
+            "job failed (%s): %s\n%s",
+            overrides,
+            error,
+            "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -42,4 +47,7 @@ class CompareSweep(Callback):
         except R3Error as err:  # the runs cannot be compared as they are (the jobs' own results stand)
             log.warning("no comparison: %s", err)
             return
-        print(f"\n{len(runs)} runs -> {produced['table']}\n{produced['text']}\nlearning curves: {produced['training_png']}")
+        print(
+            f"\n{len(runs)} runs -> {produced['table']}\n{produced['text']}\n"
+            f"learning curves: {produced['training_png']}"
+        )

@@ -1,4 +1,5 @@
 """Episodes to training tensors. The reflection mask is built here, in exactly one function."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -80,8 +81,8 @@ def build_batch(episodes: Sequence[Episode], pad_id: int) -> RolloutTensors:
     for b, (context, reflection) in enumerate(zip(contexts, reflections)):
         n = len(context)
         input_ids[b, :n] = torch.tensor(context)
-        input_ids[b, n:n + len(reflection.token_ids)] = torch.tensor(reflection.token_ids, dtype=torch.long)
-        behaviour[b, n:n + len(reflection.logprobs)] = torch.tensor(reflection.logprobs)
+        input_ids[b, n : n + len(reflection.token_ids)] = torch.tensor(reflection.token_ids, dtype=torch.long)
+        behaviour[b, n : n + len(reflection.logprobs)] = torch.tensor(reflection.logprobs)
     positions = torch.arange(total).unsqueeze(0)
     return {
         "input_ids": input_ids,

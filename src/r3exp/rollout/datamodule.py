@@ -3,6 +3,7 @@
 Batches are generated lazily, when the training step asks for one (``training_step(dataloader_iter)``),
 so a batch is always sampled with the weights after the previous optimizer step: nothing is prefetched.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,16 @@ from r3exp import distributed, keys
 from r3exp.errors import ConfigError
 from r3exp.rollout.batching import Rollout, rollout_batch
 from r3exp.rollout.engines.interface import GenerationEngine, SamplingConfig
-from r3exp.rollout.episodes import (ATTEMPT, DISTILL_MODES, REFLECTION, Episode, R3Protocol, RewardFn,
-                                    RolloutTiming, retry_succeeds)
+from r3exp.rollout.episodes import (
+    ATTEMPT,
+    DISTILL_MODES,
+    REFLECTION,
+    Episode,
+    R3Protocol,
+    RewardFn,
+    RolloutTiming,
+    retry_succeeds,
+)
 from r3exp.rollout.rollout_stats import follow_verdicts, has_signal, reward_name, rollout_stats
 from r3exp.tasks.base import Task
 
@@ -30,11 +39,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 ON_NO_SIGNAL = ("skip", "resample")
 # rollout.protocol: the kinds of rows each trains
-PROTOCOLS = {"r3": (REFLECTION,), "grpo": (ATTEMPT,), "r3_grpo": (ATTEMPT, REFLECTION),
-             "r3_grpo_distill": (ATTEMPT, REFLECTION)}
+PROTOCOLS = {
+    "r3": (REFLECTION,),
+    "grpo": (ATTEMPT,),
+    "r3_grpo": (ATTEMPT, REFLECTION),
+    "r3_grpo_distill": (ATTEMPT, REFLECTION),
+}
 DISTILLING = "r3_grpo_distill"  # the protocol whose rewarded retries join the attempt groups (rollout.distill)
 ROLLOUT_STREAM = "training"  # the engine's sampling stream of the training rollouts
-
 
 
 class RolloutStream(IterableDataset):
@@ -80,30 +92,49 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
             run time by the entry point, default one engine per rank.
     """
 
-    def __init__(self, task: Task, engine: GenerationEngine, tokenizer: PreTrainedTokenizerBase,
-                 attempt: SamplingConfig, reflection: SamplingConfig, retry: SamplingConfig, examples_per_step: int = 8,
-                 group_size: int = 4, source: str = "online", failures_path: str | None = None,
-                 on_no_signal: str = "resample", max_draws: int = 4, reward: RewardFn = retry_succeeds,
-                 seed: int = 0, protocol: str = "r3", ranks: distributed.Ranks | None = None,
-                 distill: str | None = None):
+    def __init__(
+        self,
+        task: Task,
+        engine: GenerationEngine,
+        tokenizer: PreTrainedTokenizerBase,
+        attempt: SamplingConfig,
+        reflection: SamplingConfig,
+        retry: SamplingConfig,
+        examples_per_step: int = 8,
+        group_size: int = 4,
+        source: str = "online",
+        failures_path: str | None = None,
+        on_no_signal: str = "resample",
+        max_draws: int = 4,
+        reward: RewardFn = retry_succeeds,
+        seed: int = 0,
+        protocol: str = "r3",
+        ranks: distributed.Ranks | None = None,
+        distill: str | None = None,
+    ):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ConfigError(f"rollout.protocol={protocol!r}; expected one of {tuple(PROTOCOLS)}")
         if ATTEMPT in PROTOCOLS[protocol] and source != "online":
             raise ConfigError(f"rollout.protocol={protocol} samples first attempts: it needs rollout.source=online")
         if REFLECTION not in PROTOCOLS[protocol] and getattr(reward, "func", reward) is not retry_succeeds:
-            raise ConfigError(f"rollout.reward={reward_name(reward)} rewards reflections; rollout.protocol={protocol} "
-                              "trains no reflection (its attempts are rewarded by the task's validator): remove it")
+            raise ConfigError(
+                f"rollout.reward={reward_name(reward)} rewards reflections; rollout.protocol={protocol} "
+                "trains no reflection (its attempts are rewarded by the task's validator): remove it"
+            )
         if distill is not None and protocol != DISTILLING:
-            raise ConfigError(f"rollout.distill={distill} is read by rollout.protocol={DISTILLING} only, not "
-                              f"{protocol}: remove it")
+            raise ConfigError(
+                f"rollout.distill={distill} is read by rollout.protocol={DISTILLING} only, not {protocol}: remove it"
+            )
         distill = distill or ("distinct" if protocol == DISTILLING else "none")
         if distill not in DISTILL_MODES:
             raise ConfigError(f"rollout.distill={distill!r}; expected one of {DISTILL_MODES}")
         if distill != "none" and retry.max_tokens > attempt.max_tokens:
-            raise ConfigError(f"rollout.retry.max_tokens={retry.max_tokens} > rollout.attempt.max_tokens="
-                              f"{attempt.max_tokens}: rollout.protocol={DISTILLING} trains retries as first attempts, "
-                              "which could then be longer than the model may write one")
+            raise ConfigError(
+                f"rollout.retry.max_tokens={retry.max_tokens} > rollout.attempt.max_tokens="
+                f"{attempt.max_tokens}: rollout.protocol={DISTILLING} trains retries as first attempts, "
+                "which could then be longer than the model may write one"
+            )
         if on_no_signal not in ON_NO_SIGNAL:
             raise ConfigError(f"rollout.on_no_signal={on_no_signal!r}; expected one of {ON_NO_SIGNAL}")
         if source not in ("online", "failures"):
@@ -136,8 +167,9 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         """The next ``examples_per_step`` examples of this rank (see :func:`draw_indices`; the ranks of one
         tensor-parallel engine draw the same ones)."""
         pool = self._examples()
-        indices = draw_indices(self.cursor, self.examples_per_step, len(pool), self.seed,
-                               self.ranks.data_rank, self.ranks.data_world)
+        indices = draw_indices(
+            self.cursor, self.examples_per_step, len(pool), self.seed, self.ranks.data_rank, self.ranks.data_world
+        )
         self.cursor += self.examples_per_step
         drawn = [pool[i] for i in indices]
         log.debug("rank %d drew %s", distributed.rank(), json.dumps(drawn, sort_keys=True))
@@ -162,8 +194,14 @@ class ReflectionRolloutDataModule(L.LightningDataModule):
         self.last_episodes, self.last_timing = episodes, self.protocol.timing
         kinds = PROTOCOLS[self.protocol_name]
         followed = follow_verdicts(self.task, episodes) if REFLECTION in kinds else None
-        stats = rollout_stats(episodes, self.protocol.timing.seconds, self.protocol.timing.generated_tokens, followed,
-                              kinds, distilling=self.distill != "none")
+        stats = rollout_stats(
+            episodes,
+            self.protocol.timing.seconds,
+            self.protocol.timing.generated_tokens,
+            followed,
+            kinds,
+            distilling=self.distill != "none",
+        )
         stats["rollout/draws"] = float(draws)
         stats[keys.WALL_SECONDS] = time.perf_counter() - start
         return rollout_batch(episodes, self.pad_id, stats, has_signal(episodes))
@@ -190,8 +228,10 @@ def rank_position(state: dict, rank: int, world: int) -> dict:
     a checkpoint from before several ranks holds one position)."""
     ranks = state.get("ranks") or [state]
     if len(ranks) != world:
-        raise ConfigError(f"the checkpoint was written by {len(ranks)} rank(s); resume it with as many "
-                          f"(trainer.devices x trainer.num_nodes), not {world}")
+        raise ConfigError(
+            f"the checkpoint was written by {len(ranks)} rank(s); resume it with as many "
+            f"(trainer.devices x trainer.num_nodes), not {world}"
+        )
     return ranks[rank]
 
 

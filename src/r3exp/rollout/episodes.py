@@ -6,6 +6,7 @@ training tensors. The training protocols (``rollout.protocol``): ``r3`` (:meth:`
 (:meth:`R3Protocol.attempt_groups`), ``r3_grpo`` and ``r3_grpo_distill``
 (:meth:`R3Protocol.attempt_and_reflection_groups`, the latter with :func:`add_distilled_rows`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -155,8 +156,9 @@ class ChatRenderer:
         self.tokenizer = tokenizer
         self.native_tools = "tools" in (tokenizer.chat_template or "")
 
-    def __call__(self, messages: Sequence[Message], tools: list[dict] | None = None,
-                 tools_message: str | None = None) -> list[int]:
+    def __call__(
+        self, messages: Sequence[Message], tools: list[dict] | None = None, tools_message: str | None = None
+    ) -> list[int]:
         messages, kwargs = list(messages), {}
         if tools and self.native_tools:
             kwargs["tools"] = tools
@@ -165,8 +167,9 @@ class ChatRenderer:
                 messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + tools_message}
             else:
                 messages.insert(0, {"role": "system", "content": tools_message})
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=False, **kwargs)
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False, **kwargs
+        )
         return list(ids)
 
     def for_task(self, task: Task, example: Example, messages: Sequence[Message]) -> list[int]:
@@ -184,9 +187,17 @@ class R3Protocol:
         stream: the engine's sampling stream (``training`` rollouts, ``evaluation``).
     """
 
-    def __init__(self, task: Task, engine: GenerationEngine, tokenizer, attempt_sampling: SamplingConfig,
-                 reflection_sampling: SamplingConfig, retry_sampling: SamplingConfig,
-                 reward: RewardFn = retry_succeeds, stream: str = "default"):
+    def __init__(
+        self,
+        task: Task,
+        engine: GenerationEngine,
+        tokenizer,
+        attempt_sampling: SamplingConfig,
+        reflection_sampling: SamplingConfig,
+        retry_sampling: SamplingConfig,
+        reward: RewardFn = retry_succeeds,
+        stream: str = "default",
+    ):
         self.task, self.engine, self.render = task, engine, ChatRenderer(tokenizer)
         self.attempt_sampling = attempt_sampling
         self.reflection_sampling = reflection_sampling
@@ -195,8 +206,9 @@ class R3Protocol:
         self.stream = stream
         self.timing = RolloutTiming()
 
-    def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
-                  turn: str) -> list[list[Completion]]:
+    def _generate(
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, turn: str
+    ) -> list[list[Completion]]:
         start = time.perf_counter()
         out = self.engine.generate(prompts, n, sampling, stream=self.stream)
         if prompts:
@@ -206,22 +218,28 @@ class R3Protocol:
     def first_attempts(self, examples: Sequence[Example]) -> list[Episode]:
         prompts = [self.render.for_task(self.task, ex, self.task.first_attempt_messages(ex)) for ex in examples]
         attempts = [group[0] for group in self._generate(prompts, 1, self.attempt_sampling, ATTEMPT_TURN)]
-        return [Episode(ex, a, self.task.validate(ex, a.text), policy_version=self.engine.policy_version)
-                for ex, a in zip(examples, attempts)]
+        return [
+            Episode(ex, a, self.task.validate(ex, a.text), policy_version=self.engine.policy_version)
+            for ex, a in zip(examples, attempts)
+        ]
 
     def reflect_and_retry(self, episodes: Sequence[Episode], group_size: int) -> list[Episode]:
         """Fill reflections, retries and rewards for every failed episode (in place; returns them all)."""
         failures = [ep for ep in episodes if not ep.first_try_success]
         for ep in failures:
             ep.reflection_prompt_ids = self.render.for_task(
-                self.task, ep.example, self.task.reflection_messages(ep.example, ep.attempt.text))
+                self.task, ep.example, self.task.reflection_messages(ep.example, ep.attempt.text)
+            )
             ep.policy_version = self.engine.policy_version
-        groups = self._generate([ep.reflection_prompt_ids for ep in failures], group_size,
-                                self.reflection_sampling, REFLECTION_TURN)
+        groups = self._generate(
+            [ep.reflection_prompt_ids for ep in failures], group_size, self.reflection_sampling, REFLECTION_TURN
+        )
         retry_prompts = [
-            self.render.for_task(self.task, ep.example,
-                                 self.task.retry_messages(ep.example, ep.attempt.text, reflection.text))
-            for ep, group in zip(failures, groups) for reflection in group
+            self.render.for_task(
+                self.task, ep.example, self.task.retry_messages(ep.example, ep.attempt.text, reflection.text)
+            )
+            for ep, group in zip(failures, groups)
+            for reflection in group
         ]
         retries = iter(group[0] for group in self._generate(retry_prompts, 1, self.retry_sampling, RETRY_TURN))
         start = time.perf_counter()
@@ -245,14 +263,25 @@ class R3Protocol:
         start = time.perf_counter()
         for ex, prompt, group in zip(examples, prompts, groups):
             successes = [self.task.validate(ex, c.text) for c in group]
-            episodes.append(Episode(ex, group[0], successes[0], reflection_prompt_ids=prompt, reflections=list(group),
-                                    rewards=[float(x) for x in successes], retry_successes=successes,
-                                    policy_version=self.engine.policy_version, kind=ATTEMPT))
+            episodes.append(
+                Episode(
+                    ex,
+                    group[0],
+                    successes[0],
+                    reflection_prompt_ids=prompt,
+                    reflections=list(group),
+                    rewards=[float(x) for x in successes],
+                    retry_successes=successes,
+                    policy_version=self.engine.policy_version,
+                    kind=ATTEMPT,
+                )
+            )
         self.timing.reward_seconds += time.perf_counter() - start
         return episodes
 
-    def attempt_and_reflection_groups(self, examples: Sequence[Example], group_size: int,
-                                      distill: str = "none") -> list[Episode]:
+    def attempt_and_reflection_groups(
+        self, examples: Sequence[Example], group_size: int, distill: str = "none"
+    ) -> list[Episode]:
         """R3 with GRPO: GRPO's group of ``group_size`` sampled attempts per example (:meth:`attempt_groups`),
         then R3's group for every example with a failed attempt: ``group_size`` reflections on its first
         failed attempt, one retry each, rewarded by ``reward``. One failure per example, not every failed
@@ -276,8 +305,10 @@ class R3Protocol:
     def retries_with(self, pairs: Sequence[tuple[Episode, str]]) -> list[Completion]:
         """One retry per ``(episode, reflection text)``, with that text in place of the episode's own
         reflection (the evaluation's controls)."""
-        prompts = [self.render.for_task(self.task, ep.example, self.task.retry_messages(ep.example, ep.attempt.text, text))
-                   for ep, text in pairs]
+        prompts = [
+            self.render.for_task(self.task, ep.example, self.task.retry_messages(ep.example, ep.attempt.text, text))
+            for ep, text in pairs
+        ]
         return [group[0] for group in self._generate(prompts, 1, self.retry_sampling, RETRY_TURN)]
 
     def run(self, examples: Sequence[Example], group_size: int) -> list[Episode]:

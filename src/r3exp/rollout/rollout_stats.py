@@ -12,9 +12,14 @@ from r3exp.rollout.episodes import ATTEMPT, REFLECTION, Episode
 from r3exp.tasks.base import Task
 
 
-def rollout_stats(episodes: list[Episode], seconds: float, generated_tokens: int,
-                  followed: list[bool | None] | None = None, kinds: tuple[str, ...] = (REFLECTION,),
-                  distilling: bool = False) -> dict[str, float]:
+def rollout_stats(
+    episodes: list[Episode],
+    seconds: float,
+    generated_tokens: int,
+    followed: list[bool | None] | None = None,
+    kinds: tuple[str, ...] = (REFLECTION,),
+    distilling: bool = False,
+) -> dict[str, float]:
     """Per-step rollout metrics (plain floats). ``followed``: for every sampled reflection, whether its retry
     did what it proposed (None where the task cannot read a proposal); the follow rate is NaN when no
     reflection proposed anything readable, and absent when ``followed`` is None (plain GRPO). The reward
@@ -77,9 +82,14 @@ def follow_rate(followed: list[bool | None]) -> float:
 
 
 def follow_verdicts(task: Task, episodes: list[Episode]) -> list[bool | None]:
-    """For every sampled reflection of ``episodes``: did its retry do what it proposed (``Task.reflection_followed``)."""
-    return [task.reflection_followed(ep.example, ep.attempt.text, reflection.text, retry.text)
-            for ep in episodes if ep.reflections for reflection, retry in zip(ep.reflections, ep.retries)]
+    """For every sampled reflection of ``episodes``: did its retry do what it proposed
+    (``Task.reflection_followed``)."""
+    return [
+        task.reflection_followed(ep.example, ep.attempt.text, reflection.text, retry.text)
+        for ep in episodes
+        if ep.reflections
+        for reflection, retry in zip(ep.reflections, ep.retries)
+    ]
 
 
 def has_signal(episodes: list[Episode]) -> bool:

@@ -39,11 +39,14 @@ def checkpoint_step(path: str) -> int:
     is not a readable checkpoint is a :class:`ConfigError` naming it."""
     meta = Path(path) / "meta.pt" if Path(path).is_dir() else Path(path)
     if meta.is_file() and not zipfile.is_zipfile(meta):
-        raise ConfigError(f"ckpt_path: {meta} is not a Lightning checkpoint (not a torch zip archive: truncated, "
-                          "corrupt or another format)")
+        raise ConfigError(
+            f"ckpt_path: {meta} is not a Lightning checkpoint (not a torch zip archive: truncated, "
+            "corrupt or another format)"
+        )
     try:
         return int(torch.load(meta, map_location="cpu", weights_only=True, mmap=not Path(path).is_dir())["global_step"])
     except Exception as err:  # noqa: BLE001 - torch's message advises weights_only=False, which r3exp never does
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"ckpt_path: {meta} is not a readable Lightning checkpoint ({type(err).__name__}: "
-                          f"{reason})") from None
+        raise ConfigError(
+            f"ckpt_path: {meta} is not a readable Lightning checkpoint ({type(err).__name__}: {reason})"
+        ) from None

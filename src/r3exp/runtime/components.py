@@ -85,10 +85,14 @@ def resolve_warm_start(cfg: DictConfig, task: Task, model: ModelSpec, base_path:
             raise ConfigError(f"warm_start_path={cfg.warm_start_path!r}: no model there (build it with mode=warmstart)")
         return str(built)
     if not task.scripted_episodes(1, 0):
-        log.warning("task %r has no scripted episodes (Task.scripted_episodes): no warm start, the embedded "
-                    "model starts untrained", task.name)
+        log.warning(
+            "task %r has no scripted episodes (Task.scripted_episodes): no warm start, the embedded "
+            "model starts untrained",
+            task.name,
+        )
         return base_path
     settings = warm_start_task_settings(cfg, task)
     shipped = None if cfg.get("mode") == "warmstart" else SHIPPED  # mode=warmstart rebuilds (into the cache)
-    return str(ensure_warm_start(base_path, task, settings, model.warm_start, Path(cfg.paths.cache_dir) / "warmstart",
-                                 shipped))
+    return str(
+        ensure_warm_start(base_path, task, settings, model.warm_start, Path(cfg.paths.cache_dir) / "warmstart", shipped)
+    )

@@ -9,9 +9,9 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from r3exp.console.library_logs import quiet_library_environment
 from r3exp.errors import ConfigError
 from r3exp.host_memory import reuse_freed_memory
-from r3exp.console.library_logs import quiet_library_environment
 
 CODE_DIR = Path(__file__).resolve().parents[3]  # the checkout (for the git commit; none when installed)
 
@@ -41,7 +41,10 @@ def output_dir(cfg: DictConfig) -> Path:
 
 def local_data_paths(cfg: DictConfig) -> list[str]:
     """The local files a run reads: the task's data (a file or split directory) and a first-failure dataset."""
-    paths = [cfg.task.get("source"), cfg.rollout.get("failures_path") if cfg.rollout.get("source") == "failures" else None]
+    paths = [
+        cfg.task.get("source"),
+        cfg.rollout.get("failures_path") if cfg.rollout.get("source") == "failures" else None,
+    ]
     return [p for p in paths if p and Path(str(p)).exists()]
 
 

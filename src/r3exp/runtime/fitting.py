@@ -20,18 +20,32 @@ from r3exp.tracking.wandb_run import backfill_history, log_dataset_artifact, log
 log = logging.getLogger(__name__)
 
 
-def fit_policy(cfg: DictConfig, parts: Components, run_dir: Path, logger=False, resume: Resume | None = None,
-               extra_callbacks: list | None = None, phases: PhaseTimes | None = None) -> dict[str, Path]:
+def fit_policy(
+    cfg: DictConfig,
+    parts: Components,
+    run_dir: Path,
+    logger=False,
+    resume: Resume | None = None,
+    extra_callbacks: list | None = None,
+    phases: PhaseTimes | None = None,
+) -> dict[str, Path]:
     """Train the policy of ``parts`` with R3 (``cfg.grpo``, ``cfg.rollout``, ``cfg.trainer``), from ``resume``
     when given, checkpoints and callbacks' files under ``run_dir``; export it to ``<run_dir>/policy``. A requeue
     signal that stopped the fit is raised as :class:`~r3exp.runtime.preemption.Preempted`."""
     policy = parts.model.load(parts.model_path)
     optimizer = instantiate(cfg.optimizer.optimizer)
     scheduler = instantiate(cfg.optimizer.scheduler) if cfg.optimizer.get("scheduler") else None
-    module = instantiate(cfg.grpo)(policy=policy, engine=parts.engine, optimizer=optimizer, scheduler=scheduler,
-                                   ranks=parts.ranks, reference_dtype=parts.model.dtype)
-    datamodule = instantiate(cfg.rollout)(task=parts.task, engine=parts.engine, tokenizer=parts.tokenizer,
-                                          ranks=parts.ranks)
+    module = instantiate(cfg.grpo)(
+        policy=policy,
+        engine=parts.engine,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        ranks=parts.ranks,
+        reference_dtype=parts.model.dtype,
+    )
+    datamodule = instantiate(cfg.rollout)(
+        task=parts.task, engine=parts.engine, tokenizer=parts.tokenizer, ranks=parts.ranks
+    )
     callbacks = [instantiate_callback(c, run_dir) for c in (cfg.get("callbacks") or {}).values()]
     callbacks += list(extra_callbacks or [])
     # Lightning warns that checkpoints of manual optimization hold the weights after the step: they should,
@@ -62,9 +76,14 @@ def instantiate_callback(cfg: DictConfig, run_dir: Path):
 def train_and_record(run: Run) -> dict[str, Path]:
     """Train, with the dataset and the exported policy recorded as W&B artifacts."""
     cfg, parts = run.cfg, run.parts
-    log_dataset_artifact(run.logger, parts.task.name, str(cfg.task.get("source")),
-                         OmegaConf.to_container(cfg.task, resolve=True))
+    log_dataset_artifact(
+        run.logger, parts.task.name, str(cfg.task.get("source")), OmegaConf.to_container(cfg.task, resolve=True)
+    )
     policy = fit_policy(cfg, parts, run.run_dir, run.logger, run.resume, phases=run.phases)
-    log_policy_artifact(run.logger, f"{cfg.run_name}-policy", run.run_dir / "policy",
-                        {"model": parts.model.name, "task": parts.task.name, "seed": cfg.seed})
+    log_policy_artifact(
+        run.logger,
+        f"{cfg.run_name}-policy",
+        run.run_dir / "policy",
+        {"model": parts.model.name, "task": parts.task.name, "seed": cfg.seed},
+    )
     return policy

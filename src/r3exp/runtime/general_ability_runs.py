@@ -20,8 +20,9 @@ from r3exp.runtime.environment import CODE_DIR
 log = logging.getLogger(__name__)
 
 
-def run_forgetting(cfg: DictConfig, run_dir: Path, base_path: str, policy_path: str | Path | None,
-                   ) -> dict[str, dict[str, float]]:
+def run_forgetting(
+    cfg: DictConfig, run_dir: Path, base_path: str, policy_path: str | Path | None
+) -> dict[str, dict[str, float]]:
     """lm-eval scores of the base model and (when given) the trained policy, identical settings; lm-eval's
     own output files under ``<run dir>/lm_eval/<label>/``."""
     spec = instantiate(cfg.forgetting)
@@ -31,19 +32,23 @@ def run_forgetting(cfg: DictConfig, run_dir: Path, base_path: str, policy_path: 
     return scores
 
 
-def base_general_ability(cfg: DictConfig, spec: GeneralAbility, run_dir: Path, base_path: str,
-                         ) -> dict[str, float]:
+def base_general_ability(cfg: DictConfig, spec: GeneralAbility, run_dir: Path, base_path: str) -> dict[str, float]:
     """The base model's lm-eval scores: with ``forgetting.reuse_base`` an earlier run's for the same weights,
     lm-eval settings, seed, code and versions (lm-eval's files copied into this run), else scored now."""
     out = run_dir / "lm_eval"
     if not spec.reuse_base:
         return score_model(base_path, keys.BASE, spec, out, cfg.seed)
-    settings = {key: value for key, value in asdict(spec).items()
-                if key not in ("enabled", "policy", "reuse_base")}
+    settings = {key: value for key, value in asdict(spec).items() if key not in ("enabled", "policy", "reuse_base")}
     include = [spec.include_path] if isinstance(spec.include_path, str) else list(spec.include_path or [])
     task_files = [path_fingerprint(path) for path in [SHIPPED_TASKS, *include]]  # task YAMLs and their data
-    inputs = {"model": path_fingerprint(base_path), "forgetting": settings, "task_files": task_files,
-              "seed": cfg.seed, "code": code_identity(CODE_DIR), "versions": library_versions()}
+    inputs = {
+        "model": path_fingerprint(base_path),
+        "forgetting": settings,
+        "task_files": task_files,
+        "seed": cfg.seed,
+        "code": code_identity(CODE_DIR),
+        "versions": library_versions(),
+    }
     store = ResultStore(cfg.paths.results_cache, "general_ability")
     entry = store.load(inputs)
     if entry is None:

@@ -112,8 +112,12 @@ class CheckpointOnSignal(L.Callback):
         else:
             path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
             trainer.save_checkpoint(path)
-            log.warning("%s: stopped after step %d, checkpoint saved to %s; continue with ckpt_path=last (or auto)",
-                        name, trainer.global_step, path)
+            log.warning(
+                "%s: stopped after step %d, checkpoint saved to %s; continue with ckpt_path=last (or auto)",
+                name,
+                trainer.global_step,
+                path,
+            )
         if sigterm:
             return  # Lightning raises SIGTERMException after this step's callbacks and logging
         earlier = self._earlier.get(self.received) if self.received is not None else None

@@ -51,8 +51,12 @@ def publish_results(run: Run, produced: ModeResult, samples: dict[str, list[dict
     it has one). Every rank holds the results (and returns them)."""
     if not distributed.is_main():
         return produced
-    produced.results_path = save_results(produced.results, run.run_dir / "results.json",
-                                         forgetting=forgetting_record(produced), phases=run.phases.to_dict())
+    produced.results_path = save_results(
+        produced.results,
+        run.run_dir / "results.json",
+        forgetting=forgetting_record(produced),
+        phases=run.phases.to_dict(),
+    )
     split = next(iter(produced.results.values())).split
     print(f"\n{run.parts.task.name} · {run.parts.model.name} · {split} split\n{format_table(produced.results)}")
     if produced.forgetting:
@@ -60,11 +64,23 @@ def publish_results(run: Run, produced: ModeResult, samples: dict[str, list[dict
     print(f"\nwhere the time went\n{run.phases.table(install_seconds())}")
     logger = run.logger
     if logger:
-        logger.log_metrics({keys.eval_key(name, key): value for name, r in produced.results.items()
-                            for key, value in r.to_dict().items() if isinstance(value, (int, float))})
-        logger.log_metrics({keys.eval_key(name, f"{group}/{key}"): value for name, r in produced.results.items()
-                            for group, g in (r.groups or {}).items()
-                            for key, value in g.to_dict().items() if isinstance(value, (int, float))})
+        logger.log_metrics(
+            {
+                keys.eval_key(name, key): value
+                for name, r in produced.results.items()
+                for key, value in r.to_dict().items()
+                if isinstance(value, (int, float))
+            }
+        )
+        logger.log_metrics(
+            {
+                keys.eval_key(name, f"{group}/{key}"): value
+                for name, r in produced.results.items()
+                for group, g in (r.groups or {}).items()
+                for key, value in g.to_dict().items()
+                if isinstance(value, (int, float))
+            }
+        )
         log_evaluation(logger, {name: r.to_dict() for name, r in produced.results.items()}, samples)
         log_forgetting(logger, produced.forgetting)
     return produced

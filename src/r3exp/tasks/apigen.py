@@ -1,4 +1,5 @@
 """APIGen function calling (xLAM format): emit the right tool calls for a query and a list of tools."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,8 @@ def parse_row(row: dict) -> Example:
     if not isinstance(tools, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools):
         raise ValueError("`tools` is not a list of {name, description, parameters}")
     if not isinstance(answers, list) or not all(
-            isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("arguments"), dict)
-            for a in answers):
+        isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("arguments"), dict) for a in answers
+    ):
         raise ValueError("`answers` is not a list of {name, arguments}")
     names = {t["name"] for t in tools}
     unknown = [a["name"] for a in answers if a["name"] not in names]
@@ -71,9 +72,18 @@ class ApigenTask(Task):
 
     name = "apigen"
 
-    def __init__(self, prompt: str, tools_prompt: str, reflection_prompt: str, retry_prompt: str,
-                 system_prompt: str | None = None, source: str = "generated",
-                 split_sizes: dict[str, int] | None = None, seed: int = 0, name: str = "apigen"):
+    def __init__(
+        self,
+        prompt: str,
+        tools_prompt: str,
+        reflection_prompt: str,
+        retry_prompt: str,
+        system_prompt: str | None = None,
+        source: str = "generated",
+        split_sizes: dict[str, int] | None = None,
+        seed: int = 0,
+        name: str = "apigen",
+    ):
         super().__init__(reflection_prompt, retry_prompt, system_prompt, name)
         self.prompt, self.tools_prompt, self.source, self.seed = prompt, tools_prompt, source, seed
         self.split_sizes = dict(split_sizes or {"train": 2000, "validation": 200, "test": 200})

@@ -11,6 +11,7 @@ key order does not matter; numbers compare by value (``5`` equals ``5.0``); bool
 multiset as the answers (order of calls does not matter, duplicates count), and every call must name a
 tool of the row.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,12 @@ def parse_calls(text: str) -> list[dict] | None:
     if not isinstance(calls, list):
         return None
     for call in calls:
-        if not (isinstance(call, dict) and set(call) == {"name", "arguments"} and isinstance(call["name"], str)
-                and isinstance(call["arguments"], dict)):
+        if not (
+            isinstance(call, dict)
+            and set(call) == {"name", "arguments"}
+            and isinstance(call["name"], str)
+            and isinstance(call["arguments"], dict)
+        ):
             return None
     return calls
 

@@ -5,6 +5,7 @@ products and small sums part of the time: a per-sample success between the extre
 group-relative reward needs to carry any signal. The answer format is what an instruction model writes
 unprompted (a number, or a sentence ending with it); the validator is strict about the number itself.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,14 +56,26 @@ class ArithmeticTask(Task):
 
     name = "arithmetic"
 
-    def __init__(self, prompt: str, reflection_prompt: str, retry_prompt: str, operations: dict,
-                 split_sizes: dict[str, int] | None = None, seed: int = 0, system_prompt: str | None = None,
-                 name: str = "arithmetic"):
+    def __init__(
+        self,
+        prompt: str,
+        reflection_prompt: str,
+        retry_prompt: str,
+        operations: dict,
+        split_sizes: dict[str, int] | None = None,
+        seed: int = 0,
+        system_prompt: str | None = None,
+        name: str = "arithmetic",
+    ):
         super().__init__(reflection_prompt, retry_prompt, system_prompt, name)
         unknown = set(operations) - set(OPERATIONS)
         if unknown or not operations:
-            raise ConfigError(f"task.operations: {sorted(unknown) or 'none given'}; expected some of {sorted(OPERATIONS)}")
-        self.operations = {op: [tuple(int(x) for x in bounds) for bounds in ranges] for op, ranges in operations.items()}
+            raise ConfigError(
+                f"task.operations: {sorted(unknown) or 'none given'}; expected some of {sorted(OPERATIONS)}"
+            )
+        self.operations = {
+            op: [tuple(int(x) for x in bounds) for bounds in ranges] for op, ranges in operations.items()
+        }
         for op, ranges in self.operations.items():
             if len(ranges) != 2 or any(len(r) != 2 or r[0] > r[1] for r in ranges):
                 raise ConfigError(f"task.operations.{op}={operations[op]}: expected [[a_min, a_max], [b_min, b_max]]")
@@ -78,8 +91,9 @@ class ArithmeticTask(Task):
         pool.sort(key=lambda ex: hashlib.sha256(f"{self.seed}/{self._key(ex)}".encode()).digest())
         wanted = int(self.split_sizes[split])
         if wanted > len(pool):
-            raise ConfigError(f"task.split_sizes.{split}={wanted}: task.operations give only {len(pool)} "
-                              f"{split} instances")
+            raise ConfigError(
+                f"task.split_sizes.{split}={wanted}: task.operations give only {len(pool)} {split} instances"
+            )
         return pool[:wanted]
 
     def _instances(self) -> list[Example]:
@@ -116,4 +130,3 @@ class ArithmeticTask(Task):
 
     def corpus(self, n: int, seed: int = 0) -> list[str]:
         return super().corpus(n, seed) + [str(ex["answer"]) for ex in self.examples("train")[:n]]
-

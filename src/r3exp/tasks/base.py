@@ -6,6 +6,7 @@ into chat messages for the three turns of an R3 episode, and validates an answer
 Implement a new task by subclassing :class:`Task` and pointing a Hydra config at it via ``_target_``
 (see ``conf/task/countdown.yaml`` and docs/how-to/own-task.md's "Your own task").
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,9 @@ class Task(ABC):
 
     name: str = "task"
 
-    def __init__(self, reflection_prompt: str, retry_prompt: str, system_prompt: str | None = None,
-                 name: str | None = None):
+    def __init__(
+        self, reflection_prompt: str, retry_prompt: str, system_prompt: str | None = None, name: str | None = None
+    ):
         self.name = name or type(self).name  # names runs, W&B groups and result tables
         self.reflection_prompt = reflection_prompt
         self.retry_prompt = retry_prompt

@@ -9,6 +9,7 @@ from ``categories.test``; the two lists must be disjoint (checked when the task 
 hash-of-the-id share of the training categories' questions, and the three splits' question ids are checked
 disjoint when the examples are first loaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,16 @@ BFCL_SYSTEM_PROMPT = (
 )
 # BFCL's types as JSON-schema types, for chat templates with native tool support (bfcl_eval's
 # GORILLA_TO_OPENAPI, Python types).
-OPENAPI_TYPES = {"integer": "integer", "float": "number", "string": "string", "boolean": "boolean",
-                 "array": "array", "tuple": "array", "dict": "object", "any": "string"}
+OPENAPI_TYPES = {
+    "integer": "integer",
+    "float": "number",
+    "string": "string",
+    "boolean": "boolean",
+    "array": "array",
+    "tuple": "array",
+    "dict": "object",
+    "any": "string",
+}
 
 
 class BfclTask(Task):
@@ -69,11 +78,20 @@ class BfclTask(Task):
 
     name = "bfcl"
 
-    def __init__(self, reflection_prompt: str, retry_prompt: str, categories: dict[str, Sequence[str]],
-                 validation_fraction: float = 0.1, split_sizes: dict[str, int | None] | None = None,
-                 max_prompt_chars: int | None = None, context_tokens: int | None = None,
-                 tools_prompt: str | None = None, system_prompt: str | None = None, seed: int = 0,
-                 name: str = "bfcl"):
+    def __init__(
+        self,
+        reflection_prompt: str,
+        retry_prompt: str,
+        categories: dict[str, Sequence[str]],
+        validation_fraction: float = 0.1,
+        split_sizes: dict[str, int | None] | None = None,
+        max_prompt_chars: int | None = None,
+        context_tokens: int | None = None,
+        tools_prompt: str | None = None,
+        system_prompt: str | None = None,
+        seed: int = 0,
+        name: str = "bfcl",
+    ):
         super().__init__(reflection_prompt, retry_prompt, system_prompt, name)
         self.categories = check_categories(categories)
         if not 0.0 <= float(validation_fraction) < 1.0:
@@ -101,8 +119,9 @@ class BfclTask(Task):
 
     def _questions(self, split: str) -> dict[str, list[Example]]:
         side = "test" if split == "test" else "train"
-        return {name: [ex for ex in self._category(name) if self.split_of(ex) == split]
-                for name in self.categories[side]}
+        return {
+            name: [ex for ex in self._category(name) if self.split_of(ex) == split] for name in self.categories[side]
+        }
 
     def _category(self, name: str) -> list[Example]:
         """A category's questions, its files read once per task (the disjointness check, then each split)."""
@@ -119,8 +138,10 @@ class BfclTask(Task):
                 for example in questions:
                     other = seen.setdefault(example["id"], split)
                     if other != split:
-                        raise ConfigError(f"task.categories: BFCL question {example['id']} is in both the "
-                                          f"{other} and the {split} split")
+                        raise ConfigError(
+                            f"task.categories: BFCL question {example['id']} is in both the "
+                            f"{other} and the {split} split"
+                        )
         self._checked = True
 
     def _load(self, split: str) -> list[Example]:
@@ -129,8 +150,14 @@ class BfclTask(Task):
             kept = [ex for ex in questions if self.fits(ex)]
             if len(kept) < len(questions):
                 self.left_out.setdefault(split, {})[category] = len(questions) - len(kept)
-                log.info("bfcl %s: %d of %d %s questions left out: prompt over task.max_prompt_chars=%s",
-                         split, len(questions) - len(kept), len(questions), category, self.max_prompt_chars)
+                log.info(
+                    "bfcl %s: %d of %d %s questions left out: prompt over task.max_prompt_chars=%s",
+                    split,
+                    len(questions) - len(kept),
+                    len(questions),
+                    category,
+                    self.max_prompt_chars,
+                )
             random.Random(f"bfcl/{self.seed}/{category}").shuffle(kept)
             by_category[category] = kept
         examples = interleave(list(by_category.values()))
@@ -188,18 +215,23 @@ def check_categories(categories: Any) -> dict[str, list[str]]:
         raise ConfigError("task.categories: expected {train: [...], test: [...]} of BFCL category names")
     for side in ("train", "test"):
         if isinstance(categories.get(side), str):
-            raise ConfigError(f"task.categories.{side}={categories.get(side)}: expected a list, "
-                              f"e.g. task.categories.{side}=[{categories.get(side)}]")
+            raise ConfigError(
+                f"task.categories.{side}={categories.get(side)}: expected a list, "
+                f"e.g. task.categories.{side}=[{categories.get(side)}]"
+            )
     result = {side: list(categories.get(side) or []) for side in ("train", "test")}
     for side, names in result.items():
         unknown = [name for name in names if name not in CATEGORIES]
         if unknown:
-            raise ConfigError(f"task.categories.{side}: unknown BFCL categor{'ies' if len(unknown) > 1 else 'y'} "
-                              f"{', '.join(map(repr, unknown))}; known: {', '.join(CATEGORIES)}")
+            raise ConfigError(
+                f"task.categories.{side}: unknown BFCL categor{'ies' if len(unknown) > 1 else 'y'} "
+                f"{', '.join(map(repr, unknown))}; known: {', '.join(CATEGORIES)}"
+            )
     both = [name for name in result["train"] if name in result["test"]]
     if both:
-        raise ConfigError(f"task.categories: {', '.join(both)} in both train and test: training would see "
-                          "test questions")
+        raise ConfigError(
+            f"task.categories: {', '.join(both)} in both train and test: training would see test questions"
+        )
     if not result["test"]:
         raise ConfigError("task.categories.test: no category to test on")
     return result
@@ -216,9 +248,14 @@ def interleave(lists: list[list]) -> list:
 
 def openai_tool(function: dict) -> dict:
     """A BFCL function document as a JSON-schema tool (``{"type": "function", "function": ...}``)."""
-    return {"type": "function", "function": {
-        "name": function["name"], "description": function.get("description", ""),
-        "parameters": {**_schema(function["parameters"]), "type": "object"}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": function["name"],
+            "description": function.get("description", ""),
+            "parameters": {**_schema(function["parameters"]), "type": "object"},
+        },
+    }
 
 
 def _schema(node: Any) -> Any:

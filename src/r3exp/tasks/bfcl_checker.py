@@ -21,13 +21,22 @@ The rules (BFCL's):
   dicts dict by dict. A value of the answer's type instead of the documented one is a "variable"
   (``x="my_list"``) and compared as it is.
 """
+
 from __future__ import annotations
 
 import re
 from typing import Any
 
-PYTHON_TYPES = {"string": str, "integer": int, "float": float, "boolean": bool, "array": list, "tuple": list,
-                "dict": dict, "any": str}
+PYTHON_TYPES = {
+    "string": str,
+    "integer": int,
+    "float": float,
+    "boolean": bool,
+    "array": list,
+    "tuple": list,
+    "dict": dict,
+    "any": str,
+}
 NESTED_TYPES = ("array", "tuple")  # the types whose elements are checked too (one level deep)
 STANDARDIZE = re.compile(r"[ \,\.\/\-\_\*\^]")
 
@@ -125,8 +134,7 @@ def _answer_type(values: list) -> type | None:
     return next((type(value) for value in values if value != ""), None)
 
 
-def _type_check(parameter: str, value: Any, values: list, expected: type, nested: type | None
-                ) -> tuple[Verdict, bool]:
+def _type_check(parameter: str, value: Any, values: list, expected: type, nested: type | None) -> tuple[Verdict, bool]:
     """BFCL's ``type_checker``: (verdict, is_variable)."""
     answer_type = _answer_type(values)
     is_variable = answer_type is not None and answer_type != expected

@@ -5,6 +5,7 @@ never imported (its package imports every API client BFCL supports). ``scripts/i
 package with ``--no-deps``: its pinned dependencies (numpy 1.26.4, ...) are old and none is needed to read
 its data.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,13 +29,22 @@ class Category:
     scoring: str
 
 
-CATEGORIES = {c.name: c for c in (
-    Category("simple_python", "ast"), Category("multiple", "ast"), Category("parallel", "ast"),
-    Category("parallel_multiple", "ast"), Category("live_simple", "ast"), Category("live_multiple", "ast"),
-    Category("live_parallel", "ast"), Category("live_parallel_multiple", "ast"),
-    Category("irrelevance", "irrelevance"), Category("live_irrelevance", "irrelevance"),
-    Category("live_relevance", "relevance"),
-)}
+CATEGORIES = {
+    c.name: c
+    for c in (
+        Category("simple_python", "ast"),
+        Category("multiple", "ast"),
+        Category("parallel", "ast"),
+        Category("parallel_multiple", "ast"),
+        Category("live_simple", "ast"),
+        Category("live_multiple", "ast"),
+        Category("live_parallel", "ast"),
+        Category("live_parallel_multiple", "ast"),
+        Category("irrelevance", "irrelevance"),
+        Category("live_irrelevance", "irrelevance"),
+        Category("live_relevance", "relevance"),
+    )
+}
 # BFCL's prompting handlers append this to every function's description (bfcl_eval.utils,
 # _get_language_specific_hint) before the functions go into the prompt.
 PYTHON_HINT = " Note that the provided function is in Python 3 syntax."
@@ -46,8 +56,9 @@ def data_dir() -> Path:
     try:
         distribution = metadata.distribution(DISTRIBUTION)
     except metadata.PackageNotFoundError:
-        raise DataUnavailable(f"task=bfcl needs the {DISTRIBUTION} package: {INSTALL} "
-                              "(scripts/install.sh installs it)") from None
+        raise DataUnavailable(
+            f"task=bfcl needs the {DISTRIBUTION} package: {INSTALL} (scripts/install.sh installs it)"
+        ) from None
     return Path(distribution.locate_file("bfcl_eval/data"))
 
 
@@ -66,14 +77,22 @@ def load_category(name: str, directory: Path | None = None) -> list[dict]:
     questions = read_jsonl(directory / f"BFCL_v4_{name}.json")
     answers = {}
     if category.scoring == "ast":
-        answers = {row["id"]: row["ground_truth"]
-                   for row in read_jsonl(directory / "possible_answer" / f"BFCL_v4_{name}.json")}
+        answers = {
+            row["id"]: row["ground_truth"] for row in read_jsonl(directory / "possible_answer" / f"BFCL_v4_{name}.json")
+        }
     examples = []
     for row in questions:
         if row["id"] not in answers and category.scoring == "ast":
             raise DataUnavailable(f"{DISTRIBUTION}: question {row['id']} has no possible answer")
-        examples.append({"id": row["id"], "category": name, "messages": row["question"][0],
-                         "functions": with_python_hint(row["function"]), "answers": answers.get(row["id"])})
+        examples.append(
+            {
+                "id": row["id"],
+                "category": name,
+                "messages": row["question"][0],
+                "functions": with_python_hint(row["function"]),
+                "answers": answers.get(row["id"]),
+            }
+        )
     return examples
 
 

@@ -18,6 +18,7 @@ can reach Python builtins (``f(x=abs(-3)+1)``), which here fails the decode.
 Hostile answers (unbalanced brackets, huge nesting, huge numbers, non-UTF-8 text, code that would
 execute) fail the decode: :func:`decode_calls` returns None and never raises.
 """
+
 from __future__ import annotations
 
 import ast
@@ -50,8 +51,19 @@ def decode_calls(answer: Any) -> Calls | None:
         if "<tool_call>" in answer:
             return decode_tool_call_blocks(answer)
         return decode_python_calls(answer)
-    except (DecodeError, SyntaxError, ValueError, TypeError, AttributeError, KeyError, OverflowError,
-            ZeroDivisionError, RecursionError, MemoryError, UnicodeError):
+    except (
+        DecodeError,
+        SyntaxError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        OverflowError,
+        ZeroDivisionError,
+        RecursionError,
+        MemoryError,
+        UnicodeError,
+    ):
         return None
 
 
@@ -115,8 +127,15 @@ def resolve_value(node: ast.AST) -> Any:
     raise DecodeError(f"unsupported syntax in an argument: {type(node).__name__}")  # BFCL: lambdas too
 
 
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-              ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_OPERATORS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
 _SIGNS = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 _LITERALS = (int, float, complex, str)
 
@@ -153,11 +172,17 @@ def _check_size(op: ast.operator, left: Any, right: Any) -> None:
             raise DecodeError("power too large")
     if isinstance(op, ast.Mult):
         for sequence, count in ((left, right), (right, left)):
-            if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) \
-                    and len(sequence) * max(count, 0) > MAX_STRING_CHARS:
+            if (
+                isinstance(sequence, (str, list, tuple))
+                and isinstance(count, int)
+                and len(sequence) * max(count, 0) > MAX_STRING_CHARS
+            ):
                 raise DecodeError("sequence too long")
-        if isinstance(left, int) and isinstance(right, int) \
-                and abs(left).bit_length() + abs(right).bit_length() > MAX_INT_BITS:
+        if (
+            isinstance(left, int)
+            and isinstance(right, int)
+            and abs(left).bit_length() + abs(right).bit_length() > MAX_INT_BITS
+        ):
             raise DecodeError("product too large")
 
 
@@ -190,10 +215,15 @@ def decode_tool_call_blocks(answer: str) -> Calls:
 def is_calls_format(decoded: Any) -> bool:
     """BFCL's ``is_function_calling_format_output``: a list of one-key dicts whose value is a dict."""
     return isinstance(decoded, list) and all(
-        type(item) is dict and len(item) == 1 and type(next(iter(item.values()))) is dict for item in decoded)
+        type(item) is dict and len(item) == 1 and type(next(iter(item.values()))) is dict for item in decoded
+    )
 
 
 def is_empty(decoded: Calls | None) -> bool:
     """BFCL's ``is_empty_output`` (relevance): no call in it (``[]``, ``[{}]``, or not the calls format)."""
-    return (decoded is None or not is_calls_format(decoded) or len(decoded) == 0
-            or (len(decoded) == 1 and len(decoded[0]) == 0))
+    return (
+        decoded is None
+        or not is_calls_format(decoded)
+        or len(decoded) == 0
+        or (len(decoded) == 1 and len(decoded[0]) == 0)
+    )

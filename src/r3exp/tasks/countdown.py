@@ -1,4 +1,5 @@
 """Countdown equations: use each given number exactly once to write an expression equal to the target."""
+
 from __future__ import annotations
 
 import random
@@ -70,7 +71,9 @@ class CountdownTask(Task):
         gen = dict(generator or {})
         unknown = set(gen) - {"sizes", "num_range", "target_range"}
         if unknown:
-            raise ConfigError(f"task.generator: unknown key(s) {sorted(unknown)}; expected sizes, num_range, target_range")
+            raise ConfigError(
+                f"task.generator: unknown key(s) {sorted(unknown)}; expected sizes, num_range, target_range"
+            )
         self.generator = {key: tuple(value) for key, value in gen.items()}
 
     def examples(self, split: str) -> list[Example]:
@@ -111,13 +114,15 @@ class CountdownTask(Task):
             miss = near_miss(example["solution"], nums, target, rng)
             if miss is None:
                 continue
-            episodes.append({
-                "example": {"nums": nums, "target": target},
-                "attempt": answer_text(miss.expression),
-                "reflection": scripted_reflection(nums, target, miss),
-                "repair": miss.repair.sentence(miss.expression),
-                "answer": answer_text(example["solution"]),
-            })
+            episodes.append(
+                {
+                    "example": {"nums": nums, "target": target},
+                    "attempt": answer_text(miss.expression),
+                    "reflection": scripted_reflection(nums, target, miss),
+                    "repair": miss.repair.sentence(miss.expression),
+                    "answer": answer_text(example["solution"]),
+                }
+            )
         return episodes
 
     @property

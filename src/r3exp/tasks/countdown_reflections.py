@@ -3,6 +3,7 @@ program (what the equation evaluates to and how far from the target, which numbe
 not at all, and which single change repairs it), and the correct answer as the retry. They teach a small
 model the reflect-and-retry conversation: a reflection locates the error, the retry applies the repair.
 They never appear in R3 training or evaluation."""
+
 from __future__ import annotations
 
 import random
@@ -44,14 +45,14 @@ class Repair:
 
     def apply(self, expression: str) -> str:
         spot = self._spot(expression)
-        return expression[:spot.start()] + self.new + expression[spot.end():]
+        return expression[: spot.start()] + self.new + expression[spot.end() :]
 
     def sentence(self, expression: str) -> str:
         """The repair in words: "I should use 7 instead of the second 8." (the ordinal only where
         ``old`` occurs more than once)."""
         self._spot(expression)
         same = [m.group() for m in KINDS[self.kind].finditer(expression)]
-        occurrence = same[:self.position].count(self.old)
+        occurrence = same[: self.position].count(self.old)
         which = self.old if same.count(self.old) == 1 else f"the {ORDINALS[occurrence]} {self.old}"
         return f"I should use {self.new} instead of {which}."
 
@@ -133,12 +134,16 @@ def scripted_reflection(nums: list[int], target: int, miss: NearMiss) -> str:
     change, not the whole answer."""
     value, used = evaluate(miss.expression)
     gap = value - target
-    sentences = [f"My equation gives {_fmt(value)}, {_fmt(abs(gap))} {'more' if gap > 0 else 'less'} than {target}."
-                 if gap else f"My equation gives {target}."]
+    sentences = [
+        f"My equation gives {_fmt(value)}, {_fmt(abs(gap))} {'more' if gap > 0 else 'less'} than {target}."
+        if gap
+        else f"My equation gives {target}."
+    ]
     given, have = Counter(nums), Counter(used)
     twice, unused = sorted((have - given).elements()), sorted((given - have).elements())
-    problems = ([f"used {', '.join(map(str, twice))} too often"] if twice else []) + \
-               ([f"did not use {', '.join(map(str, unused))}"] if unused else [])
+    problems = ([f"used {', '.join(map(str, twice))} too often"] if twice else []) + (
+        [f"did not use {', '.join(map(str, unused))}"] if unused else []
+    )
     if problems:
         sentences.append(f"I {' and '.join(problems)}.")
     sentences.append(miss.repair.sentence(miss.expression))

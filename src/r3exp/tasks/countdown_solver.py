@@ -3,6 +3,7 @@
 Every generated instance carries a witness ``solution`` found by the solver, so solvability is proven
 rather than assumed, and the warm start can use the witnesses as supervised targets.
 """
+
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
 """Load a task's rows from the Hugging Face hub or a local file, with fixed, seeded, disjoint splits."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 Anything else (names, calls, attributes, ``**``, huge numbers, deep nesting, division by zero) is
 rejected by raising :class:`UnsafeExpression`, which callers turn into a failed validation.
 """
+
 from __future__ import annotations
 
 import ast

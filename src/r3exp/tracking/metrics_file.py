@@ -5,6 +5,7 @@ A resumed run appends to the file; it restarts at its checkpoint's step, so a st
 (the crashed attempt's row, then the resumed one): readers keep the last row per step
 (:func:`read_metrics`).
 """
+
 from __future__ import annotations
 
 import csv

@@ -6,6 +6,7 @@ The log is LevelDB's log format as W&B writes it: a 7-byte file header (``:W&B``
 version 0), then 32 KiB blocks of records, each ``crc32 (4) | length (2) | type (1) | data``; a
 protobuf ``wandb.Record`` may span several records (FIRST, MIDDLE..., LAST).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,8 @@ def iter_records(path: str | Path) -> Iterator[bytes]:
         if room < HEADER:  # the block's tail is padding
             pos += room
             continue
-        checksum, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
-        chunk = data[pos + HEADER:pos + HEADER + length]
+        checksum, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        chunk = data[pos + HEADER : pos + HEADER + length]
         if length == 0 and kind == 0:  # zero padding at the end of a block
             pos += room
             continue
@@ -91,8 +92,9 @@ class OfflineRun:
 
     def metric(self, key: str) -> list[tuple[int, float]]:
         """``(trainer/global_step or _step, value)`` for every history row that has ``key``."""
-        return [(int(row.get("trainer/global_step", row.get("_step", 0))), row[key])
-                for row in self.history if key in row]
+        return [
+            (int(row.get("trainer/global_step", row.get("_step", 0))), row[key]) for row in self.history if key in row
+        ]
 
 
 def read_offline_run(directory: str | Path) -> OfflineRun:
@@ -123,8 +125,14 @@ def read_offline_run(directory: str | Path) -> OfflineRun:
                 run.summary[_key(item)] = _value(item.value_json)
         elif kind == "artifact":
             art = record.artifact
-            run.artifacts.append({"name": art.name, "type": art.type, "metadata": _value(art.metadata or "{}"),
-                                  "entries": {e.path: e.ref for e in art.manifest.contents}})
+            run.artifacts.append(
+                {
+                    "name": art.name,
+                    "type": art.type,
+                    "metadata": _value(art.metadata or "{}"),
+                    "entries": {e.path: e.ref for e in art.manifest.contents},
+                }
+            )
     for key, value in run.config.items():  # W&B stores each top-level key as {"value": ..., "desc": ...}
         if isinstance(value, dict) and set(value) <= {"value", "desc"} and "value" in value:
             run.config[key] = value["value"]

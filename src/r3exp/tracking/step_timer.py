@@ -1,5 +1,6 @@
 """Per-step wall-clock split: generation (rollout), weight sync and training (forward, backward, step), and
 each step's peak memory."""
+
 from __future__ import annotations
 
 import time
@@ -9,7 +10,6 @@ import lightning as L
 import torch
 
 from r3exp import keys
-
 
 GIB = 1024**3
 
@@ -58,11 +58,18 @@ class StepTimer(L.Callback):
         total = time.perf_counter() - self._start
         record = module.last_step  # r3exp.records.StepRecord
         generation, sync = record.generation_seconds, record.sync_seconds
-        row = {"step": trainer.global_step, "time/step_seconds": total, "time/generation_seconds": generation,
-               keys.SYNC_SECONDS: sync, "time/train_seconds": max(total - generation - sync, 0.0),
-               "generated_tokens_per_second": record.rollout_stats.get(keys.GENERATED_TOKENS_PER_SECOND, 0.0),
-               "trained_tokens": float(record.trained_tokens), "memory/peak_gib": peak_memory_gib(module.device)}
+        row = {
+            "step": trainer.global_step,
+            "time/step_seconds": total,
+            "time/generation_seconds": generation,
+            keys.SYNC_SECONDS: sync,
+            "time/train_seconds": max(total - generation - sync, 0.0),
+            "generated_tokens_per_second": record.rollout_stats.get(keys.GENERATED_TOKENS_PER_SECOND, 0.0),
+            "trained_tokens": float(record.trained_tokens),
+            "memory/peak_gib": peak_memory_gib(module.device),
+        }
         self.history.append(row)
         if trainer.logger:
-            trainer.logger.log_metrics({k: v for k, v in row.items() if k.startswith(("time/", "memory/"))},
-                                       step=trainer.global_step)
+            trainer.logger.log_metrics(
+                {k: v for k, v in row.items() if k.startswith(("time/", "memory/"))}, step=trainer.global_step
+            )

