@@ -43,6 +43,7 @@ def fit(tmp_path, earlier) -> tuple[L.Trainer, CheckpointOnSignal]:
         trainer = L.Trainer(
             max_steps=10,
             accelerator="cpu",
+            default_root_dir=tmp_path,
             logger=False,
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -85,6 +86,8 @@ def test_an_unsignalled_fit_is_not_preempted(tmp_path):
     trainer = L.Trainer(
         max_steps=3,
         accelerator="cpu",
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
