@@ -80,5 +80,9 @@ def test_no_import_circle_and_no_two_modules_share_a_name():
         [sys.executable, str(ROOT / "scripts" / "house_figures.py")], capture_output=True, text=True, check=True
     ).stdout
     assert "import circles between modules: 0" in figures, figures
-    names = Counter(p.stem for p in SRC.rglob("*.py") if p.stem != "__init__" and "conf" not in p.parts)
+    files = [p for p in SRC.rglob("*.py") if "conf" not in p.relative_to(SRC).parts]
+    names = Counter(p.stem for p in files if p.stem != "__init__")
     assert [name for name, count in names.items() if count > 1] == []
+    trees = [ast.parse(p.read_text()) for p in files]
+    classes = Counter(node.name for tree in trees for node in tree.body if isinstance(node, ast.ClassDef))
+    assert [name for name, count in classes.items() if count > 1] == []  # one RunResult, not two
