@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from r3exp.rollout.engines import SamplingConfig
+from r3exp.runtime.checkpoints import resolve_resume
 from r3exp.runtime.components import Components
 from r3exp.runtime.fitting import fit_policy
 from r3exp.tasks.countdown import CountdownTask
@@ -57,7 +58,8 @@ class StepRecorder(L.Callback):
 def train(cfg, tiny_path, tokenizer, engine, recorder):
     engine.seek("training", 0)  # each run samples as a new process would
     parts = Components(instantiate(cfg.task), instantiate(cfg.model), str(tiny_path), tokenizer, engine)
-    return fit_policy(cfg, parts, Path(cfg.paths.output_dir), extra_callbacks=[recorder])
+    run_dir = Path(cfg.paths.output_dir)
+    return fit_policy(cfg, parts, run_dir, resume=resolve_resume(cfg, run_dir), extra_callbacks=[recorder])
 
 
 @pytest.mark.integration

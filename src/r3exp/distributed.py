@@ -14,8 +14,6 @@ from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 
 from r3exp.errors import ConfigError
 
@@ -132,6 +130,8 @@ def launch_ranks(trainer_cfg) -> LaunchedRanks:
 
 def _local_multirun() -> bool:
     """A Hydra multirun job whose ranks the launcher would have to start (not SLURM, not torchrun)."""
+    from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415 - the GPU check's image has no Hydra
+    from hydra.types import RunMode  # noqa: PLC0415 - the GPU check's image has no Hydra
     from lightning.fabric.plugins.environments import SLURMEnvironment  # noqa: PLC0415 - Lightning takes seconds
 
     external = "LOCAL_RANK" in os.environ or SLURMEnvironment.detect()
